@@ -1,0 +1,158 @@
+"""One typed settings object for the whole server.
+
+Read once at start-up from environment variables (``HELPLINE_*`` plus ``AGENT_MODE``) and, optionally,
+a YAML file named by ``HELPLINE_CONFIG_FILE``; environment variables win over the file. Every default is
+the embedded one (SQLite under ``./var``, hot state in process, local models), so ``helpline serve``
+runs with nothing configured. No other module reads the environment: settings are passed down.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_DIR = Path(__file__).resolve().parent
+"""Folder of the shipped configuration: ``intents.yaml``, ``kb/``, ``orders.json``."""
+
+
+class AgentMode(str, Enum):
+    """``enabled``: the router answers. ``disabled``: the kill switch, static auto-reply only."""
+
+    enabled = "enabled"
+    disabled = "disabled"
+
+
+class MigrationPolicy(str, Enum):
+    """What ``helpline serve`` does when the database schema is behind the code."""
+
+    auto = "auto"  # apply pending Alembic migrations at start-up
+    refuse = "refuse"  # exit with a message naming ``helpline db upgrade``
+
+
+class _YamlFileSource(PydanticBaseSettingsSource):
+    """Settings from the YAML file named by ``HELPLINE_CONFIG_FILE`` (keys are field names)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: str | None) -> None:
+        super().__init__(settings_cls)
+        self._data: dict[str, Any] = {}
+        if path:
+            with open(path, encoding="utf-8") as fh:
+                loaded = yaml.safe_load(fh) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{path}: the config file must hold a mapping of setting -> value")
+            unknown = sorted(set(loaded) - set(settings_cls.model_fields))
+            if unknown:
+                raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
+            self._data = loaded
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Environment variable = ``HELPLINE_`` + upper-case field name,
+    except ``agent_mode`` which is read from ``AGENT_MODE``."""
+
+    model_config = SettingsConfigDict(env_prefix="HELPLINE_", extra="ignore", populate_by_name=True)
+
+    # --- storage -------------------------------------------------------------------------------
+    data_dir: Path = Field(Path("./var"), description="Embedded database, trained models, caches.")
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy async URL. Unset: SQLite at DATA_DIR/helpline.db. "
+        "Production: postgresql+asyncpg://user:pass@host/db (needs the pgvector extension).",
+    )
+    migrate: MigrationPolicy = Field(
+        MigrationPolicy.auto, description="auto: apply pending migrations at start; refuse: exit."
+    )
+
+    # --- server --------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    public_url: str | None = Field(None, description="Public base URL, for links in replies.")
+
+    # --- kill switch ---------------------------------------------------------------------------
+    agent_mode: AgentMode = Field(AgentMode.enabled, validation_alias="AGENT_MODE")
+    disabled_reply: str = Field(
+        "Thanks for your message. Our assistant is switched off right now; a member of our support "
+        "team will reply here as soon as possible.",
+        description="Static auto-reply sent to every customer message while AGENT_MODE=disabled.",
+    )
+
+    # --- tickets -------------------------------------------------------------------------------
+    reopen_window_s: int = Field(
+        7 * 24 * 3600, ge=0, description="A resolved ticket reopens on a new message within this."
+    )
+    max_message_chars: int = Field(4000, ge=1, description="Longer messages get a clear reply.")
+    history_turns: int = Field(20, ge=1, description="Most messages a turn reads from its ticket.")
+
+    # --- routing -------------------------------------------------------------------------------
+    intents_file: Path = Field(CONFIG_DIR / "intents.yaml")
+    intent_model_dir: Path | None = Field(
+        None, description="Saved intent model to load. Unset: DATA_DIR/models/intent-<hash>."
+    )
+    confidence_threshold: float = Field(
+        0.70, ge=0, le=1, description="Below this intent confidence the turn goes to a human."
+    )
+    anger_threshold: float = Field(
+        -0.6, ge=-1, le=0, description="VADER compound score at or below which a turn escalates."
+    )
+    sensitive_intents: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["legal_threat", "account_suspension", "chargeback"],
+        description="Intents that always go to a human.",
+    )
+    retrieval_threshold: float = Field(
+        0.45, ge=-1, le=1, description="Cosine similarity below which the KB answer is not given."
+    )
+    retrieval_top_k: int = Field(3, ge=1, le=20)
+
+    # --- knowledge base and orders -------------------------------------------------------------
+    kb_dir: Path = Field(CONFIG_DIR / "kb", description="Markdown articles ingested at first start.")
+    orders_file: Path = Field(
+        CONFIG_DIR / "orders.json",
+        description="Order store: tau-bench-style orders.json (order_id -> order).",
+    )
+
+    # --- reasoning tier (providers arrive in a later issue) ------------------------------------
+    llm_provider: str | None = Field(None, description="Unset: no reasoning tier; those go human.")
+
+    @field_validator("sensitive_intents", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The config file is the one place outside this object that the environment names.
+        yaml_source = _YamlFileSource(settings_cls, os.environ.get("HELPLINE_CONFIG_FILE"))
+        return (init_settings, env_settings, yaml_source)
+
+    # --- derived ---------------------------------------------------------------------------------
+    @property
+    def effective_database_url(self) -> str:
+        """The database URL in use: the configured one, or SQLite under ``data_dir``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'helpline.db').resolve()}"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"

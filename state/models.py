@@ -1,0 +1,233 @@
+"""SQLAlchemy 2 ORM tables: the system of record.
+
+The same tables run on SQLite (embedded default) and on Postgres; the only backend-specific column is
+the knowledge-base embedding, stored as pgvector ``vector(384)`` on Postgres and as float32 bytes on
+SQLite (:class:`EmbeddingType`). The schema itself is created by Alembic migrations
+(``state/migrations``), never by ``create_all`` at run time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+EMBEDDING_DIM = 384
+"""Width of the all-MiniLM-L6-v2 sentence embedding."""
+
+OPEN_TICKET_SQL = "state <> 'closed'"
+"""A ticket counts as open until it is closed (a resolved ticket can still reopen)."""
+
+
+def utcnow() -> datetime:
+    """Timezone-aware UTC now; every timestamp in the database is UTC."""
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored as UTC and always read back timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: use timezone-aware UTC (state.models.utcnow)")
+        return value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class EmbeddingType(TypeDecorator[np.ndarray]):
+    """A 384-float embedding: pgvector ``vector(384)`` on Postgres, float32 bytes elsewhere."""
+
+    impl = LargeBinary
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            from pgvector.sqlalchemy import Vector
+
+            return dialect.type_descriptor(Vector(EMBEDDING_DIM))
+        return dialect.type_descriptor(LargeBinary())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        array = np.asarray(value, dtype=np.float32)
+        if array.shape != (EMBEDDING_DIM,):
+            raise ValueError(f"embedding must have shape ({EMBEDDING_DIM},), got {array.shape}")
+        if dialect.name == "postgresql":
+            return array
+        return array.tobytes()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> np.ndarray | None:
+        if value is None:
+            return None
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return np.frombuffer(bytes(value), dtype=np.float32)
+        return np.asarray(value, dtype=np.float32)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Customer(Base):
+    """A person who writes to support, whatever the channel."""
+
+    __tablename__ = "customers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    email: Mapped[str | None] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    identities: Mapped[list[CustomerIdentity]] = relationship(back_populates="customer")
+
+
+class CustomerIdentity(Base):
+    """How a customer is known on one channel: a web-chat session id, a phone number, an address."""
+
+    __tablename__ = "customer_identities"
+    __table_args__ = (UniqueConstraint("channel", "address", name="uq_identity_channel_address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    address: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    customer: Mapped[Customer] = relationship(back_populates="identities")
+
+
+class Ticket(Base):
+    """One customer conversation. ``state`` changes only through :mod:`state.tickets`."""
+
+    __tablename__ = "tickets"
+    __table_args__ = (
+        # At most one open (not closed) ticket per customer, enforced by the database.
+        Index(
+            "uq_ticket_one_open_per_customer",
+            "customer_id",
+            unique=True,
+            sqlite_where=text(OPEN_TICKET_SQL),
+            postgresql_where=text(OPEN_TICKET_SQL),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(32), default="bot")
+    intent: Mapped[str | None] = mapped_column(String(64))
+    # Slot filling: an intent waiting for a value from the customer, e.g. {"intent": "track_order",
+    # "slot": "order_id"}.
+    pending: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    escalation_reason: Mapped[str | None] = mapped_column(String(64))
+    handoff_summary: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column()
+    closed_at: Mapped[datetime | None] = mapped_column()
+
+
+class Message(Base):
+    """One message on a ticket, inbound (from the customer) or outbound (bot, agent, system)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        UniqueConstraint(
+            "channel", "direction", "provider_message_id", name="uq_message_provider_id"
+        ),
+        Index("ix_messages_ticket_id_id", "ticket_id", "id"),
+        Index("ix_messages_customer_id_id", "customer_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
+    direction: Mapped[str] = mapped_column(String(8))  # "inbound" | "outbound"
+    author: Mapped[str] = mapped_column(String(16))  # "customer" | "bot" | "agent" | "system"
+    channel: Mapped[str] = mapped_column(String(32))
+    text: Mapped[str] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    # Per-turn facts shown to clients (tier, intent, confidence) on outbound bot messages.
+    meta: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Inbound only: set when the turn for this message has finished. NULL = still to route.
+    processed_at: Mapped[datetime | None] = mapped_column()
+
+
+class Event(Base):
+    """Append-only log of everything that happened on a ticket (transitions, turn decisions).
+
+    The migration installs triggers that reject UPDATE and DELETE on this table.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_ticket_id_id", "ticket_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    kind: Mapped[str] = mapped_column(String(32))  # "transition" | "turn" | ...
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KbDocument(Base):
+    """A knowledge-base article of one knowledge-base version."""
+
+    __tablename__ = "kb_documents"
+    __table_args__ = (UniqueConstraint("kb_version", "doc_id", name="uq_kb_document_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kb_version: Mapped[str] = mapped_column(String(64), index=True)
+    doc_id: Mapped[str] = mapped_column(String(200))
+    title: Mapped[str] = mapped_column(String(300))
+    source: Mapped[str] = mapped_column(String(500))
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class KbChunk(Base):
+    """A retrievable passage of a knowledge-base article with its embedding."""
+
+    __tablename__ = "kb_chunks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kb_version: Mapped[str] = mapped_column(String(64), index=True)
+    doc_id: Mapped[str] = mapped_column(String(200))
+    ordinal: Mapped[int] = mapped_column(Integer)
+    heading: Mapped[str] = mapped_column(String(300))
+    text: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[np.ndarray] = mapped_column(EmbeddingType())
+
+
+class Meta(Base):
+    """Small key/value facts about the deployment, e.g. the active knowledge-base version."""
+
+    __tablename__ = "meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
