@@ -6,7 +6,10 @@ Owns connection set-up only: no queries here. Tables live in :mod:`state.models`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,23 @@ class Database:
     url: str
     engine: AsyncEngine
     sessions: async_sessionmaker[AsyncSession]
+    _sqlite_writer: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one transaction, committed on exit and rolled back on error.
+
+        On SQLite, writers in this process take turns: SQLite allows one writer at a time and a
+        deferred transaction that upgrades to a write can fail at once with "database is locked"
+        instead of waiting; queuing in-process avoids that. Postgres writers run concurrently.
+        """
+        if self.backend == "sqlite":
+            async with self._sqlite_writer:
+                async with self.sessions.begin() as session:
+                    yield session
+        else:
+            async with self.sessions.begin() as session:
+                yield session
 
     @property
     def backend(self) -> str:

@@ -1,0 +1,209 @@
+"""Deterministic handlers: questions a lookup answers exactly (order status, refund status).
+
+A handler takes the message's entities and an order store and returns the reply text plus the facts it
+used; no model is involved, so the same order always gets the same answer. A handler only describes the
+orders the customer named: it never lists the customer's other orders. It must not send messages,
+change tickets or write orders; the router decides what to do with an :class:`ActionResult`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from bot.entities import Entities
+from state.orders import Order, OrderItem, OrderStore
+
+__all__ = ["HANDLERS", "ActionContext", "ActionResult", "run_handler"]
+
+
+@dataclass(frozen=True)
+class ActionResult:
+    """A handler's answer.
+
+    ``reply``: plain text for the customer (no markdown). ``resolved``: True when every asked order was
+    found and answered. ``missing_slot``: ``"order_id"`` when the message named no order, so the reply
+    asks for one; None otherwise (an unknown id is ``resolved=False`` with ``missing_slot=None`` and
+    ``data["not_found"]``). ``data``: JSON-ready facts for the turn event, e.g.
+    ``{"handler": "order_status", "order_ids": ["#W2611340"], "orders": [{"order_id": "#W2611340",
+    "status": "processed", "tracking_ids": ["357962501027"]}], "not_found": []}``.
+    """
+
+    reply: str
+    resolved: bool
+    missing_slot: str | None
+    data: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What a handler may use: the message's entities, the order store, and the customer's email when
+    the channel knows it (email channel; None for SMS and chat). The email is not used to pick orders."""
+
+    entities: Entities
+    orders: OrderStore
+    customer_email: str | None = None
+
+
+_ASK_ORDER_ID = (
+    "I can check that for you. What is your order number? You will find it in your order "
+    "confirmation email, for example #W1234567."
+)
+
+_STATUS_WORDS = {
+    "pending": "is pending: we have received it and it has not shipped yet.",
+    "processed": "is processed: it has shipped and is on its way.",
+    "delivered": "is delivered: the carrier marked it as delivered.",
+    "cancelled": "is cancelled.",
+    "return requested": "has a return requested: we have your return request and are processing it.",
+    "exchange requested": "has an exchange requested: we have your exchange request and are processing it.",
+}
+
+_METHOD_WORDS = {"credit_card": "credit card", "paypal": "PayPal account", "gift_card": "gift card"}
+
+
+def _money(amount: float) -> str:
+    return f"${amount:,.2f}"
+
+
+def _method(payment_method_id: str) -> str:
+    kind = payment_method_id.rsplit("_", 1)[0] if "_" in payment_method_id else payment_method_id
+    return _METHOD_WORDS.get(kind, "original payment method")
+
+
+def _option(key: str, value: str) -> str:
+    low = value.strip().lower()
+    if low in ("yes", "true"):
+        return key
+    if low in ("no", "false", "none"):
+        return f"no {key}"
+    return f"{key} {value}"
+
+
+def _items(items: tuple[OrderItem, ...]) -> str:
+    counts: dict[tuple[str, str], int] = {}
+    first: dict[tuple[str, str], OrderItem] = {}
+    for item in items:
+        key = (item.item_id, item.name)
+        counts[key] = counts.get(key, 0) + 1
+        first.setdefault(key, item)
+    parts = []
+    for key, n in counts.items():
+        item = first[key]
+        opts = ", ".join(_option(k, v) for k, v in item.options.items())
+        text = f"{item.name} ({opts})" if opts else item.name
+        parts.append(f"{n} x {text}" if n > 1 else text)
+    return ", ".join(parts)
+
+
+def _not_found(order_id: str) -> str:
+    return (
+        f"I couldn't find an order with the number {order_id}. Could you check the number "
+        "and send it again?"
+    )
+
+
+def _describe_status(order: Order) -> str:
+    words = _STATUS_WORDS.get(order.status, f"has the status {order.status}.")
+    lines = [f"Your order {order.order_id} {words}"]
+    if order.items:
+        lines.append(f"Items: {_items(order.items)}.")
+    tracking = order.tracking_ids
+    if tracking:
+        label = "Tracking number" if len(tracking) == 1 else "Tracking numbers"
+        lines.append(f"{label}: {', '.join(tracking)}.")
+    return " ".join(lines)
+
+
+def _describe_refund(order: Order) -> str:
+    refunds = order.refunds
+    if refunds:
+        parts = [f"{_money(r.amount)} to your {_method(r.payment_method_id)}" for r in refunds]
+        noun = "A refund" if len(refunds) == 1 else f"{len(refunds)} refunds"
+        verb = "was" if len(refunds) == 1 else "were"
+        total = sum(r.amount for r in refunds)
+        text = f"{noun} {verb} issued for order {order.order_id}: {'; '.join(parts)}."
+        if len(refunds) > 1:
+            text += f" Total refunded: {_money(total)}."
+        return text
+    if order.status == "return requested":
+        return (
+            f"Order {order.order_id} has status return requested: your return is being processed "
+            "and no refund has been issued yet."
+        )
+    return f"There is no refund on order {order.order_id}. Its status is {order.status}."
+
+
+async def _per_order(
+    ctx: ActionContext, handler: str, describe: Callable[[Order], str], extra: Callable[[Order], dict[str, Any]]
+) -> ActionResult:
+    ids = ctx.entities.order_ids
+    if not ids:
+        return ActionResult(
+            reply=_ASK_ORDER_ID,
+            resolved=False,
+            missing_slot="order_id",
+            data={"handler": handler, "order_ids": [], "orders": [], "not_found": []},
+        )
+    paragraphs: list[str] = []
+    facts: list[dict[str, Any]] = []
+    not_found: list[str] = []
+    for order_id in ids:
+        order = await ctx.orders.get(order_id)
+        if order is None:
+            paragraphs.append(_not_found(order_id))
+            not_found.append(order_id)
+            continue
+        paragraphs.append(describe(order))
+        facts.append({"order_id": order.order_id, "status": order.status, **extra(order)})
+    return ActionResult(
+        reply="\n".join(paragraphs),
+        resolved=not not_found,
+        missing_slot=None,
+        data={"handler": handler, "order_ids": list(ids), "orders": facts, "not_found": not_found},
+    )
+
+
+async def order_status(ctx: ActionContext) -> ActionResult:
+    """Status, items and tracking ids of each order named in the message (only those).
+
+    No order id: asks for it (``missing_slot="order_id"``). Unknown id: says so, repeats the id and asks
+    the customer to check it (``resolved=False``). ``data["orders"]``: ``[{"order_id", "status",
+    "tracking_ids"}]``.
+    """
+    return await _per_order(
+        ctx, "order_status", _describe_status, lambda o: {"tracking_ids": list(o.tracking_ids)}
+    )
+
+
+async def refund_status(ctx: ActionContext) -> ActionResult:
+    """Refunds in each named order's payment history (amount and method), else the return status when
+    a return was requested, else that there is no refund. Missing and unknown ids as in
+    :func:`order_status`. ``data["orders"]``: ``[{"order_id", "status", "refunds": [{"amount",
+    "payment_method_id"}]}]``.
+    """
+    return await _per_order(
+        ctx,
+        "refund_status",
+        _describe_refund,
+        lambda o: {
+            "refunds": [{"amount": r.amount, "payment_method_id": r.payment_method_id} for r in o.refunds]
+        },
+    )
+
+
+HANDLERS: Mapping[str, Callable[[ActionContext], Awaitable[ActionResult]]] = MappingProxyType(
+    {"order_status": order_status, "refund_status": refund_status}
+)
+"""Handler name (the intent that triggers it) -> handler."""
+
+
+async def run_handler(name: str, ctx: ActionContext) -> ActionResult:
+    """Run the handler called ``name``. Raises ``ValueError`` naming the known handlers when there is
+    no such handler (never ``KeyError``); errors of the order store propagate."""
+    handler = HANDLERS.get(name)
+    if handler is None:
+        raise ValueError(f"unknown handler {name!r}; known handlers: {', '.join(sorted(HANDLERS))}")
+    return await handler(ctx)

@@ -1,0 +1,81 @@
+"""Entity extraction: order ids and email addresses found in a customer's message.
+
+Pure regular expressions, no model and no I/O, so it is cheap to run on every turn. It finds
+candidates only; whether an order exists is the order store's business (:mod:`state.orders`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from state.orders import normalise_order_id
+
+__all__ = ["Entities", "extract_entities"]
+
+
+@dataclass(frozen=True)
+class Entities:
+    """What :func:`extract_entities` found, each in order of first appearance without repeats.
+
+    ``order_ids``: normalised (``"#W2611340"``, ``"#12345"``); ``emails``: lower-cased.
+    """
+
+    order_ids: tuple[str, ...] = ()
+    emails: tuple[str, ...] = ()
+
+
+_EMAIL = re.compile(
+    r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]*[A-Za-z0-9_%+-])?@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
+)
+
+# An id ends where a word, a hyphenated run (phone numbers, dates) or a decimal (prices) does not go on.
+_END = r"(?![\w-]|[.,]\d)"
+
+# tau-bench style "W" + 7 digits is an order id on its own, with or without "#", in any case.
+_W_ID = re.compile(r"(?<![\w#$£€-])#?\s?[Ww]\d{7}" + _END)
+
+# After "#": up to 3 letters then 4-12 digits ("#12345", "#NW48213").
+_HASH_ID = re.compile(r"(?<![\w&])#\s?[A-Za-z]{0,3}\d{4,12}" + _END)
+
+# After "order", "order number", "order no.", "order #", "order id", "orders": a list of ids
+# ("order numbers 12345 and 67890"). Plain numbers count only here, so prices, years and phone
+# numbers elsewhere in the message are left alone.
+_ONE = r"#?\s?[A-Za-z]{0,3}\d{4,12}" + _END
+_KEYWORD_IDS = re.compile(
+    r"\border(?:s|'s)?"
+    r"(?:\s*(?:number|num|no|nr|id|ref|reference)(?:s|'s)?\.?)?"
+    r"(?:\s+(?:is|are|was|were))?"
+    r"\s*[:=]?\s*"
+    rf"(?P<ids>{_ONE}(?:\s*(?:,|&|/|\band\b|\bor\b|,\s*and\b)\s*{_ONE})*)",
+    re.IGNORECASE,
+)
+_ID_IN_LIST = re.compile(r"#?\s?[A-Za-z]{0,3}\d{4,12}" + _END)
+
+
+def extract_entities(text: str) -> Entities:
+    """Order ids and emails in ``text`` (any length; "" gives empty tuples). Never raises.
+
+    Order ids: ``W`` + 7 digits anywhere (``"#W2611340"``, ``"w2611340"``); ``"#"`` + optional
+    1-3 letters + 4-12 digits; and plain numbers of 4-12 digits only when introduced by "order",
+    "order number", "order no", "order #", "order id" (``"order 48213"`` -> ``"#48213"``). Digits
+    inside emails, phone numbers (``555-123-4567``), prices (``$1234.50``) and bare years are not ids.
+    """
+    if not text:
+        return Entities()
+    emails = tuple(dict.fromkeys(m.group(0).lower() for m in _EMAIL.finditer(text)))
+    # Blank the emails out so "w1234567@example.com" does not also read as an order id.
+    masked = _EMAIL.sub(lambda m: " " * len(m.group(0)), text)
+    found: list[tuple[int, str]] = []
+    for pattern in (_W_ID, _HASH_ID):
+        found.extend((m.start(), m.group(0)) for m in pattern.finditer(masked))
+    for m in _KEYWORD_IDS.finditer(masked):
+        base = m.start("ids")
+        found.extend((base + s.start(), s.group(0)) for s in _ID_IN_LIST.finditer(m.group("ids")))
+    ids: dict[str, None] = {}
+    for _, raw in sorted(found, key=lambda pair: pair[0]):
+        normal = normalise_order_id(raw.replace(" ", ""))
+        if normal is not None:
+            ids.setdefault(normal, None)
+    return Entities(order_ids=tuple(ids), emails=emails)

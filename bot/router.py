@@ -1,0 +1,258 @@
+"""The tiered intent router: one :class:`Decision` per customer turn.
+
+Order of checks, every turn:
+
+1. guard: empty or oversized input gets a clear reply (tier ``guard``), no model runs;
+2. understand: intent + calibrated confidence, entities (order id, email), sentiment;
+3. escalation triggers: an explicit request for a person, a sensitive intent, strongly negative
+   sentiment -> ``human``;
+4. slot filling: a value the bot asked for (an order number) completes the pending intent;
+5. confidence below the threshold -> ``reasoning`` when a provider is configured, else ``human``;
+6. the intent's tier from ``config/intents.yaml``:
+   ``deterministic`` (a handler function or a canned reply, no model), ``retrieval`` (an answer
+   composed from knowledge-base passages, never below the similarity threshold), ``reasoning``
+   (an LLM with tools; without one the turn goes to ``human``), ``human``.
+
+The router only decides; it does not touch tickets, messages or channels (see
+``helpline.conversation``), and knows nothing of any provider's wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.actions import ActionContext, run_handler
+from bot.answers import compose_answer
+from bot.guard import check_input
+from bot.intent_model import IntentSpec
+from bot.knowledge import KnowledgeBase
+from bot.understanding import Understander, Understanding
+from config.settings import Settings
+from state.orders import OrderStore
+
+TIERS = ("guard", "deterministic", "retrieval", "reasoning", "human")
+
+HANDOFF_REPLY = (
+    "I'm passing this to a member of our support team now. They'll reply right here, and they "
+    "can see our conversation, so you won't need to repeat anything."
+)
+
+# An explicit request for a person is honoured even when the intent model is unsure: customers who
+# ask for a human and get another bot answer are the angriest customers.
+_HUMAN_REQUEST = re.compile(
+    r"\b(?:(?:talk|speak|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s*one\s+|your\s+)?"
+    r"(?:real\s+|live\s+|actual\s+)?(?:human|person|agent|representative|rep|someone|somebody|operator|manager)"
+    r"|(?:real|live|actual)\s+(?:human|person|agent)"
+    r"|human\s+(?:agent|being|please)"
+    r"|(?:customer\s+service\s+)?representative\s+please"
+    r"|get\s+me\s+(?:a\s+)?(?:human|person|agent|manager))\b",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class TurnContext:
+    """What the router may know about the ticket: no database handles, no channel details."""
+
+    ticket_id: int
+    ticket_state: str
+    pending: Mapping[str, Any] | None = None
+    customer_email: str | None = None
+
+
+@dataclass
+class Decision:
+    """The router's answer for one turn, recorded in full as the turn event.
+
+    ``reply`` None means send nothing. ``escalate`` hands the ticket to a human; ``resolve`` marks
+    it resolved (the customer said goodbye); ``pending`` is the slot the bot now waits for.
+    ``cost_usd`` is 0 on local tiers.
+    """
+
+    tier: str
+    reason: str
+    reply: str | None
+    intent: str | None = None
+    confidence: float | None = None
+    escalate: bool = False
+    resolve: bool = False
+    pending: dict[str, Any] | None = None
+    alternatives: tuple[tuple[str, float], ...] = ()
+    sentiment: float | None = None
+    entities: dict[str, list[str]] = field(default_factory=dict)
+    citations: tuple[str, ...] = ()
+    retrieval_score: float | None = None
+    kb_version: str | None = None
+    models: dict[str, str] = field(default_factory=dict)
+    cost_usd: float = 0.0
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def event_payload(self) -> dict[str, Any]:
+        """JSON-able record of the decision for the append-only event log."""
+        return {
+            "tier": self.tier,
+            "reason": self.reason,
+            "intent": self.intent,
+            "confidence": self.confidence,
+            "alternatives": [[name, round(p, 4)] for name, p in self.alternatives],
+            "escalated": self.escalate,
+            "resolved": self.resolve,
+            "sentiment": self.sentiment,
+            "entities": self.entities,
+            "citations": list(self.citations),
+            "retrieval_score": self.retrieval_score,
+            "kb_version": self.kb_version,
+            "models": self.models,
+            "cost_usd": self.cost_usd,
+            "data": self.data,
+        }
+
+
+class Router:
+    """Decides each turn. Dependencies are injected so tests and later tiers can swap them."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        intents: Mapping[str, IntentSpec],
+        understander: Understander,
+        knowledge: KnowledgeBase,
+        orders: OrderStore,
+    ) -> None:
+        self.settings = settings
+        self.intents = intents
+        self.understander = understander
+        self.knowledge = knowledge
+        self.orders = orders
+
+    @property
+    def reasoning_available(self) -> bool:
+        """A reasoning tier needs an LLM provider; a later issue adds them."""
+        return False
+
+    async def route(self, text: str, ctx: TurnContext) -> Decision:
+        """Decide the turn for customer ``text`` on the ticket described by ``ctx``."""
+        guarded = check_input(text, self.settings.max_message_chars)
+        if guarded is not None:
+            return Decision(tier="guard", reason=guarded.code, reply=guarded.reply)
+
+        u = await asyncio.to_thread(self.understander.understand, text)
+        base = dict(
+            intent=u.intent,
+            confidence=round(u.confidence, 4),
+            alternatives=u.alternatives,
+            sentiment=round(u.sentiment, 4),
+            entities={"order_ids": list(u.entities.order_ids), "emails": list(u.entities.emails)},
+            models=self.understander.model_ids,
+            kb_version=self.knowledge.version,
+        )
+
+        trigger = self._escalation_trigger(text, u)
+        if trigger is not None:
+            return Decision(tier="human", reason=trigger, reply=HANDOFF_REPLY, escalate=True, **base)
+
+        if ctx.pending and self._fills_pending(ctx.pending, u):
+            spec = self.intents.get(str(ctx.pending.get("intent")))
+            if spec is not None and spec.handler:
+                base["intent"] = spec.name
+                return await self._deterministic(spec, u, ctx, base, reason="slot_filled")
+
+        if u.confidence < self.settings.confidence_threshold:
+            return self._beyond_local(base, reason="low_confidence")
+
+        spec = self.intents.get(u.intent)
+        if spec is None:  # a model trained on other intents than the config: never guess
+            return self._beyond_local(base, reason="unknown_intent")
+        if spec.tier == "deterministic":
+            return await self._deterministic(spec, u, ctx, base, reason="answered")
+        if spec.tier == "retrieval":
+            return await self._retrieval(text, u, base)
+        if spec.tier == "reasoning":
+            return self._beyond_local(base, reason="needs_reasoning")
+        return Decision(
+            tier="human", reason=f"intent_{spec.name}", reply=HANDOFF_REPLY, escalate=True, **base
+        )
+
+    # --- steps ------------------------------------------------------------------------------------
+
+    def _escalation_trigger(self, text: str, u: Understanding) -> str | None:
+        if u.intent == "contact_human_agent" and u.confidence >= self.settings.confidence_threshold:
+            return "explicit_request"
+        if _HUMAN_REQUEST.search(text):
+            return "explicit_request"
+        if u.intent in self.settings.sensitive_intents and u.confidence >= 0.5:
+            return "sensitive_intent"
+        if u.sentiment <= self.settings.anger_threshold:
+            return "negative_sentiment"
+        return None
+
+    @staticmethod
+    def _fills_pending(pending: Mapping[str, Any], u: Understanding) -> bool:
+        return pending.get("slot") == "order_id" and bool(u.entities.order_ids)
+
+    def _beyond_local(self, base: dict[str, Any], *, reason: str) -> Decision:
+        # The reasoning tier arrives with LLM providers; until one is configured a person takes over.
+        return Decision(
+            tier="human",
+            reason=f"{reason}_no_reasoning_tier" if not self.reasoning_available else reason,
+            reply=HANDOFF_REPLY,
+            escalate=True,
+            **base,
+        )
+
+    async def _deterministic(
+        self, spec: IntentSpec, u: Understanding, ctx: TurnContext, base: dict[str, Any], *, reason: str
+    ) -> Decision:
+        if spec.handler:
+            result = await run_handler(
+                spec.handler,
+                ActionContext(entities=u.entities, orders=self.orders, customer_email=ctx.customer_email),
+            )
+            pending = (
+                {"intent": spec.name, "slot": result.missing_slot} if result.missing_slot else None
+            )
+            return Decision(
+                tier="deterministic",
+                reason="asked_slot" if result.missing_slot else reason,
+                reply=result.reply,
+                pending=pending,
+                data=dict(result.data),
+                **base,
+            )
+        return Decision(
+            tier="deterministic",
+            reason=reason,
+            reply=spec.reply,
+            resolve=spec.name == "goodbye",
+            **base,
+        )
+
+    async def _retrieval(self, text: str, u: Understanding, base: dict[str, Any]) -> Decision:
+        passages = await self.knowledge.search(u.embedding, self.settings.retrieval_top_k)
+        kb_version = self.knowledge.version or ""
+        answer = await asyncio.to_thread(
+            compose_answer,
+            text,
+            u.embedding,
+            passages,
+            kb_version,
+            self.settings.retrieval_threshold,
+            self.understander.embedder,
+        )
+        best = round(passages[0].score, 4) if passages else None
+        if answer is None:
+            decision = self._beyond_local(base, reason="no_kb_match")
+            decision.retrieval_score = best
+            return decision
+        return Decision(
+            tier="retrieval",
+            reason="answered",
+            reply=answer.text,
+            citations=answer.citations,
+            retrieval_score=round(answer.score, 4),
+            **base,
+        )

@@ -1,0 +1,62 @@
+"""Understanding one customer message: intent with calibrated confidence, entities and sentiment.
+
+One embedding per message is computed here and reused by retrieval, so the text is embedded once per
+turn. :meth:`Understander.understand` is blocking CPU work; the router runs it in a worker thread so
+the event loop keeps serving webhooks and sockets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bot.embeddings import Embedder
+from bot.entities import Entities, extract_entities
+from bot.intent_model import IntentModel
+from bot.sentiment import Sentiment
+
+
+@dataclass(frozen=True)
+class Understanding:
+    """What the bot understood of one message.
+
+    ``confidence`` is the calibrated probability of ``intent`` in [0, 1]; ``alternatives`` the top
+    (intent, probability) pairs, descending; ``sentiment`` the VADER compound score in [-1, 1];
+    ``embedding`` the (384,) float32 L2-normalised sentence embedding.
+    """
+
+    intent: str
+    confidence: float
+    alternatives: tuple[tuple[str, float], ...]
+    entities: Entities
+    sentiment: float
+    embedding: np.ndarray
+
+
+class Understander:
+    """Runs the local models over one message. ``calls`` counts messages understood."""
+
+    def __init__(self, embedder: Embedder, intent_model: IntentModel, sentiment: Sentiment) -> None:
+        self.embedder = embedder
+        self.intent_model = intent_model
+        self.sentiment = sentiment
+        self.calls = 0
+
+    def understand(self, text: str) -> Understanding:
+        self.calls += 1
+        embedding = self.embedder.embed([text])[0]
+        prediction = self.intent_model.predict(text, embedding=embedding)
+        return Understanding(
+            intent=prediction.intent,
+            confidence=float(prediction.confidence),
+            alternatives=tuple(prediction.alternatives),
+            entities=extract_entities(text),
+            sentiment=self.sentiment.compound(text),
+            embedding=embedding,
+        )
+
+    @property
+    def model_ids(self) -> dict[str, str]:
+        """Model identifiers recorded on every turn: embedding model and intent model versions."""
+        return {"embedding": self.embedder.model_id, "intent": self.intent_model.version}

@@ -1,0 +1,154 @@
+"""The ``helpline`` command: serve, db, kb, chat, replay.
+
+Each command builds :class:`config.settings.Settings` once (environment + optional config file) and
+passes it down; options given here override the corresponding settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from config.settings import Settings
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        base = Settings()
+    except Exception as exc:  # pydantic's message names the setting and the problem
+        raise click.ClickException(f"invalid settings: {exc}") from None
+    values = {k: v for k, v in overrides.items() if v is not None}
+    return base.model_copy(update=values) if values else base
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Helpline customer-support bot."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default HELPLINE_HOST or 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (default HELPLINE_PORT or 8080).")
+def serve(host: str | None, port: int | None) -> None:
+    """Run the server (web chat at http://HOST:PORT/)."""
+    from helpline.server import serve as run_server
+    from state.migrate import PendingMigrationsError
+
+    settings = _settings(host=host, port=port)
+    try:
+        run_server(settings)
+    except PendingMigrationsError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+def db_upgrade(revision: str) -> None:
+    """Apply pending schema migrations (Alembic)."""
+    from state.migrate import current_revision, upgrade
+
+    settings = _settings()
+    url = settings.effective_database_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> str | None:
+        await upgrade(url, revision)
+        return await current_revision(url)
+
+    click.echo(f"database at revision {asyncio.run(run())}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the schema revision of the database and the one the code expects."""
+    from state.migrate import current_revision, head_revision
+
+    settings = _settings()
+    current = asyncio.run(current_revision(settings.effective_database_url))
+    click.echo(f"database: {current or 'empty'}\ncode expects: {head_revision()}")
+
+
+@main.group()
+def kb() -> None:
+    """Knowledge base."""
+
+
+@kb.command("ingest")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def kb_ingest(path: Path) -> None:
+    """(Re)build the knowledge base from the Markdown articles in PATH."""
+    from bot.embeddings import Embedder
+    from bot.knowledge import KnowledgeBase
+    from state.db import open_database
+    from state.migrate import ensure_schema
+
+    settings = _settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+    async def run() -> tuple[str, int, int]:
+        url = settings.effective_database_url
+        await ensure_schema(url, settings.migrate.value)
+        database = open_database(url)
+        try:
+            knowledge = KnowledgeBase(database, await asyncio.to_thread(Embedder.load))
+            version = await knowledge.ingest(path)
+            return version, knowledge.documents, knowledge.chunks
+        finally:
+            await database.dispose()
+
+    try:
+        version, documents, chunks = asyncio.run(run())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"knowledge base {version}: {documents} documents, {chunks} chunks")
+    click.echo("Restart running servers to serve the new version.")
+
+
+@main.command()
+@click.argument("url", default="http://127.0.0.1:8080")
+@click.option("--session", "session_id", default=None, help="Resume a web-chat session id.")
+def chat(url: str, session_id: str | None) -> None:
+    """Chat with a running server from the terminal (same websocket as the widget)."""
+    from helpline.chat_client import run_chat
+
+    sys.exit(asyncio.run(run_chat(url, session_id=session_id)))
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text-column", required=True, help="Column (CSV) or field (JSONL) with the message.")
+@click.option("--label-column", default=None, help="Column with the expected intent.")
+@click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="YAML mapping label -> intent when the label names differ.")
+@click.option("--limit", type=int, default=None, help="Replay N rows (seeded sample).")
+@click.option("--concurrency", type=int, default=8, show_default=True)
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_line", is_flag=True, help="Print one JSON object as the last line.")
+def replay(file: Path, text_column: str, label_column: str | None, label_map: Path | None,
+           limit: int | None, concurrency: int, url: str, seed: int, json_line: bool) -> None:
+    """Send real customer messages through the running server and report tiers and latency."""
+    from helpline.replay import print_report, run_replay
+
+    try:
+        report = asyncio.run(
+            run_replay(file, text_column=text_column, label_column=label_column, label_map=label_map,
+                       limit=limit, concurrency=concurrency, url=url, seed=seed)
+        )
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_report(report, json_line=json_line)

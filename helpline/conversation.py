@@ -1,0 +1,286 @@
+"""The conversation service: channel -> ticket -> router -> reply -> channel, one turn at a time.
+
+Channels call :meth:`Conversations.receive` with a neutral inbound message. Intake commits it (the
+durability boundary), then a background task runs the ticket's pending turns under the ticket's lock,
+oldest first, so turns of one ticket never interleave and a burst is answered in arrival order.
+Replies are stored, then published to the customer's open connections through :class:`Delivery`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from bot.entities import extract_entities
+from bot.handoff import HistoryLine, build_summary
+from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
+from config.settings import AgentMode, Settings
+from state.conversations import (
+    Accepted,
+    accept_inbound,
+    get_or_create_customer,
+    message_frame,
+    next_pending_inbound,
+    recent_messages,
+    tickets_with_pending_inbound,
+)
+from state.db import Database
+from state.delivery import Delivery
+from state.locks import Locks
+from state.models import Customer, Event, Message, Ticket, utcnow
+from state.tickets import BOT_SILENT_STATES, TicketState, transition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A customer message in neutral form, as every channel adapter produces it.
+
+    ``address`` identifies the customer on ``channel`` (web-chat session id, phone number, email
+    address); ``provider_message_id`` (web-chat client message id, Twilio MessageSid, Message-ID)
+    makes redelivery idempotent.
+    """
+
+    channel: str
+    address: str
+    text: str
+    provider_message_id: str | None = None
+
+
+class Conversations:
+    """Owns intake and turn processing. ``agent_mode`` is read on every turn (the kill switch)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        router: Router,
+        locks: Locks,
+        delivery: Delivery,
+        agent_mode: Callable[[], AgentMode] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.router = router
+        self.locks = locks
+        self.delivery = delivery
+        self.agent_mode = agent_mode or (lambda: settings.agent_mode)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reopen_window = timedelta(seconds=settings.reopen_window_s)
+
+    # --- intake -----------------------------------------------------------------------------------
+
+    async def customer_id(self, channel: str, address: str) -> int:
+        """Id of the customer known as ``address`` on ``channel``, created on first contact."""
+        return (await get_or_create_customer(self.db, channel, address)).id
+
+    async def receive(self, inbound: Inbound) -> Accepted:
+        """Store ``inbound`` (committed before this returns) and schedule its turn.
+
+        A duplicate delivery (same provider message id on the same channel) returns the stored
+        original with ``duplicate=True`` and schedules nothing.
+        """
+        customer_id = await self.customer_id(inbound.channel, inbound.address)
+        async with self.locks.hold(f"intake:{customer_id}"):
+            accepted = await accept_inbound(
+                self.db,
+                customer_id=customer_id,
+                channel=inbound.channel,
+                text=inbound.text,
+                provider_message_id=inbound.provider_message_id,
+                reopen_window=self._reopen_window,
+            )
+        if not accepted.duplicate:
+            await self.delivery.publish(customer_id, message_frame(accepted.message))
+            self.schedule(accepted.ticket.id)
+        return accepted
+
+    def schedule(self, ticket_id: int) -> None:
+        """Run the ticket's pending turns in the background (tracked so shutdown can wait)."""
+        task = asyncio.create_task(self.process_ticket(ticket_id), name=f"ticket-{ticket_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def resume_pending(self) -> int:
+        """Schedule tickets whose messages were stored but not answered (crash, shutdown)."""
+        ticket_ids = await tickets_with_pending_inbound(self.db)
+        for ticket_id in ticket_ids:
+            self.schedule(ticket_id)
+        return len(ticket_ids)
+
+    async def drain(self, timeout: float = 30.0) -> None:
+        """Wait for in-flight turns (graceful shutdown); unfinished ones resume at next start."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+
+    # --- turns ------------------------------------------------------------------------------------
+
+    async def process_ticket(self, ticket_id: int) -> None:
+        """Run every pending turn of the ticket, oldest message first, one at a time."""
+        async with self.locks.hold(f"ticket:{ticket_id}"):
+            while True:
+                async with self.db.sessions() as session:
+                    message = await next_pending_inbound(session, ticket_id)
+                if message is None:
+                    return
+                try:
+                    await self._turn(message)
+                except Exception:
+                    log.exception("turn failed for message %s on ticket %s", message.id, ticket_id)
+                    await self._fail_turn(message)
+
+    async def _turn(self, message: Message) -> None:
+        started = time.perf_counter()
+        async with self.db.sessions() as session:
+            ticket = await session.get(Ticket, message.ticket_id)
+            customer = await session.get(Customer, message.customer_id)
+            assert ticket is not None and customer is not None
+            state = TicketState(ticket.state)
+            history = await recent_messages(session, ticket.id, self.settings.history_turns)
+        disabled = self.agent_mode() is AgentMode.disabled
+
+        decision: Decision | None
+        if state in BOT_SILENT_STATES and not (disabled and state is TicketState.escalated):
+            decision = None  # a human owns the ticket: the bot stays silent
+        elif disabled:
+            decision = Decision(
+                tier="human", reason="kill_switch", reply=self.settings.disabled_reply, escalate=True
+            )
+        else:
+            await self.delivery.publish(customer.id, {"type": "typing", "on": True})
+            decision = await self.router.route(
+                message.text,
+                TurnContext(
+                    ticket_id=ticket.id,
+                    ticket_state=state.value,
+                    pending=ticket.pending,
+                    customer_email=customer.email,
+                ),
+            )
+        latency_ms = round((time.perf_counter() - started) * 1000, 2)
+        outbound = await self._commit_turn(message, decision, latency_ms, history)
+        if outbound is not None:
+            await self.delivery.publish(customer.id, message_frame(outbound))
+        if decision is not None and not disabled:
+            await self.delivery.publish(customer.id, {"type": "typing", "on": False})
+
+    async def _commit_turn(
+        self, message: Message, decision: Decision | None, latency_ms: float, history: list[Message]
+    ) -> Message | None:
+        now = utcnow()
+        async with self.db.write() as session:
+            ticket = await session.get(Ticket, message.ticket_id)
+            stored = await session.get(Message, message.id)
+            assert ticket is not None and stored is not None
+            if stored.processed_at is not None:  # another worker finished it: do nothing twice
+                return None
+            stored.processed_at = now
+            if decision is None:
+                session.add(
+                    Event(
+                        ticket_id=ticket.id,
+                        kind="turn",
+                        payload={"message_id": message.id, "tier": None, "reason": "human_owns_ticket",
+                                 "reply": False, "latency_ms": latency_ms},
+                        created_at=now,
+                    )
+                )
+                return None
+
+            state = TicketState(ticket.state)
+            if state is TicketState.awaiting_customer:
+                transition(session, ticket, TicketState.bot, reason="customer_replied", now=now)
+            elif state is TicketState.resolved:
+                transition(session, ticket, TicketState.bot, reason="reopened", now=now)
+
+            outbound: Message | None = None
+            if decision.reply is not None:
+                outbound = Message(
+                    ticket_id=ticket.id,
+                    customer_id=ticket.customer_id,
+                    direction="outbound",
+                    author="bot",
+                    channel=message.channel,
+                    text=decision.reply,
+                    meta={
+                        "tier": decision.tier,
+                        "intent": decision.intent,
+                        "confidence": decision.confidence,
+                        "escalated": decision.escalate,
+                        "latency_ms": latency_ms,
+                        "citations": list(decision.citations),
+                    },
+                    created_at=now,
+                )
+                session.add(outbound)
+                await session.flush()
+
+            if decision.escalate:
+                if TicketState(ticket.state) not in BOT_SILENT_STATES:
+                    ticket.handoff_summary = self._summary(decision, history, message)
+                    transition(
+                        session, ticket, TicketState.escalated, reason=decision.reason, now=now,
+                        summary=ticket.handoff_summary,
+                    )
+                ticket.pending = None
+            elif decision.resolve:
+                transition(session, ticket, TicketState.resolved, reason=decision.reason, now=now)
+                ticket.pending = None
+            else:
+                transition(session, ticket, TicketState.awaiting_customer, reason=decision.reason, now=now)
+                ticket.pending = decision.pending
+            if decision.intent:
+                ticket.intent = decision.intent
+            session.add(
+                Event(
+                    ticket_id=ticket.id,
+                    kind="turn",
+                    payload={
+                        "message_id": message.id,
+                        "reply_message_id": outbound.id if outbound is not None else None,
+                        "latency_ms": latency_ms,
+                        **decision.event_payload(),
+                    },
+                    created_at=now,
+                )
+            )
+        return outbound
+
+    def _summary(self, decision: Decision, history: list[Message], message: Message) -> str:
+        lines = [HistoryLine(m.author, m.text) for m in history if m.id != message.id]
+        lines.append(HistoryLine("customer", message.text))
+        order_ids: list[str] = []
+        emails: list[str] = []
+        for line in lines:
+            if line.author == "customer":
+                found = extract_entities(line.text[: self.settings.max_message_chars])
+                order_ids.extend(found.order_ids)
+                emails.extend(found.emails)
+        return build_summary(
+            reason=decision.reason,
+            intent=decision.intent,
+            confidence=decision.confidence,
+            sentiment=decision.sentiment,
+            order_ids=order_ids,
+            emails=emails,
+            history=lines,
+        )
+
+    async def _fail_turn(self, message: Message) -> None:
+        # A bug must not leave the customer stuck or loop forever: hand the ticket to a person.
+        decision = Decision(tier="human", reason="internal_error", reply=HANDOFF_REPLY, escalate=True)
+        try:
+            async with self.db.sessions() as session:
+                history = await recent_messages(session, message.ticket_id, self.settings.history_turns)
+            outbound = await self._commit_turn(message, decision, 0.0, history)
+        except Exception:
+            log.exception("could not record the failed turn for message %s", message.id)
+            raise
+        if outbound is not None:
+            await self.delivery.publish(message.customer_id, message_frame(outbound))
+

@@ -1,0 +1,471 @@
+"""``helpline replay``: real customer messages through a running Helpline server.
+
+Reads a CSV or JSONL file of customer texts, sends each row as a new customer over its own websocket
+to ``/ws/chat`` and reports what customers got: tier shares, escalations, intent accuracy against the
+file's labels, and latency from send to reply. Failed turns (connection refused, error frames,
+timeouts, a socket closed before the reply) are counted and reported, never dropped.
+
+This module is a client only. It must not import the router, the store or the settings: what it
+measures is what goes over the wire, so it works the same against a local or a deployed server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import json
+import random
+import sys
+import time
+import uuid
+from collections import Counter
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from helpline.placeholders import fill_placeholders
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT_S = 30.0
+CHAT_PATH = "/ws/chat"
+PERCENTILES = (50, 95, 99)
+_CLOSE_TIMEOUT_S = 5.0
+_SHOWN_PROBLEMS = 5
+
+
+class ReplayInputError(ValueError):
+    """The input file, the columns or the options cannot be replayed; the message says why.
+    The CLI turns it into a usage error (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class ReplayRow:
+    line: int  # line of the file where the row starts (1 = first line, the CSV header included)
+    text: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    """One customer's turn: either a reply (``error`` is None) or an error kind with its detail."""
+
+    latency_ms: float | None = None
+    tier: str | None = None
+    intent: str | None = None
+    escalated: bool = False
+    error: str | None = None  # connect | timeout | closed | protocol | error:<code>
+    detail: str = ""
+
+
+@dataclass
+class ReplayReport:
+    turns: int
+    errors: int
+    tiers: dict[str, int]
+    escalated: int
+    intent_accuracy: float | None
+    latency_ms: dict[str, float | None]  # p50 p95 p99 over answered turns; None when none answered
+    # Context for the human summary; not part of the JSON line.
+    url: str = ""
+    intent_scored: int = 0  # answered, labelled turns that returned an intent (accuracy denominator)
+    labelled_without_intent: int = 0  # answered, labelled turns whose reply carried no intent
+    error_kinds: dict[str, int] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    bad_rows: list[str] = field(default_factory=list)
+
+    @property
+    def answered(self) -> int:
+        return self.turns - self.errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "turns": self.turns,
+            "errors": self.errors,
+            "tiers": dict(self.tiers),
+            "escalated": self.escalated,
+            "intent_accuracy": self.intent_accuracy,
+            "latency_ms": {f"p{p}": self.latency_ms.get(f"p{p}") for p in PERCENTILES},
+        }
+
+
+# --- input ------------------------------------------------------------------------------------------
+
+
+def load_rows(
+    path: Path, text_column: str, label_column: str | None = None
+) -> tuple[list[ReplayRow], list[str]]:
+    """Rows to replay and the bad rows (``"line N: why"``). Raises ReplayInputError when the file
+    cannot be read at all or lacks a column."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ReplayInputError(f"{path}: no such file")
+    if suffix == ".csv":
+        rows, bad = _load_csv(path, text_column, label_column)
+    elif suffix in (".jsonl", ".ndjson"):
+        rows, bad = _load_jsonl(path, text_column, label_column)
+    else:
+        raise ReplayInputError(f"{path}: unknown file type {suffix!r}; expected .csv or .jsonl")
+    if not rows:
+        why = f"; bad rows: {'; '.join(bad[:_SHOWN_PROBLEMS])}" if bad else ""
+        raise ReplayInputError(f"{path}: no rows to replay{why}")
+    return rows, bad
+
+
+def _missing_column(path: Path, kind: str, column: str, available: list[str]) -> ReplayInputError:
+    listed = ", ".join(available) if available else "(none)"
+    return ReplayInputError(f"{path}: no {kind} column {column!r}; available columns: {listed}")
+
+
+def _row(
+    line: int, record: dict[Any, Any], text_column: str, label_column: str | None
+) -> ReplayRow | str:
+    """A row, or why the record is bad."""
+    text = record.get(text_column)
+    if text is None:
+        return f"line {line}: no value in column {text_column!r}"
+    if not isinstance(text, str):
+        return f"line {line}: {text_column!r} is not text ({type(text).__name__})"
+    if not text.strip():
+        return f"line {line}: empty {text_column!r}"
+    label = record.get(label_column) if label_column else None
+    label = str(label).strip() if label is not None and str(label).strip() else None
+    return ReplayRow(line=line, text=text, label=label)
+
+
+def _load_csv(
+    path: Path, text_column: str, label_column: str | None
+) -> tuple[list[ReplayRow], list[str]]:
+    rows: list[ReplayRow] = []
+    bad: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = list(reader.fieldnames or [])
+        for kind, column in (("text", text_column), ("label", label_column)):
+            if column is not None and column not in header:
+                raise _missing_column(path, kind, column, header)
+        end = reader.line_num  # a quoted field may span lines: a row starts after the last one ended
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                bad.append(f"line {end + 1}: {exc}")
+                end = reader.line_num
+                continue
+            start, end = end + 1, reader.line_num
+            if None in record:  # more fields than the header: the row is misaligned
+                bad.append(f"line {start}: {len(header) + len(record[None])} fields, header has {len(header)}")
+                continue
+            row = _row(start, record, text_column, label_column)
+            (rows if isinstance(row, ReplayRow) else bad).append(row)  # type: ignore[arg-type]
+    return rows, bad
+
+
+def _load_jsonl(
+    path: Path, text_column: str, label_column: str | None
+) -> tuple[list[ReplayRow], list[str]]:
+    records: list[tuple[int, dict[str, Any]]] = []
+    bad: list[str] = []
+    seen: dict[str, None] = {}  # every key met, in first-seen order, for the error message
+    with path.open(encoding="utf-8-sig") as fh:
+        for line, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError as exc:
+                bad.append(f"line {line}: not valid JSON ({exc.args[0] if exc.args else exc})")
+                continue
+            if not isinstance(record, dict):
+                bad.append(f"line {line}: not a JSON object")
+                continue
+            seen.update(dict.fromkeys(record))
+            records.append((line, record))
+    # JSONL has no header: a column is missing when no record has it; a record without it is bad.
+    if records:
+        for kind, column in (("text", text_column), ("label", label_column)):
+            if column is not None and column not in seen:
+                raise _missing_column(path, kind, column, list(seen))
+    rows: list[ReplayRow] = []
+    for line, record in records:
+        row = _row(line, record, text_column, label_column)
+        (rows if isinstance(row, ReplayRow) else bad).append(row)  # type: ignore[arg-type]
+    return rows, bad
+
+
+def load_label_map(path: Path) -> dict[str, str]:
+    """YAML mapping of file label -> Helpline intent. Labels not in the map are compared as they are."""
+    try:
+        with Path(path).open(encoding="utf-8") as fh:
+            loaded = yaml.safe_load(fh)
+    except OSError as exc:
+        raise ReplayInputError(f"{path}: cannot read the label map ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ReplayInputError(f"{path}: the label map is not valid YAML ({exc})") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not all(isinstance(v, str) for v in loaded.values()):
+        raise ReplayInputError(f"{path}: the label map must be a YAML mapping of label -> intent name")
+    return {str(label): intent for label, intent in loaded.items()}
+
+
+def chat_url(url: str) -> str:
+    """``http://host:port`` (or ``ws://...``, with or without ``/ws/chat``) -> the chat websocket URL."""
+    parts = urlsplit(url)
+    scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
+    if scheme is None or not parts.netloc:
+        raise ReplayInputError(f"--url {url!r}: expected http://HOST:PORT (or ws://, https://, wss://)")
+    path = parts.path.rstrip("/")
+    if not path.endswith(CHAT_PATH):
+        path += CHAT_PATH
+    return urlunsplit((scheme, parts.netloc, path, parts.query, ""))
+
+
+# --- one turn ---------------------------------------------------------------------------------------
+
+
+class _TurnFailed(Exception):
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+async def _next_frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
+    while True:
+        msg = await ws.receive()
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            try:
+                frame = json.loads(msg.data)
+            except ValueError:
+                raise _TurnFailed("protocol", f"server sent a frame that is not JSON: {msg.data[:80]!r}")
+            if not isinstance(frame, dict):
+                raise _TurnFailed("protocol", f"server sent a frame that is not an object: {msg.data[:80]!r}")
+            if frame.get("type") == "error":
+                code = str(frame.get("code") or "unknown")
+                raise _TurnFailed(f"error:{code}", f"error frame {code}: {frame.get('message', '')}")
+            return frame
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+            raise _TurnFailed("closed", f"server closed the connection (code {ws.close_code})")
+        if msg.type == aiohttp.WSMsgType.ERROR:
+            raise _TurnFailed("closed", f"connection failed: {ws.exception()}")
+        # binary frames are not part of the protocol; skip them
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+async def replay_turn(
+    session: aiohttp.ClientSession, ws_url: str, text: str, *, timeout: float = DEFAULT_TIMEOUT_S
+) -> TurnResult:
+    """One new customer: connect, hello, send ``text``, wait for the bot's outbound reply."""
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    step = "connect"
+    try:
+        async with asyncio.timeout(timeout):
+            try:
+                ws = await session.ws_connect(ws_url)
+            except (aiohttp.ClientError, OSError) as exc:
+                return TurnResult(error="connect", detail=f"cannot connect to {ws_url}: {_describe(exc)}")
+            step = "welcome"
+            await ws.send_json({"type": "hello", "session_id": None, "last_seq": 0})
+            frame = await _next_frame(ws)
+            if frame.get("type") != "welcome":
+                raise _TurnFailed("protocol", f"expected a welcome frame, got {frame.get('type')!r}")
+            step = "reply"
+            sent_at = time.perf_counter()
+            await ws.send_json({"type": "message", "text": text, "client_message_id": str(uuid.uuid4())})
+            while True:
+                frame = await _next_frame(ws)
+                # ack, the inbound echo and typing frames come first: wait on for the bot's reply
+                if frame.get("type") == "message" and frame.get("direction") == "outbound":
+                    latency_ms = (time.perf_counter() - sent_at) * 1000
+                    break
+        meta = frame.get("meta") if isinstance(frame.get("meta"), dict) else {}
+        tier = str(meta.get("tier") or "unknown")
+        intent = meta.get("intent")
+        return TurnResult(
+            latency_ms=latency_ms,
+            tier=tier,
+            intent=str(intent) if intent else None,
+            escalated=tier == "human" or meta.get("escalated") is True,
+        )
+    except TimeoutError:
+        waited_for = {"connect": "connection", "welcome": "welcome frame", "reply": "reply"}[step]
+        return TurnResult(error="timeout", detail=f"no {waited_for} within {timeout:g} s")
+    except _TurnFailed as exc:
+        return TurnResult(error=exc.kind, detail=exc.detail)
+    except (aiohttp.ClientError, OSError) as exc:
+        return TurnResult(error="closed", detail=f"connection failed while waiting for the {step}: {_describe(exc)}")
+    finally:
+        if ws is not None:
+            with suppress(Exception):
+                await asyncio.wait_for(ws.close(), _CLOSE_TIMEOUT_S)
+
+
+# --- the run ----------------------------------------------------------------------------------------
+
+
+async def run_replay(
+    path: Path,
+    *,
+    text_column: str,
+    label_column: str | None = None,
+    label_map: Path | None = None,
+    limit: int | None = None,
+    concurrency: int = 8,
+    url: str = DEFAULT_URL,
+    seed: int = 0,
+    progress: bool = True,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> ReplayReport:
+    """Replay the file's rows (all of them, or the first ``limit`` after a shuffle seeded by ``seed``)
+    through the server at ``url``, ``concurrency`` customers at a time."""
+    if limit is not None and limit < 1:
+        raise ReplayInputError("--limit must be at least 1")
+    if concurrency < 1:
+        raise ReplayInputError("--concurrency must be at least 1")
+    if label_map is not None and label_column is None:
+        raise ReplayInputError("--label-map needs --label-column")
+    ws_url = chat_url(url)
+    # File reading is blocking: keep it off the event loop.
+    rows, bad_rows = await asyncio.to_thread(load_rows, Path(path), text_column, label_column)
+    mapping = await asyncio.to_thread(load_label_map, label_map) if label_map is not None else {}
+
+    # Shuffle always (source files are often sorted by intent) and fill placeholders in that order
+    # from the same generator: a given seed and limit send the same texts every run, and a smaller
+    # limit sends a prefix of a larger one.
+    rng = random.Random(seed)
+    rng.shuffle(rows)
+    if limit is not None:
+        rows = rows[:limit]
+    texts = [fill_placeholders(row.text, rng) for row in rows]
+
+    semaphore = asyncio.Semaphore(concurrency)
+    with tqdm(total=len(rows), file=sys.stderr, disable=not progress, unit="turn", desc="replay") as bar:
+        failed = 0
+
+        async def one(text: str) -> TurnResult:
+            nonlocal failed
+            async with semaphore:
+                result = await replay_turn(session, ws_url, text, timeout=timeout)
+            failed += result.error is not None
+            bar.update(1)
+            if failed:
+                bar.set_postfix(errors=failed, refresh=False)
+            return result
+
+        # limit=0: the semaphore bounds connections; the pool limit would only queue them unseen.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            results = await asyncio.gather(*(one(text) for text in texts))
+    return summarise(rows, results, mapping, bad_rows=bad_rows, url=url)
+
+
+def summarise(
+    rows: list[ReplayRow],
+    results: list[TurnResult],
+    label_map: dict[str, str] | None = None,
+    *,
+    bad_rows: list[str] | None = None,
+    url: str = "",
+) -> ReplayReport:
+    label_map = label_map or {}
+    tiers: Counter[str] = Counter()
+    error_kinds: Counter[str] = Counter()
+    error_samples: list[str] = []
+    latencies: list[float] = []
+    escalated = scored = correct = labelled_without_intent = 0
+    for row, result in zip(rows, results, strict=True):
+        if result.error is not None:
+            error_kinds[result.error] += 1
+            if len(error_samples) < _SHOWN_PROBLEMS:
+                error_samples.append(f"line {row.line}: {result.detail}")
+            continue
+        tiers[result.tier or "unknown"] += 1
+        escalated += result.escalated
+        if result.latency_ms is not None:
+            latencies.append(result.latency_ms)
+        if row.label is None:
+            continue
+        if result.intent is None:
+            labelled_without_intent += 1
+            continue
+        scored += 1
+        correct += result.intent == label_map.get(row.label, row.label)
+    has_labels = any(row.label is not None for row in rows)
+    if latencies:
+        values = np.percentile(np.asarray(latencies), PERCENTILES)  # linear interpolation
+        latency = {f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, values, strict=True)}
+    else:
+        latency = {f"p{p}": None for p in PERCENTILES}
+    return ReplayReport(
+        turns=len(results),
+        errors=sum(error_kinds.values()),
+        tiers=dict(sorted(tiers.items())),
+        escalated=escalated,
+        intent_accuracy=round(correct / scored, 4) if has_labels and scored else None,
+        latency_ms=latency,
+        url=url,
+        intent_scored=scored,
+        labelled_without_intent=labelled_without_intent,
+        error_kinds=dict(error_kinds.most_common()),
+        error_samples=error_samples,
+        bad_rows=list(bad_rows or []),
+    )
+
+
+# --- output -----------------------------------------------------------------------------------------
+
+
+def _pct(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "n/a"
+
+
+def print_report(report: ReplayReport, *, json_line: bool, file: TextIO | None = None) -> None:
+    """Human summary; with ``json_line`` the last line printed is ``report.to_json()`` as one line."""
+    out = file if file is not None else sys.stdout
+    answered = report.answered
+    where = f" against {report.url}" if report.url else ""
+    lines = [f"Replayed {report.turns:,} turns{where}: {answered:,} answered, {report.errors:,} errors"]
+    if report.turns and not answered:
+        lines.append(f"  ALL {report.turns:,} turns failed; is the server running{where}?")
+    if answered:
+        shares = ", ".join(f"{tier} {_pct(n, answered)} ({n:,})" for tier, n in report.tiers.items())
+        lines.append(f"Tiers:           {shares}")
+        lines.append(f"Escalated:       {_pct(report.escalated, answered)} ({report.escalated:,} of {answered:,})")
+    if report.intent_accuracy is not None:
+        lines.append(
+            f"Intent accuracy: {100 * report.intent_accuracy:.1f}% over {report.intent_scored:,} labelled "
+            f"turns that returned an intent ({report.labelled_without_intent:,} labelled turns had none)"
+        )
+    elif report.labelled_without_intent:
+        lines.append("Intent accuracy: n/a, no labelled reply carried an intent")
+    lat = report.latency_ms
+    if lat.get("p50") is not None:
+        lines.append(
+            f"Latency (ms):    p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}"
+            "  (send -> reply, answered turns)"
+        )
+    if report.errors:
+        kinds = ", ".join(f"{kind} {n:,}" for kind, n in report.error_kinds.items())
+        lines.append(f"Errors:          {report.errors:,} ({kinds})")
+        lines.extend(f"  {sample}" for sample in report.error_samples)
+    if report.bad_rows:
+        lines.append(f"Skipped rows:    {len(report.bad_rows):,} bad rows in the file")
+        lines.extend(f"  {bad}" for bad in report.bad_rows[:_SHOWN_PROBLEMS])
+        if len(report.bad_rows) > _SHOWN_PROBLEMS:
+            lines.append(f"  ... and {len(report.bad_rows) - _SHOWN_PROBLEMS:,} more")
+    if json_line:
+        lines.append(json.dumps(report.to_json(), sort_keys=False))
+    print("\n".join(lines), file=out, flush=True)

@@ -1,0 +1,168 @@
+"""The aiohttp application: every resource opened and closed in one ``cleanup_ctx`` each.
+
+``build_app(settings)`` assembles database -> models -> knowledge base -> order store -> router ->
+conversation service -> channels. Start-up finishes (schema checked, models loaded, knowledge base
+ingested when empty, unanswered messages rescheduled) before the server listens, so ``/healthz``
+answering 200 means ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from aiohttp import web
+
+from bot.embeddings import Embedder
+from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train
+from bot.knowledge import KnowledgeBase
+from bot.router import Router
+from bot.sentiment import Sentiment
+from bot.understanding import Understander
+from channels.webchat import WebChatChannel
+from config.settings import Settings
+from helpline import __version__
+from helpline.conversation import Conversations
+from state.db import Database, open_database
+from state.delivery import InProcessDelivery
+from state.locks import InProcessLocks
+from state.migrate import ensure_schema
+from state.orders import JsonOrderStore
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(resources.files("channels") / "static"))
+
+
+@dataclass
+class Runtime:
+    """Everything the running server holds; tests reach in through ``app[RUNTIME]``."""
+
+    settings: Settings
+    db: Database
+    embedder: Embedder
+    intents: dict[str, IntentSpec]
+    intent_model: IntentModel
+    knowledge: KnowledgeBase
+    orders: JsonOrderStore
+    router: Router
+    understander: Understander
+    conversations: Conversations
+    delivery: InProcessDelivery
+    locks: InProcessLocks
+    schema_revision: str
+    started_at: float
+
+
+SETTINGS = web.AppKey("settings", Settings)
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+async def _runtime(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.effective_database_url
+    revision = await ensure_schema(url, settings.migrate.value)
+    db = open_database(url)
+    try:
+        embedder = await asyncio.to_thread(Embedder.load)
+        intents = load_intents(settings.intents_file)
+        intent_model = await asyncio.to_thread(
+            load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir
+        )
+        knowledge = KnowledgeBase(db, embedder)
+        await knowledge.load()
+        if knowledge.version is None:
+            log.info("knowledge base empty: ingesting %s", settings.kb_dir)
+            await knowledge.ingest(settings.kb_dir)
+        orders = JsonOrderStore.from_files(settings.orders_file)
+        understander = Understander(embedder, intent_model, Sentiment())
+        router = Router(settings, intents, understander, knowledge, orders)
+        locks = InProcessLocks()
+        delivery = InProcessDelivery()
+        conversations = Conversations(settings, db, router, locks, delivery)
+        runtime = Runtime(
+            settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,
+            knowledge=knowledge, orders=orders, router=router, understander=understander,
+            conversations=conversations, delivery=delivery, locks=locks,
+            schema_revision=revision, started_at=time.time(),
+        )
+        app[RUNTIME] = runtime
+        resumed = await conversations.resume_pending()
+        if resumed:
+            log.info("resumed %d ticket(s) with unanswered messages", resumed)
+        yield
+        await conversations.drain()
+    finally:
+        await db.dispose()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: 200 with backend names and versions once the server is ready."""
+    rt = request.app.get(RUNTIME)
+    if rt is None:
+        return web.json_response({"status": "starting"}, status=503)
+    return web.json_response(
+        {
+            "status": "ok",
+            "version": __version__,
+            "agent_mode": rt.conversations.agent_mode().value,
+            "database": {
+                "backend": rt.db.backend,
+                "version": await rt.db.server_version(),
+                "schema_revision": rt.schema_revision,
+            },
+            "model": {
+                "embedding": rt.embedder.model_id,
+                "intent": rt.intent_model.version,
+                "intents": len(rt.intent_model.labels),
+            },
+            "knowledge_base": {
+                "version": rt.knowledge.version,
+                "documents": rt.knowledge.documents,
+                "chunks": rt.knowledge.chunks,
+            },
+            "orders": await rt.orders.count(),
+            "python": platform.python_version(),
+        }
+    )
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    """The demo page with the chat widget."""
+    return web.FileResponse(STATIC_DIR / "index.html")
+
+
+async def chat_socket(request: web.Request) -> web.StreamResponse:
+    rt = request.app[RUNTIME]
+    return await WebChatChannel(rt.conversations, rt.delivery).handle(request)
+
+
+def build_app(settings: Settings) -> web.Application:
+    """The aiohttp application for ``settings``; resources open when the app starts."""
+    app = web.Application(client_max_size=1024 * 1024)
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(_runtime)
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/ws/chat", chat_socket)
+    app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until SIGINT/SIGTERM (aiohttp's ``run_app`` handles both gracefully)."""
+    web.run_app(
+        build_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=30.0,
+        print=lambda msg: log.info(msg.strip()),
+    )

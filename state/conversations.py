@@ -1,0 +1,210 @@
+"""Customers, tickets and messages: intake of inbound messages and the queries turns need.
+
+Intake is the durability boundary: :func:`accept_inbound` commits the customer's message (and, when
+needed, a new ticket) before any routing starts, so a crash mid-turn loses nothing; the message stays
+``processed_at IS NULL`` until its turn finishes. Nothing here knows about routing or channels'
+wire formats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from state.db import Database
+from state.models import Customer, CustomerIdentity, Event, Message, Ticket, utcnow
+from state.tickets import TicketState, transition
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Result of intake. ``duplicate`` is True when the provider message id was seen before; then
+    ``message`` is the stored original and nothing new was written."""
+
+    message: Message
+    ticket: Ticket
+    customer_id: int
+    duplicate: bool
+    new_ticket: bool
+
+
+async def find_customer(session: AsyncSession, channel: str, address: str) -> Customer | None:
+    """The customer known on ``channel`` by ``address`` (session id, phone, email), or None."""
+    row = await session.execute(
+        select(Customer)
+        .join(CustomerIdentity)
+        .where(CustomerIdentity.channel == channel, CustomerIdentity.address == address)
+    )
+    return row.scalar_one_or_none()
+
+
+async def get_or_create_customer(db: Database, channel: str, address: str) -> Customer:
+    """Find or create the customer for ``(channel, address)``; safe against concurrent creators
+    (the unique identity constraint decides, the loser re-reads)."""
+    async with db.sessions() as session:
+        customer = await find_customer(session, channel, address)
+        if customer is not None:
+            return customer
+    try:
+        async with db.write() as session:
+            customer = Customer()
+            session.add(customer)
+            await session.flush()
+            session.add(CustomerIdentity(customer_id=customer.id, channel=channel, address=address))
+        return customer
+    except IntegrityError:
+        async with db.sessions() as session:
+            found = await find_customer(session, channel, address)
+            if found is None:  # pragma: no cover - the constraint said it exists
+                raise
+            return found
+
+
+async def open_ticket(session: AsyncSession, customer_id: int) -> Ticket | None:
+    """The customer's ticket that is not closed, or None (the database allows at most one)."""
+    row = await session.execute(
+        select(Ticket).where(Ticket.customer_id == customer_id, Ticket.state != "closed")
+    )
+    return row.scalar_one_or_none()
+
+
+async def accept_inbound(
+    db: Database,
+    *,
+    customer_id: int,
+    channel: str,
+    text: str,
+    provider_message_id: str | None,
+    reopen_window: timedelta,
+    now: datetime | None = None,
+) -> Accepted:
+    """Store one inbound customer message on the customer's open ticket, creating the ticket if
+    there is none, and commit.
+
+    A resolved ticket older than ``reopen_window`` is closed first and a new one opened. A repeated
+    ``provider_message_id`` on the same channel returns the stored original with ``duplicate=True``.
+    Callers serialise intake per customer (see :class:`state.locks.Locks`) so that arrival order is
+    storage order; the database's unique indexes guard the same rules across processes.
+    """
+    now = now or utcnow()
+    async with db.write() as session:
+        if provider_message_id is not None:
+            existing = (
+                await session.execute(
+                    select(Message).where(
+                        Message.channel == channel,
+                        Message.direction == "inbound",
+                        Message.provider_message_id == provider_message_id,
+                    )
+                )
+            ).scalar_one_or_none()
+            if existing is not None:
+                ticket = await session.get(Ticket, existing.ticket_id)
+                assert ticket is not None
+                return Accepted(existing, ticket, customer_id, duplicate=True, new_ticket=False)
+
+        ticket = await open_ticket(session, customer_id)
+        if (
+            ticket is not None
+            and ticket.state == TicketState.resolved.value
+            and ticket.resolved_at is not None
+            and now - ticket.resolved_at > reopen_window
+        ):
+            transition(session, ticket, TicketState.closed, reason="reopen_window_expired", now=now)
+            await session.flush()
+            ticket = None
+        new_ticket = ticket is None
+        if ticket is None:
+            ticket = Ticket(
+                customer_id=customer_id, channel=channel, state=TicketState.bot.value,
+                created_at=now, updated_at=now,
+            )
+            session.add(ticket)
+            await session.flush()
+            session.add(
+                Event(ticket_id=ticket.id, kind="ticket_opened", payload={"channel": channel},
+                      created_at=now)
+            )
+        message = Message(
+            ticket_id=ticket.id,
+            customer_id=customer_id,
+            direction="inbound",
+            author="customer",
+            channel=channel,
+            text=text,
+            provider_message_id=provider_message_id,
+            created_at=now,
+        )
+        session.add(message)
+        await session.flush()
+    return Accepted(message, ticket, customer_id, duplicate=False, new_ticket=new_ticket)
+
+
+async def next_pending_inbound(session: AsyncSession, ticket_id: int) -> Message | None:
+    """The oldest inbound message of the ticket whose turn has not finished, or None."""
+    row = await session.execute(
+        select(Message)
+        .where(
+            Message.ticket_id == ticket_id,
+            Message.direction == "inbound",
+            Message.processed_at.is_(None),
+        )
+        .order_by(Message.id)
+        .limit(1)
+    )
+    return row.scalar_one_or_none()
+
+
+async def tickets_with_pending_inbound(db: Database) -> list[int]:
+    """Ids of tickets that hold unprocessed inbound messages (left by a crash or a shutdown)."""
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(Message.ticket_id)
+            .where(Message.direction == "inbound", Message.processed_at.is_(None))
+            .distinct()
+        )
+        return sorted(rows.scalars())
+
+
+async def recent_messages(session: AsyncSession, ticket_id: int, limit: int) -> list[Message]:
+    """The ticket's last ``limit`` messages, oldest first. Bounded so turns stay fast as tickets age."""
+    rows = await session.execute(
+        select(Message).where(Message.ticket_id == ticket_id).order_by(Message.id.desc()).limit(limit)
+    )
+    return list(reversed(rows.scalars().all()))
+
+
+async def messages_after(db: Database, customer_id: int, after_id: int, limit: int = 500) -> list[Message]:
+    """The customer's messages (all tickets, both directions) with id > ``after_id``, oldest first."""
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(Message)
+            .where(Message.customer_id == customer_id, Message.id > after_id)
+            .order_by(Message.id)
+            .limit(limit)
+        )
+        return list(rows.scalars())
+
+
+def message_frame(message: Message, client_message_id: str | None = None) -> dict[str, Any]:
+    """The neutral JSON shape of a stored message that channels render (web chat sends it as is)."""
+    return {
+        "type": "message",
+        "seq": message.id,
+        "direction": message.direction,
+        "author": message.author,
+        "text": message.text,
+        "ticket_id": message.ticket_id,
+        "created_at": message.created_at.isoformat(),
+        "client_message_id": (
+            client_message_id
+            if client_message_id is not None
+            else (message.provider_message_id if message.direction == "inbound" else None)
+        ),
+        "meta": message.meta,
+    }
