@@ -31,7 +31,7 @@ MAX_MESSAGE_CHARS = 4000
 BOT_DELAY_S = 0.3
 
 
-@dataclass
+@dataclass(eq=False)  # identity-hashed: kept in a set
 class _Connection:
     ws: web.WebSocketResponse
     queue: asyncio.Queue[dict[str, Any] | None] = field(default_factory=asyncio.Queue)

@@ -67,9 +67,9 @@ def _digits(rng: random.Random, n: int) -> str:
 
 def _variants(rng: random.Random) -> dict[str, tuple[str, list[tuple[str, float, dict[str, str]]]]]:
     """name -> (product_id, [(item_id, price, options)]): four variants per product."""
-    products = {}
+    products: dict[str, tuple[str, list[tuple[str, float, dict[str, str]]]]] = {}
     for name, ((low, high), options) in CATALOG.items():
-        variants = []
+        variants: list[tuple[str, float, dict[str, str]]] = []
         seen: set[tuple[str, ...]] = set()
         while len(variants) < 4:
             chosen = {k: rng.choice(v) for k, v in options.items()}
@@ -83,7 +83,7 @@ def _variants(rng: random.Random) -> dict[str, tuple[str, list[tuple[str, float,
 
 
 def _customers(rng: random.Random) -> list[dict[str, Any]]:
-    people = []
+    people: list[dict[str, Any]] = []
     used: set[str] = set()
     while len(people) < N_CUSTOMERS:
         first, last = rng.choice(FIRST), rng.choice(LAST)
@@ -131,7 +131,7 @@ def build(seed: int = SEED) -> dict[str, dict[str, Any]]:
             order_id = f"#W{_digits(rng, 7)}"
         # A few customers order often, so "the user's other orders" exist to be kept out of replies.
         who = customers[rng.randrange(8) if rng.random() < 0.3 else rng.randrange(N_CUSTOMERS)]
-        items = []
+        items: list[dict[str, Any]] = []
         for name in rng.sample(sorted(products), rng.choice([1, 1, 2, 2, 3, 4])):
             product_id, variants = products[name]
             item_id, price, options = rng.choice(variants)

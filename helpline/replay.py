@@ -173,7 +173,7 @@ def _load_csv(
 def _load_jsonl(
     path: Path, text_column: str, label_column: str | None
 ) -> tuple[list[ReplayRow], list[str]]:
-    records: list[tuple[int, dict[str, Any]]] = []
+    rows: list[ReplayRow] = []
     bad: list[str] = []
     seen: dict[str, None] = {}  # every key met, in first-seen order, for the error message
     with path.open(encoding="utf-8-sig") as fh:
@@ -189,16 +189,13 @@ def _load_jsonl(
                 bad.append(f"line {line}: not a JSON object")
                 continue
             seen.update(dict.fromkeys(record))
-            records.append((line, record))
+            row = _row(line, record, text_column, label_column)
+            (rows if isinstance(row, ReplayRow) else bad).append(row)  # type: ignore[arg-type]
     # JSONL has no header: a column is missing when no record has it; a record without it is bad.
-    if records:
+    if seen:
         for kind, column in (("text", text_column), ("label", label_column)):
             if column is not None and column not in seen:
                 raise _missing_column(path, kind, column, list(seen))
-    rows: list[ReplayRow] = []
-    for line, record in records:
-        row = _row(line, record, text_column, label_column)
-        (rows if isinstance(row, ReplayRow) else bad).append(row)  # type: ignore[arg-type]
     return rows, bad
 
 

@@ -14,17 +14,29 @@ import asyncio
 from enum import Enum
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import make_url
+from sqlalchemy.schema import SchemaItem
 
 from state.db import open_database
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 UPGRADE_COMMAND = "helpline db upgrade"
+
+MIGRATION_ONLY_INDEXES = frozenset({"ix_kb_chunks_embedding_hnsw"})
+"""Indexes created by hand in migrations (pgvector HNSW) that the ORM models do not declare."""
+
+
+def include_object(
+    obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
+    """Autogenerate filter: never propose dropping the migration-only indexes."""
+    return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
 
 
 class PendingMigrationsError(RuntimeError):

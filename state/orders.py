@@ -12,6 +12,7 @@ This module must not write orders, call the network on a lookup, or know about t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections.abc import Mapping
@@ -137,7 +138,7 @@ class JsonOrderStore:
     is its own ``"email"`` field when present, else the ``email`` of its user in ``users.json``
     (``{user_id: {"email", ...}}``). Unknown extra fields are ignored.
 
-    Loading is synchronous file I/O: do it at start-up (or in a thread), not inside a request.
+    :meth:`from_files` is blocking file I/O; on a running event loop use ``await JsonOrderStore.load(...)``.
     """
 
     def __init__(self, orders: Mapping[str, Order]) -> None:
@@ -178,6 +179,11 @@ class JsonOrderStore:
                 raise ValueError(f"{orders}: order {key!r} duplicates order id {order.order_id}")
             parsed[order.order_id] = order
         return cls(parsed)
+
+    @classmethod
+    async def load(cls, orders: Path, users: Path | None = None) -> JsonOrderStore:
+        """:meth:`from_files` in a worker thread, for start-up code running on the event loop."""
+        return await asyncio.to_thread(cls.from_files, orders, users)
 
     async def get(self, order_id: str) -> Order | None:
         """See :meth:`OrderStore.get`."""

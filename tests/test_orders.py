@@ -12,10 +12,7 @@ import pytest
 from config.settings import CONFIG_DIR, Settings
 from state.orders import JsonOrderStore, Order, OrderStore, normalise_order_id
 
-try:
-    from shared_data import shared_data_dir
-except ImportError:  # tests/ imported as a package
-    from tests.shared_data import shared_data_dir
+from shared_data import shared_data_dir  # tests/ is on sys.path (rootdir conftest)
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = CONFIG_DIR / "orders.json"
@@ -70,7 +67,7 @@ def test_normalise_non_string_is_none() -> None:
 
 
 def test_settings_default_points_at_demo_store() -> None:
-    assert Settings().orders_file == DEMO
+    assert Settings.model_fields["orders_file"].default == DEMO
     assert DEMO.stat().st_size < 300_000
 
 
@@ -123,6 +120,14 @@ async def test_demo_find_by_email(demo: JsonOrderStore) -> None:
     assert {o.user_id for o in orders} == {"mateo_moreau_2710"}
     assert orders[0].order_id == "#W1981191"
     assert await demo.find_by_email("nobody@example.com") == []
+
+
+async def test_async_load_matches_from_files() -> None:
+    store = await JsonOrderStore.load(DEMO)
+    assert await store.count() == 200
+    order = await store.get("#W3722796")
+    assert order is not None and order.status == "delivered"
+    assert [(r.amount, r.payment_method_id) for r in order.refunds] == [(121.74, "credit_card_2039081")]
 
 
 async def test_get_unknown_and_garbage(demo: JsonOrderStore) -> None:

@@ -18,25 +18,17 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.schema import SchemaItem
 
 from state.db import open_database
+from state.migrate import include_object
 from state.models import Base, EmbeddingType, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata
 
-MIGRATION_ONLY_INDEXES = frozenset({"ix_kb_chunks_embedding_hnsw"})
-"""Indexes created by hand in migrations (pgvector HNSW) that the ORM models do not declare:
-autogenerate must not propose dropping them."""
-
 # Any constant shared by every Helpline process: serialises concurrent upgrades on Postgres (several
 # workers starting at once with HELPLINE_MIGRATE=auto), so only the first one applies migrations.
 _PG_ADVISORY_LOCK_ID = 0x48454C50  # "HELP"
-
-
-def include_object(obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
-    return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | bool:

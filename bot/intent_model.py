@@ -1,0 +1,591 @@
+"""Intent classifier: which of the intents in ``config/intents.yaml`` a customer message is.
+
+Model (see ``shared/docs/stack-notes.md``): the average of two multinomial logistic regressions, one on
+the MiniLM sentence embedding (:mod:`bot.embeddings`) and one on TF-IDF word (1-2) + character (2-5,
+within word boundaries) n-grams, then temperature scaling fitted on 5-fold cross-validated predictions
+so that ``confidence`` is a calibrated probability (on our own examples; ``bench/intent_accuracy.py``
+measures it on Bitext). Trained only on the examples in ``intents.yaml``: about 1,000 sentences, a few
+seconds on 2 cores, so the server trains at first start and caches the result under
+``DATA_DIR/models/<version>``.
+
+Why numpy and not joblib: scikit-learn is used to *fit*; the saved model is plain arrays
+(``weights.npz``, loaded with ``allow_pickle=False``) plus ``meta.json`` (labels, vocabularies,
+temperature), and inference is a few lines of numpy here. Loading a model directory therefore cannot
+execute code, which matters because ``HELPLINE_INTENT_MODEL_DIR`` may point anywhere, and a saved model
+keeps working across scikit-learn upgrades.
+
+Must not: decide what to do with an intent (that is the router's job), read settings, or block the
+event loop (``predict`` embeds text when no embedding is passed: call it in a thread).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import unicodedata
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from bot.embeddings import Embedder
+
+TIERS = ("deterministic", "retrieval", "reasoning", "human")
+MIN_EXAMPLES = 15
+TRAINING_CODE_VERSION = "intent-train-1"
+"""Bump when training or inference changes in a way that must invalidate saved models."""
+
+# Hyperparameters, chosen by cross-validation on the Bitext *train* split (never the test split).
+EMBEDDING_C = 8.0
+TFIDF_C = 10.0
+CV_FOLDS = 5
+WORD_NGRAMS = (1, 2)
+CHAR_NGRAMS = (2, 5)
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_FIELDS = {"tier", "description", "examples", "reply", "handler", "slots"}
+
+
+# ------------------------------------------------------------------------------------- intents file
+@dataclass(frozen=True)
+class IntentSpec:
+    """One intent from ``intents.yaml``.
+
+    ``reply``: canned answer (deterministic small talk). ``handler``: name of a deterministic
+    handler (``order_status``, ``refund_status``). ``slots``: values that handler needs.
+    """
+
+    name: str
+    tier: str
+    description: str
+    examples: tuple[str, ...]
+    reply: str | None = None
+    handler: str | None = None
+    slots: tuple[str, ...] = ()
+
+
+class IntentConfigError(ValueError):
+    """``intents.yaml`` is invalid; the message names the file, the intent and the field."""
+
+
+def _normalise_example(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def load_intents(path: Path) -> dict[str, IntentSpec]:
+    """Read and validate an intents file (format: see the header of ``config/intents.yaml``).
+
+    Returns:
+        intent name -> IntentSpec, in file order.
+    Raises:
+        IntentConfigError: unreadable YAML, unknown or missing field, tier not in ``TIERS``, fewer than
+            15 examples, an example repeated (case and spacing ignored) within or across intents, a
+            deterministic intent without exactly one of reply/handler, or reply/handler on another
+            tier. The message names the intent and the field.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise IntentConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("intents"), dict) or not data["intents"]:
+        raise IntentConfigError(f"{path}: expected a top-level mapping 'intents: {{name: {{...}}}}'")
+
+    specs: dict[str, IntentSpec] = {}
+    seen: dict[str, str] = {}  # normalised example -> intent that has it
+    for name, body in data["intents"].items():
+        where = f"{path}: intent {name!r}"
+
+        def fail(field: str, why: str, where: str = where) -> IntentConfigError:
+            return IntentConfigError(f"{where}: field '{field}': {why}")
+
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise IntentConfigError(f"{where}: the name must match {_NAME.pattern}")
+        if not isinstance(body, dict):
+            raise IntentConfigError(f"{where}: expected a mapping of fields")
+        unknown = sorted(set(map(str, body)) - _FIELDS)
+        if unknown:
+            raise fail(unknown[0], f"unknown field (allowed: {', '.join(sorted(_FIELDS))})")
+
+        tier = body.get("tier")
+        if tier is None:
+            raise fail("tier", f"missing (one of {', '.join(TIERS)})")
+        if tier not in TIERS:
+            raise fail("tier", f"unknown tier {tier!r} (one of {', '.join(TIERS)})")
+        description = body.get("description")
+        if not isinstance(description, str) or not description.strip():
+            raise fail("description", "missing or empty")
+
+        examples = body.get("examples")
+        if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
+            raise fail("examples", "must be a list of strings")
+        examples = [e.strip() for e in examples]
+        if any(not e for e in examples):
+            raise fail("examples", "empty example")
+        if len(examples) < MIN_EXAMPLES:
+            raise fail("examples", f"{len(examples)} examples, at least {MIN_EXAMPLES} needed")
+        for example in examples:
+            key = _normalise_example(example)
+            if key in seen:
+                other = seen[key]
+                where_else = "twice in this intent" if other == name else f"also in intent {other!r}"
+                raise fail("examples", f"duplicate example {example!r} ({where_else})")
+            seen[key] = name
+
+        reply, handler = body.get("reply"), body.get("handler")
+        for field, value in (("reply", reply), ("handler", handler)):
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise fail(field, "must be a non-empty string")
+        if tier == "deterministic":
+            if (reply is None) == (handler is None):
+                raise fail("reply", "a deterministic intent needs exactly one of 'reply' or 'handler'")
+        else:
+            if reply is not None:
+                raise fail("reply", f"only deterministic intents have a canned reply (tier is {tier})")
+            if handler is not None:
+                raise fail("handler", f"only deterministic intents have a handler (tier is {tier})")
+        if handler is not None and not _NAME.match(handler):
+            raise fail("handler", f"{handler!r} is not a handler name")
+
+        slots = body.get("slots", [])
+        if not isinstance(slots, list) or not all(isinstance(s, str) and _NAME.match(s) for s in slots):
+            raise fail("slots", "must be a list of slot names like order_id")
+        if slots and handler is None:
+            raise fail("slots", "slots are only filled for intents with a handler")
+
+        specs[name] = IntentSpec(
+            name=name,
+            tier=tier,
+            description=description.strip(),
+            examples=tuple(examples),
+            reply=reply,
+            handler=handler,
+            slots=tuple(slots),
+        )
+    if len(specs) < 2:
+        raise IntentConfigError(f"{path}: at least two intents are needed to train a classifier")
+    return specs
+
+
+def model_version(intents_text: str | bytes, embedder_model_id: str) -> str:
+    """``"intent-"`` + 12 hex of sha256 over (intents file content, embedder id, training code version).
+
+    Any edit to the intents file, a different embedding model or new training code gives a new
+    version, hence a new model directory.
+    """
+    raw = intents_text.encode("utf-8") if isinstance(intents_text, str) else intents_text
+    digest = hashlib.sha256()
+    for part in (raw, embedder_model_id.encode(), TRAINING_CODE_VERSION.encode()):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return "intent-" + digest.hexdigest()[:12]
+
+
+def _specs_text(specs: Mapping[str, IntentSpec]) -> str:
+    rows = [[s.name, s.tier, list(s.examples), s.reply, s.handler, list(s.slots)] for s in specs.values()]
+    return json.dumps(rows, ensure_ascii=False)
+
+
+# ------------------------------------------------------------------------------------- features
+_DIGITS = re.compile(r"\d+")
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def _preprocess(text: str) -> str:
+    # Digit runs become "0": order numbers, amounts and dates carry no intent by their value.
+    text = unicodedata.normalize("NFKC", text).casefold()
+    return _DIGITS.sub("0", text)
+
+
+def word_ngrams(text: str) -> list[str]:
+    """Word uni- and bigrams of the pre-processed text (shared by training and inference)."""
+    tokens = _WORD.findall(_preprocess(text))
+    grams = list(tokens)
+    grams += [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
+    return grams
+
+
+def char_ngrams(text: str) -> list[str]:
+    """Character 2-5-grams inside ``" word "`` windows (like scikit-learn's ``char_wb``)."""
+    grams: list[str] = []
+    low, high = CHAR_NGRAMS
+    for word in _preprocess(text).split():
+        padded = f" {word} "
+        for n in range(low, high + 1):
+            if n > len(padded):
+                break
+            grams += [padded[i : i + n] for i in range(len(padded) - n + 1)]
+    return grams
+
+
+class _Tfidf:
+    """TF-IDF (sublinear tf, smoothed idf, L2 rows) over a fixed vocabulary; numpy inference."""
+
+    def __init__(self, vocabulary: Sequence[str], idf: np.ndarray, analyzer: Any) -> None:
+        self.terms = list(vocabulary)
+        self.index = {t: i for i, t in enumerate(self.terms)}
+        self.idf = idf.astype(np.float64)
+        self.analyzer = analyzer
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], analyzer: Any) -> _Tfidf:
+        df: Counter[str] = Counter()
+        for text in texts:
+            df.update(set(analyzer(text)))
+        terms = sorted(df)
+        n = len(texts)
+        idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms])
+        return cls(terms, idf, analyzer)
+
+    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, values) of one text's L2-normalised TF-IDF vector."""
+        counts = Counter(g for g in self.analyzer(text) if g in self.index)
+        if not counts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        idx = np.fromiter((self.index[g] for g in counts), dtype=np.int64, count=len(counts))
+        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
+        values = tf * self.idf[idx]
+        return idx, values / np.linalg.norm(values)
+
+    def matrix(self, texts: Sequence[str]) -> Any:
+        from scipy.sparse import csr_matrix
+
+        indptr, indices, data = [0], [], []
+        for text in texts:
+            idx, values = self.row(text)
+            indices.append(idx)
+            data.append(values)
+            indptr.append(indptr[-1] + len(idx))
+        return csr_matrix(
+            (np.concatenate(data) if data else [], np.concatenate(indices) if indices else [], indptr),
+            shape=(len(texts), len(self.terms)),
+        )
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+# ------------------------------------------------------------------------------------- the model
+@dataclass(frozen=True)
+class IntentPrediction:
+    """``confidence``: calibrated probability of ``intent`` (0..1). ``alternatives``: the top 3
+    (intent, probability) pairs, descending; the first is ``(intent, confidence)``."""
+
+    intent: str
+    confidence: float
+    alternatives: tuple[tuple[str, float], ...]
+
+
+class IntentModelError(RuntimeError):
+    """A saved model directory is missing, incomplete, or was made with another embedding model."""
+
+
+class IntentModel:
+    """Trained classifier. Build with :meth:`train`, :meth:`load` or :func:`load_or_train`.
+
+    Attributes:
+        version: ``"intent-<12 hex>"`` (see :func:`model_version`).
+        labels: intent names, in the order of the probability columns.
+        temperature: the fitted calibration temperature (>1 softens, <1 sharpens).
+        source: ``"trained"`` or ``"loaded"``: how this instance came to be (tests use it).
+    Thread-safe: prediction only reads arrays.
+    """
+
+    def __init__(
+        self,
+        *,
+        version: str,
+        labels: Sequence[str],
+        embedder: Embedder,
+        emb_coef: np.ndarray,
+        emb_intercept: np.ndarray,
+        word: _Tfidf,
+        char: _Tfidf,
+        tfidf_coef: np.ndarray,
+        tfidf_intercept: np.ndarray,
+        temperature: float,
+        source: str,
+        info: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.version = version
+        self.labels = tuple(labels)
+        self._embedder = embedder
+        self._emb_coef = np.ascontiguousarray(emb_coef, dtype=np.float32)
+        self._emb_intercept = emb_intercept.astype(np.float32)
+        self._word = word
+        self._char = char
+        # Column slices per text are the hot path: store features x classes.
+        self._tfidf_coef_t = np.ascontiguousarray(tfidf_coef.T, dtype=np.float64)
+        self._tfidf_intercept = tfidf_intercept.astype(np.float64)
+        self.temperature = float(temperature)
+        self.source = source
+        self.info = dict(info or {})
+
+    # --- inference -------------------------------------------------------------------------------
+    def _tfidf_logits(self, text: str) -> np.ndarray:
+        wi, wv = self._word.row(text)
+        ci, cv = self._char.row(text)
+        logits = self._tfidf_intercept.copy()
+        if len(wi):
+            logits += wv @ self._tfidf_coef_t[wi]
+        if len(ci):
+            logits += cv @ self._tfidf_coef_t[len(self._word.terms) + ci]
+        return logits
+
+    def probabilities(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
+        """Calibrated class probabilities, shape ``(len(texts), len(labels))``, rows sum to 1.
+
+        ``embeddings``: precomputed ``Embedder.embed(texts)`` rows (shape ``(n, 384)``); embedded
+        here when None (blocking).
+        """
+        if embeddings is None:
+            embeddings = self._embedder.embed(list(texts))
+        embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(texts), -1)
+        p_emb = _softmax((embeddings @ self._emb_coef.T + self._emb_intercept).astype(np.float64))
+        p_tfidf = _softmax(np.stack([self._tfidf_logits(t) for t in texts]) if texts else
+                           np.zeros((0, len(self.labels))))
+        return _calibrate(0.5 * (p_emb + p_tfidf), self.temperature)
+
+    def _prediction(self, probs: np.ndarray) -> IntentPrediction:
+        top = np.argsort(-probs, kind="stable")[:3]
+        alternatives = tuple((self.labels[i], float(probs[i])) for i in top)
+        return IntentPrediction(alternatives[0][0], alternatives[0][1], alternatives)
+
+    def predict(self, text: str, embedding: np.ndarray | None = None) -> IntentPrediction:
+        """Classify one message. ``embedding``: its precomputed 384-d Embedder row (the router
+        passes it so the text is embedded once); without it the text is embedded here (blocking).
+        Cost beyond the embedding: well under 1 ms."""
+        rows = None if embedding is None else np.asarray(embedding).reshape(1, -1)
+        return self._prediction(self.probabilities([text], rows)[0])
+
+    def predict_batch(
+        self, texts: Sequence[str], embeddings: np.ndarray | None = None
+    ) -> list[IntentPrediction]:
+        """Classify many messages; ``embeddings`` shape ``(len(texts), 384)`` or None."""
+        return [self._prediction(p) for p in self.probabilities(list(texts), embeddings)]
+
+    # --- training --------------------------------------------------------------------------------
+    @classmethod
+    def train(
+        cls, specs: Mapping[str, IntentSpec], embedder: Embedder, *, version: str | None = None
+    ) -> IntentModel:
+        """Fit on the examples of ``specs`` (a few seconds on 2 cores for ~1,000 examples).
+
+        ``version``: the model version to record; default: computed from the specs themselves
+        (:func:`load_or_train` passes the one of the intents file).
+        """
+        labels = tuple(specs)
+        texts = [e for s in specs.values() for e in s.examples]
+        y = np.array([i for i, s in enumerate(specs.values()) for _ in s.examples])
+        embeddings = embedder.embed(texts)
+
+        # Out-of-fold probabilities for the calibration temperature.
+        from sklearn.model_selection import StratifiedKFold
+
+        folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0)
+        oof = np.zeros((len(texts), len(labels)))
+        for train_idx, test_idx in folds.split(texts, y):
+            fitted = _fit([texts[i] for i in train_idx], embeddings[train_idx], y[train_idx], len(labels))
+            oof[test_idx] = fitted.average([texts[i] for i in test_idx], embeddings[test_idx])
+        temperature = _fit_temperature(oof, y)
+        cv_accuracy = float((oof.argmax(axis=1) == y).mean())
+
+        final = _fit(texts, embeddings, y, len(labels))
+        if version is None:
+            version = model_version(_specs_text(specs), embedder.model_id)
+        return cls(
+            version=version,
+            labels=labels,
+            embedder=embedder,
+            emb_coef=final.emb_coef,
+            emb_intercept=final.emb_intercept,
+            word=final.word,
+            char=final.char,
+            tfidf_coef=final.tfidf_coef,
+            tfidf_intercept=final.tfidf_intercept,
+            temperature=temperature,
+            source="trained",
+            info={"examples": len(texts), "cv_accuracy": round(cv_accuracy, 4)},
+        )
+
+    # --- persistence -----------------------------------------------------------------------------
+    def save(self, directory: Path) -> None:
+        """Write ``weights.npz`` (float arrays only) and ``meta.json`` into ``directory`` (created).
+
+        Not atomic by itself; :func:`load_or_train` writes to a temporary folder and renames it.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            directory / "weights.npz",
+            emb_coef=self._emb_coef,
+            emb_intercept=self._emb_intercept,
+            tfidf_coef=self._tfidf_coef_t.T,
+            tfidf_intercept=self._tfidf_intercept,
+            word_idf=self._word.idf,
+            char_idf=self._char.idf,
+        )
+        meta = {
+            "format": 1,
+            "version": self.version,
+            "embedder_model_id": self._embedder.model_id,
+            "training_code_version": TRAINING_CODE_VERSION,
+            "labels": list(self.labels),
+            "temperature": self.temperature,
+            "word_vocabulary": self._word.terms,
+            "char_vocabulary": self._char.terms,
+            "info": self.info,
+        }
+        (directory / "meta.json").write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+
+    @classmethod
+    def load(cls, directory: Path, embedder: Embedder) -> IntentModel:
+        """Load a directory written by :meth:`save`. No pickle: nothing in it can run code.
+
+        Raises:
+            IntentModelError: files missing or unreadable, or the model was trained on vectors of
+                another embedding model (``embedder.model_id`` differs).
+        """
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+            with np.load(directory / "weights.npz", allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as exc:
+            raise IntentModelError(f"intent model {directory} cannot be read: {exc}") from exc
+        if meta.get("embedder_model_id") != embedder.model_id:
+            raise IntentModelError(
+                f"intent model {directory} was trained with embedder {meta.get('embedder_model_id')!r}"
+                f", not {embedder.model_id!r}: retrain it (delete the folder)"
+            )
+        return cls(
+            version=meta["version"],
+            labels=meta["labels"],
+            embedder=embedder,
+            emb_coef=arrays["emb_coef"],
+            emb_intercept=arrays["emb_intercept"],
+            word=_Tfidf(meta["word_vocabulary"], arrays["word_idf"], word_ngrams),
+            char=_Tfidf(meta["char_vocabulary"], arrays["char_idf"], char_ngrams),
+            tfidf_coef=arrays["tfidf_coef"],
+            tfidf_intercept=arrays["tfidf_intercept"],
+            temperature=meta["temperature"],
+            source="loaded",
+            info=meta.get("info"),
+        )
+
+
+@dataclass
+class _Fitted:
+    emb_coef: np.ndarray
+    emb_intercept: np.ndarray
+    word: _Tfidf
+    char: _Tfidf
+    tfidf_coef: np.ndarray
+    tfidf_intercept: np.ndarray
+
+    def average(self, texts: Sequence[str], embeddings: np.ndarray) -> np.ndarray:
+        from scipy.sparse import hstack
+
+        p_emb = _softmax(embeddings.astype(np.float64) @ self.emb_coef.T + self.emb_intercept)
+        x = hstack([self.word.matrix(texts), self.char.matrix(texts)]).tocsr()
+        p_tfidf = _softmax(np.asarray(x @ self.tfidf_coef.T) + self.tfidf_intercept)
+        return 0.5 * (p_emb + p_tfidf)
+
+
+def _full_coef(model: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    # A fold may miss a class entirely; give it weights that never win.
+    coef = np.zeros((n_classes, model.coef_.shape[1]))
+    intercept = np.full(n_classes, -1e3)
+    coef[model.classes_] = model.coef_
+    intercept[model.classes_] = model.intercept_
+    return coef, intercept
+
+
+def _fit(texts: Sequence[str], embeddings: np.ndarray, y: np.ndarray, n_classes: int) -> _Fitted:
+    from scipy.sparse import hstack
+    from sklearn.linear_model import LogisticRegression
+
+    emb_lr = LogisticRegression(C=EMBEDDING_C, max_iter=3000)
+    emb_lr.fit(embeddings, y)
+    word = _Tfidf.fit(texts, word_ngrams)
+    char = _Tfidf.fit(texts, char_ngrams)
+    x = hstack([word.matrix(texts), char.matrix(texts)]).tocsr()
+    tfidf_lr = LogisticRegression(C=TFIDF_C, max_iter=3000)
+    tfidf_lr.fit(x, y)
+    emb_coef, emb_intercept = _full_coef(emb_lr, n_classes)
+    tfidf_coef, tfidf_intercept = _full_coef(tfidf_lr, n_classes)
+    return _Fitted(emb_coef, emb_intercept, word, char, tfidf_coef, tfidf_intercept)
+
+
+def _calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    return _softmax(np.log(np.clip(probs, 1e-12, None)) / temperature)
+
+
+def _fit_temperature(probs: np.ndarray, y: np.ndarray) -> float:
+    """Temperature minimising the negative log-likelihood of out-of-fold probabilities."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_t: float) -> float:
+        p = _calibrate(probs, math.exp(log_t))
+        return float(-np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None)).mean())
+
+    result = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded")
+    return float(math.exp(result.x))
+
+
+# ------------------------------------------------------------------------------------- start-up
+def load_or_train(
+    intents_file: Path, models_dir: Path, embedder: Embedder, model_dir: Path | None = None
+) -> IntentModel:
+    """The model the server uses.
+
+    ``model_dir`` given: load exactly that (IntentModelError if missing). Otherwise the version of
+    ``intents_file`` (see :func:`model_version`) names ``models_dir/<version>``: load it if present,
+    else validate the file, train (a few seconds) and save there atomically (temporary folder, then
+    rename; a concurrent starter that wins the race is reused).
+
+    Raises:
+        IntentConfigError: the intents file is invalid (only checked when training).
+        IntentModelError: ``model_dir`` missing or unreadable, or trained with another embedder.
+    """
+    if model_dir is not None:
+        if not (Path(model_dir) / "meta.json").is_file():
+            raise IntentModelError(f"intent model directory {model_dir} has no meta.json")
+        return IntentModel.load(Path(model_dir), embedder)
+
+    intents_file = Path(intents_file)
+    version = model_version(intents_file.read_bytes(), embedder.model_id)
+    models_dir = Path(models_dir)
+    target = models_dir / version
+    if (target / "meta.json").is_file():
+        return IntentModel.load(target, embedder)
+
+    specs = load_intents(intents_file)
+    model = IntentModel.train(specs, embedder, version=version)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=models_dir))
+    try:
+        model.save(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "meta.json").is_file():
+                raise
+            # Another process saved the same version first; theirs is identical in content.
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return model

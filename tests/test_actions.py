@@ -1,0 +1,224 @@
+"""Deterministic handlers: order status and refund status over the demo and tau-bench stores."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from bot.actions import HANDLERS, ActionContext, ActionResult, run_handler
+from bot.entities import Entities, extract_entities
+from config.settings import CONFIG_DIR
+from state.orders import JsonOrderStore, Order, OrderItem, OrderStore, normalise_order_id
+
+from shared_data import shared_data_dir  # tests/ is on sys.path (rootdir conftest)
+
+
+@pytest.fixture(scope="module")
+def demo() -> JsonOrderStore:
+    return JsonOrderStore.from_files(CONFIG_DIR / "orders.json")
+
+
+@pytest.fixture(scope="module")
+def tau() -> JsonOrderStore:
+    retail = shared_data_dir() / "tau_bench_retail"
+    return JsonOrderStore.from_files(retail / "orders.json", retail / "users.json")
+
+
+async def ask(store: OrderStore, handler: str, text: str, email: str | None = None) -> ActionResult:
+    return await run_handler(handler, ActionContext(extract_entities(text), store, email))
+
+
+def assert_plain(reply: str) -> None:
+    """Short, no markdown."""
+    assert not re.search(r"\*\*|__|`|^\s*[-*] |^#+ |\[.+\]\(", reply, re.MULTILINE), reply
+    assert len(reply) < 700, reply
+
+
+# --- order_status ------------------------------------------------------------------------------
+
+
+async def test_order_status_demo_shipped_in_two_parcels(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "order_status", "hi, where's my order w5976205?")
+    assert result.resolved is True and result.missing_slot is None
+    assert result.reply == (
+        "Your order #W5976205 is processed: it has shipped and is on its way. "
+        "Items: Stoneware Mug (color cream, capacity 300ml), Wool Throw Blanket (color oat, size 150x200cm). "
+        "Tracking numbers: 612096739455, 523786092812."
+    )
+    assert result.data == {
+        "handler": "order_status",
+        "order_ids": ["#W5976205"],
+        "orders": [{"order_id": "#W5976205", "status": "processed",
+                    "tracking_ids": ["612096739455", "523786092812"]}],
+        "not_found": [],
+    }
+    assert_plain(result.reply)
+
+
+async def test_order_status_never_mentions_the_customers_other_orders(demo: JsonOrderStore) -> None:
+    asked = await demo.get("#W5976205")
+    assert asked is not None and asked.email is not None
+    others = [o for o in await demo.find_by_email(asked.email) if o.order_id != asked.order_id]
+    assert len(others) == 4
+    result = await ask(demo, "order_status", "status of #W5976205 please", email=asked.email)
+    for other in others:
+        assert other.order_id not in result.reply
+        assert other.order_id[1:] not in result.reply
+        for tracking in other.tracking_ids:
+            assert tracking not in result.reply
+    assert "612096739455" in result.reply
+
+
+async def test_order_status_tau_bench(tau: JsonOrderStore) -> None:
+    result = await ask(tau, "order_status", "Where is order #W2611340")
+    assert result.resolved is True
+    assert "#W2611340 is processed" in result.reply
+    assert "Tracking number: 357962501027." in result.reply
+    assert "Water Bottle (capacity 1000ml, material glass, color blue)" in result.reply
+    assert "Office Chair (material fabric, color black, armrest fixed, backrest height standard)" in result.reply
+    # james_li_5688's other orders stay out of the reply.
+    for other in ("#W3632959", "#W4435622", "#W3638028"):
+        assert other not in result.reply
+    assert_plain(result.reply)
+
+
+async def test_order_status_pending_has_no_tracking(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "order_status", "order W1571486")
+    assert result.reply.startswith("Your order #W1571486 is pending: ")
+    assert "Tracking" not in result.reply
+    assert result.data["orders"] == [{"order_id": "#W1571486", "status": "pending", "tracking_ids": []}]
+
+
+@pytest.mark.parametrize(
+    ("order_id", "phrase"),
+    [
+        ("#W4629443", "has a return requested"),
+        ("#W3958749", "is cancelled."),
+        ("#W3722796", "is delivered"),
+    ],
+)
+async def test_order_status_words(demo: JsonOrderStore, order_id: str, phrase: str) -> None:
+    result = await ask(demo, "order_status", f"status {order_id}")
+    assert f"Your order {order_id} {phrase}" in result.reply
+
+
+async def test_order_status_several_ids(tau: JsonOrderStore) -> None:
+    result = await ask(tau, "order_status", "what about #W2611340 and w4817420?")
+    first, second = result.reply.split("\n")
+    assert first.startswith("Your order #W2611340 is processed") and "357962501027" in first
+    assert second.startswith("Your order #W4817420 is delivered") and "490313116609" in second
+    assert result.resolved is True
+    assert [o["status"] for o in result.data["orders"]] == ["processed", "delivered"]
+
+
+async def test_order_status_missing_slot(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "order_status", "where is my parcel??", email="mateo.moreau27@example.com")
+    assert result.resolved is False
+    assert result.missing_slot == "order_id"
+    assert "order number" in result.reply
+    # Knowing the email does not make the bot list that customer's orders.
+    assert "#W1981191" not in result.reply
+    assert result.data["order_ids"] == []
+
+
+async def test_order_status_unknown_order(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "order_status", "order #W0000001 is late")
+    assert result.resolved is False
+    assert result.missing_slot is None
+    assert result.reply == (
+        "I couldn't find an order with the number #W0000001. Could you check the number and send it again?"
+    )
+    assert result.data["not_found"] == ["#W0000001"]
+
+
+async def test_order_status_known_and_unknown(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "order_status", "orders 99999 and #W5976205")
+    assert result.resolved is False
+    assert "couldn't find an order with the number #99999" in result.reply
+    assert "#W5976205 is processed" in result.reply
+    assert result.data["not_found"] == ["#99999"]
+
+
+# --- refund_status -----------------------------------------------------------------------------
+
+
+async def test_refund_cancelled_tau_order(tau: JsonOrderStore) -> None:
+    result = await ask(tau, "refund_status", "did I get my refund for W3220387")
+    assert result.resolved is True
+    assert result.reply == "A refund was issued for order #W3220387: $608.91 to your PayPal account."
+    assert result.data["orders"] == [{"order_id": "#W3220387", "status": "cancelled",
+                                      "refunds": [{"amount": 608.91, "payment_method_id": "paypal_5716091"}]}]
+
+
+async def test_refund_partial_on_delivered_demo_order(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "refund_status", "refund on order #W3722796?")
+    assert result.reply == "A refund was issued for order #W3722796: $121.74 to your credit card."
+
+
+async def test_refund_return_requested(demo: JsonOrderStore) -> None:
+    result = await ask(demo, "refund_status", "where's the refund for W4629443")
+    assert result.resolved is True
+    assert "return requested" in result.reply
+    assert "no refund has been issued yet" in result.reply
+
+
+async def test_refund_none(tau: JsonOrderStore) -> None:
+    result = await ask(tau, "refund_status", "refund #W2611340")
+    assert result.reply == "There is no refund on order #W2611340. Its status is processed."
+    assert result.data["orders"][0]["refunds"] == []
+
+
+async def test_refund_missing_and_unknown(demo: JsonOrderStore) -> None:
+    missing = await ask(demo, "refund_status", "where is my money")
+    assert missing.missing_slot == "order_id" and missing.resolved is False
+    unknown = await ask(demo, "refund_status", "refund for #W0000001")
+    assert "#W0000001" in unknown.reply and unknown.resolved is False
+
+
+# --- plumbing ----------------------------------------------------------------------------------
+
+
+def test_handler_names() -> None:
+    assert set(HANDLERS) == {"order_status", "refund_status"}
+    with pytest.raises(TypeError):
+        HANDLERS["x"] = HANDLERS["order_status"]  # type: ignore[index]
+
+
+async def test_unknown_handler_is_value_error(demo: JsonOrderStore) -> None:
+    with pytest.raises(ValueError, match="unknown handler 'track'; known handlers: order_status, refund_status"):
+        await run_handler("track", ActionContext(Entities(), demo, None))
+
+
+class DictStore:
+    """A team's own order system: anything with the three OrderStore methods."""
+
+    def __init__(self, *orders: Order) -> None:
+        self.orders = {o.order_id: o for o in orders}
+        self.asked: list[str] = []
+
+    async def get(self, order_id: str) -> Order | None:
+        self.asked.append(order_id)
+        key = normalise_order_id(order_id)
+        return self.orders.get(key) if key else None
+
+    async def find_by_email(self, email: str) -> list[Order]:
+        raise AssertionError("handlers must not list a customer's orders")
+
+    async def count(self) -> int:
+        return len(self.orders)
+
+
+async def test_handlers_work_over_any_order_store() -> None:
+    mug = OrderItem(name="Mug", item_id="1", price=9.0, options={"color": "red"})
+    boots = OrderItem(name="Boots", item_id="2", price=80.0, options={"size": "42", "waterproof": "yes"})
+    order = Order(order_id="#48213", user_id="u1", status="shipped to pickup point", items=(mug, mug, boots),
+                  fulfillments=(), payments=(), email=None)
+    store = DictStore(order)
+    assert isinstance(store, OrderStore)
+    result = await ask(store, "order_status", "order number 48213", email="u1@example.com")
+    assert result.reply == (
+        "Your order #48213 has the status shipped to pickup point. "
+        "Items: 2 x Mug (color red), Boots (size 42, waterproof)."
+    )
+    assert store.asked == ["#48213"]

@@ -1,0 +1,236 @@
+"""The conversation service on the real application: serialised turns, the kill switch, handoff
+silence, reopen window, crash recovery and what every turn records."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import pytest
+from app_fixtures import ChatSocket
+from sqlalchemy import select
+
+from config.settings import AgentMode, Settings
+from helpline.conversation import Inbound
+from helpline.server import RUNTIME, build_app
+from state.models import Event, Message, Ticket, utcnow
+from state.tickets import TicketState, transition
+
+
+def runtime(client):
+    return client.server.app[RUNTIME]
+
+
+async def _events(rt, ticket_id: int, kind: str) -> list[dict]:
+    async with rt.db.sessions() as session:
+        rows = await session.execute(
+            select(Event).where(Event.ticket_id == ticket_id, Event.kind == kind).order_by(Event.id)
+        )
+        return [e.payload for e in rows.scalars()]
+
+
+async def _wait_idle(rt, timeout: float = 60.0) -> None:
+    await asyncio.wait_for(rt.conversations.drain(timeout), timeout)
+    while rt.conversations._tasks:
+        await asyncio.sleep(0.05)
+
+
+async def test_fifty_messages_at_once_are_stored_and_answered_in_order_one_at_a_time(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    active = 0
+    peak = 0
+    order: list[str] = []
+    real_route = rt.router.route
+
+    async def observed_route(text, ctx):
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        order.append(text)
+        try:
+            await asyncio.sleep(0.005)  # widen the window in which an interleaving would show
+            return await real_route(text, ctx)
+        finally:
+            active -= 1
+
+    rt.router.route = observed_route
+    chat = await ChatSocket.open(helpline_client.session, str(helpline_client.make_url("/")))
+    texts = [f"message {i:02d}: where is order #W{2611340 + i}?" for i in range(50)]
+    await asyncio.gather(*(chat.send(t, f"burst-{i:02d}") for i, t in enumerate(texts)))
+    replies = 0
+    while replies < 50:
+        frame = await chat.next_frame(timeout=60)
+        replies += frame["type"] == "message" and frame["direction"] == "outbound"
+    await chat.close()
+    await _wait_idle(rt)
+
+    async with rt.db.sessions() as session:
+        inbound = (await session.execute(
+            select(Message).where(Message.direction == "inbound").order_by(Message.id))).scalars().all()
+        tickets = (await session.execute(select(Ticket))).scalars().all()
+    assert len(tickets) == 1
+    # Stored in the order sent on the socket, and all processed.
+    assert [m.provider_message_id for m in inbound] == [f"burst-{i:02d}" for i in range(50)]
+    assert all(m.processed_at is not None for m in inbound)
+    assert peak == 1
+    assert order == texts
+    turns = await _events(rt, tickets[0].id, "turn")
+    assert [t["message_id"] for t in turns] == [m.id for m in inbound]
+    assert all(t["reply_message_id"] > t["message_id"] for t in turns)
+    assert len(rt.locks) == 0  # no lock left behind
+
+
+async def test_kill_switch_runs_no_model_and_escalates(aiohttp_client, app_settings: Settings) -> None:
+    settings = app_settings.model_copy(update={"agent_mode": AgentMode.disabled, "disabled_reply": "We are closed."})
+    client = await aiohttp_client(build_app(settings))
+    rt = runtime(client)
+    embeds_at_start = rt.embedder.calls
+    searches_at_start = rt.knowledge.search_calls
+    chat = await ChatSocket.open(client.session, str(client.make_url("/")))
+    for i, text in enumerate(["hi", "where is my order #W2611340", "I want a refund now"]):
+        await chat.send(text, f"k-{i}")
+        reply = await chat.bot_reply()
+        assert reply["text"] == "We are closed."
+        assert reply["meta"]["tier"] == "human" and reply["meta"]["escalated"] is True
+    await chat.close()
+    await _wait_idle(rt)
+    assert rt.understander.calls == 0
+    assert rt.embedder.calls == embeds_at_start
+    assert rt.knowledge.search_calls == searches_at_start
+    async with rt.db.sessions() as session:
+        ticket = (await session.execute(select(Ticket))).scalar_one()
+    assert ticket.state == "escalated" and ticket.escalation_reason == "kill_switch"
+    assert "switched off" in ticket.handoff_summary
+    turns = await _events(rt, ticket.id, "turn")
+    assert [t["reason"] for t in turns] == ["kill_switch"] * 3
+
+
+async def test_escalation_silences_the_bot_and_records_summary(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    conv = rt.conversations
+    await conv.receive(Inbound("webchat", "customer-esc-1", "hi there"))
+    await _wait_idle(rt)
+    await conv.receive(Inbound("webchat", "customer-esc-1", "I want to speak to a real person about order #W2611340"))
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        ticket = (await session.execute(select(Ticket))).scalar_one()
+    assert ticket.state == "escalated" and ticket.escalation_reason == "explicit_request"
+    assert "asked for a person" in ticket.handoff_summary
+    assert "#W2611340" in ticket.handoff_summary
+    assert "speak to a real person" in ticket.handoff_summary
+
+    # An agent takes it: the bot stays silent on the next message.
+    async with rt.db.write() as session:
+        t = await session.get(Ticket, ticket.id)
+        transition(session, t, TicketState.human, reason="agent_assigned", agent="ana")
+    await conv.receive(Inbound("webchat", "customer-esc-1", "hello? anyone?"))
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        outbound = (await session.execute(
+            select(Message).where(Message.direction == "outbound").order_by(Message.id))).scalars().all()
+    assert len(outbound) == 2  # the greeting and the handoff message; nothing after
+    last_turn = (await _events(rt, ticket.id, "turn"))[-1]
+    assert last_turn["reason"] == "human_owns_ticket" and last_turn["reply"] is False
+
+
+async def test_every_turn_records_tier_intent_confidence_latency_models_kb_and_cost(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    await rt.conversations.receive(Inbound("webchat", "customer-rec-1", "how do I reset my password?"))
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        ticket = (await session.execute(select(Ticket))).scalar_one()
+    (turn,) = await _events(rt, ticket.id, "turn")
+    assert turn["tier"] == "retrieval" and turn["intent"] == "recover_password"
+    assert 0.7 <= turn["confidence"] <= 1.0
+    assert turn["latency_ms"] > 0
+    assert turn["models"]["embedding"] == rt.embedder.model_id
+    assert turn["models"]["intent"] == rt.intent_model.version
+    assert turn["kb_version"] == rt.knowledge.version
+    assert turn["cost_usd"] == 0.0
+    assert turn["citations"] and turn["retrieval_score"] >= rt.settings.retrieval_threshold
+
+
+async def test_resolved_ticket_reopens_within_window_and_not_after(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    conv = rt.conversations
+    await conv.receive(Inbound("webchat", "customer-reopen", "hi"))
+    await _wait_idle(rt)
+    await conv.receive(Inbound("webchat", "customer-reopen", "that's all, goodbye!"))
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        ticket = (await session.execute(select(Ticket))).scalar_one()
+    assert ticket.state == "resolved"
+    accepted = await conv.receive(Inbound("webchat", "customer-reopen", "actually one more thing"))
+    await _wait_idle(rt)
+    assert accepted.ticket.id == ticket.id and not accepted.new_ticket
+    transitions = await _events(rt, ticket.id, "transition")
+    assert {"from": "resolved", "to": "bot", "reason": "reopened"} in transitions
+
+    # Resolve again, then age the resolution past the window: a new ticket opens.
+    async with rt.db.write() as session:
+        t = await session.get(Ticket, ticket.id)
+        if t.state != "resolved":
+            if t.state != "awaiting_customer":
+                transition(session, t, TicketState.awaiting_customer, reason="test")
+            transition(session, t, TicketState.resolved, reason="test")
+        t.resolved_at = utcnow() - timedelta(seconds=rt.settings.reopen_window_s + 60)
+    later = await conv.receive(Inbound("webchat", "customer-reopen", "hello again"))
+    await _wait_idle(rt)
+    assert later.new_ticket and later.ticket.id != ticket.id
+    async with rt.db.sessions() as session:
+        old = await session.get(Ticket, ticket.id)
+    assert old.state == "closed"
+
+
+async def test_message_stored_before_a_crash_is_answered_after_restart(aiohttp_client, app_settings: Settings) -> None:
+    from state.conversations import accept_inbound, get_or_create_customer
+    from state.db import open_database
+    from state.migrate import upgrade
+
+    # Simulate a crash after intake: the message is committed, no turn ran.
+    await upgrade(app_settings.effective_database_url)
+    db = open_database(app_settings.effective_database_url)
+    customer = await get_or_create_customer(db, "webchat", "crashed-session-1")
+    accepted = await accept_inbound(
+        db, customer_id=customer.id, channel="webchat", text="what payment methods can I use?",
+        provider_message_id="crash-1", reopen_window=timedelta(days=7),
+    )
+    await db.dispose()
+
+    client = await aiohttp_client(build_app(app_settings))
+    rt = runtime(client)
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        stored = await session.get(Message, accepted.message.id)
+        replies = (await session.execute(
+            select(Message).where(Message.direction == "outbound"))).scalars().all()
+    assert stored.processed_at is not None
+    assert len(replies) == 1 and replies[0].meta["intent"] == "check_payment_methods"
+
+
+async def test_a_failing_turn_hands_the_ticket_to_a_person(helpline_client) -> None:
+    rt = runtime(helpline_client)
+
+    async def broken(text, ctx):
+        raise RuntimeError("model exploded")
+
+    rt.router.route = broken
+    await rt.conversations.receive(Inbound("webchat", "customer-fail", "hi"))
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        ticket = (await session.execute(select(Ticket))).scalar_one()
+        message = (await session.execute(select(Message).where(Message.direction == "inbound"))).scalar_one()
+    assert ticket.state == "escalated" and ticket.escalation_reason == "internal_error"
+    assert message.processed_at is not None  # not retried forever
+
+
+@pytest.mark.parametrize("payload", ["UPDATE events SET kind = 'x'", "DELETE FROM events"])
+async def test_event_log_is_append_only(helpline_client, payload: str) -> None:
+    from sqlalchemy import text
+
+    rt = runtime(helpline_client)
+    await rt.conversations.receive(Inbound("webchat", "customer-ao", "hi"))
+    await _wait_idle(rt)
+    with pytest.raises(Exception, match="append-only"):
+        async with rt.db.write() as session:
+            await session.execute(text(payload))

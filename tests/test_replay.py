@@ -1,0 +1,312 @@
+"""``helpline replay`` over a real websocket, and the pieces of ``bench/replay_latency.py``."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+from aiohttp import web
+
+from helpline.replay import (
+    ReplayInputError,
+    ReplayRow,
+    TurnResult,
+    chat_url,
+    load_rows,
+    print_report,
+    run_replay,
+    summarise,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+JSON_KEYS = {"turns", "errors", "tiers", "escalated", "intent_accuracy", "latency_ms"}
+
+
+def _load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fake = _load_script("fake_replay_server")
+bench = _load_script("replay_latency")
+
+Server = tuple[str, web.Application]
+
+
+# TEMP fake server: the real server fixture server_url replaces it
+@pytest.fixture
+def start_server(aiohttp_server: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[Server]]:
+    """Start a fake chat server on a free port; returns (base URL, app) for ``mode``."""
+
+    async def start(mode: str = "reply") -> Server:
+        app = fake.make_app(mode)
+        server = await aiohttp_server(app)
+        return f"http://127.0.0.1:{server.port}", app  # type: ignore[attr-defined]
+
+    return start
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The fake server's rules: refund -> get_refund/retrieval, track -> track_order/deterministic,
+# cancel -> cancel_order/deterministic, agent -> contact_human_agent/human, else no intent/human.
+CSV_ROWS = [
+    ("I want a refund please", "get_refund"),  # right
+    ("track my order {{Order Number}}", "track_order"),  # right, with a placeholder
+    ("cancel it now", "track_order"),  # wrong
+    ("hello there", "greeting"),  # no intent: not scored
+    ("let me talk to an agent", "contact_human_agent"),  # right, escalated
+]
+
+
+def _write_csv(path: Path, rows: list[tuple[str, str]] = CSV_ROWS) -> Path:
+    lines = ["text,label"] + [f'"{text}",{label}' for text, label in rows]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+async def test_csv_counts_tiers_accuracy_and_placeholders(start_server, tmp_path: Path) -> None:
+    url, app = await start_server()
+    data = _write_csv(tmp_path / "rows.csv")
+    report = await run_replay(data, text_column="text", label_column="label", url=url, progress=False)
+    assert (report.turns, report.errors) == (5, 0)
+    assert report.tiers == {"deterministic": 2, "human": 2, "retrieval": 1}
+    assert report.escalated == 2
+    assert report.intent_scored == 4 and report.labelled_without_intent == 1
+    assert report.intent_accuracy == 0.75
+    assert all(v is not None and v >= 0 for v in report.latency_ms.values())
+    received = app[fake.TEXTS_KEY]
+    assert len(received) == 5
+    track = next(text for text in received if text.startswith("track my order"))
+    assert "{{" not in track and "Order Number" not in track
+
+
+async def test_jsonl_label_map_and_bad_rows(start_server, tmp_path: Path) -> None:
+    url, _ = await start_server()
+    data = tmp_path / "rows.jsonl"
+    data.write_text(
+        "\n".join(
+            [
+                json.dumps({"q": "refund me", "y": "REFUND"}),
+                "{not json",  # line 2
+                json.dumps({"q": "where is it, track please", "y": "TRACK"}),
+                json.dumps({"y": "TRACK"}),  # line 4: no text
+                "",  # blank lines are not rows
+                json.dumps(["a list"]),  # line 6
+                json.dumps({"q": "   ", "y": "TRACK"}),  # line 7: empty text
+                json.dumps({"q": "cancel", "y": "REFUND"}),
+            ]
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    label_map = tmp_path / "map.yaml"
+    label_map.write_text("REFUND: get_refund\nTRACK: track_order\n", encoding="utf-8")
+
+    without = await run_replay(data, text_column="q", label_column="y", url=url, progress=False)
+    assert without.turns == 3 and without.errors == 0
+    assert without.intent_accuracy == 0.0  # names differ: nothing matches without the map
+    assert [bad.split(":")[0] for bad in without.bad_rows] == ["line 2", "line 4", "line 6", "line 7"]
+
+    with_map = await run_replay(
+        data, text_column="q", label_column="y", label_map=label_map, url=url, progress=False
+    )
+    assert with_map.intent_accuracy == pytest.approx(2 / 3, abs=1e-4)
+
+    unlabelled = await run_replay(data, text_column="q", url=url, progress=False)
+    assert unlabelled.intent_accuracy is None
+
+    out = io.StringIO()
+    print_report(with_map, json_line=False, file=out)
+    assert "line 2: not valid JSON" in out.getvalue()
+    assert "66.7%" in out.getvalue()
+
+
+async def test_json_line_is_last_with_exact_keys(start_server, tmp_path: Path) -> None:
+    url, _ = await start_server()
+    report = await run_replay(
+        _write_csv(tmp_path / "rows.csv"), text_column="text", label_column="label", url=url, progress=False
+    )
+    out = io.StringIO()
+    print_report(report, json_line=True, file=out)
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) > 1  # the human summary comes first
+    assert "Tiers:" in out.getvalue() and "Escalated:" in out.getvalue() and "p95" in out.getvalue()
+    payload = json.loads(lines[-1])
+    assert set(payload) == JSON_KEYS
+    assert set(payload["latency_ms"]) == {"p50", "p95", "p99"}
+    assert payload["turns"] == 5 and payload["tiers"]["human"] == 2 and payload["intent_accuracy"] == 0.75
+
+    plain = io.StringIO()
+    print_report(report, json_line=False, file=plain)
+    assert not plain.getvalue().strip().splitlines()[-1].startswith("{")
+
+
+async def test_limit_is_a_seeded_prefix(start_server, tmp_path: Path) -> None:
+    rows = [(f"refund number {i} for {{{{Order Number}}}}", "get_refund") for i in range(20)]
+    data = _write_csv(tmp_path / "rows.csv", rows)
+    sent = []
+    for limit, seed in ((5, 1), (5, 1), (8, 1), (5, 2)):
+        url, app = await start_server()
+        report = await run_replay(data, text_column="text", limit=limit, seed=seed, url=url, progress=False)
+        assert report.turns == limit
+        sent.append(sorted(app[fake.TEXTS_KEY]))
+    assert sent[0] == sent[1]  # same seed, same texts (placeholder values included)
+    assert set(sent[0]) <= set(sent[2])  # a larger limit extends the sample
+    assert sent[0] != sent[3]
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_missing_column_names_it_and_lists_the_others(tmp_path: Path, suffix: str) -> None:
+    data = tmp_path / f"rows.{suffix}"
+    if suffix == "csv":
+        data.write_text("instruction,intent\nhello,greet\n", encoding="utf-8")
+    else:
+        data.write_text(json.dumps({"instruction": "hello", "intent": "greet"}) + "\n", encoding="utf-8")
+    with pytest.raises(ReplayInputError) as caught:
+        load_rows(data, "utterance")
+    assert "'utterance'" in str(caught.value) and "instruction, intent" in str(caught.value)
+    with pytest.raises(ReplayInputError, match="label column 'label'"):
+        load_rows(data, "instruction", "label")
+
+
+def test_csv_bad_rows_keep_their_line_numbers(tmp_path: Path) -> None:
+    data = tmp_path / "rows.csv"
+    data.write_text('text,label\n"two\nlines",a\n,b\nok,c,extra\nfine,d\n', encoding="utf-8")
+    rows, bad = load_rows(data, "text", "label")
+    assert [(row.line, row.text) for row in rows] == [(2, "two\nlines"), (6, "fine")]
+    assert [b.split(":")[0] for b in bad] == ["line 4", "line 5"]
+
+
+async def test_silent_server_times_out_as_errors(start_server, tmp_path: Path) -> None:
+    url, _ = await start_server("silent")
+    report = await run_replay(
+        _write_csv(tmp_path / "rows.csv"), text_column="text", url=url, progress=False, timeout=0.3
+    )
+    assert (report.turns, report.errors) == (5, 5)
+    assert report.error_kinds == {"timeout": 5}
+    assert report.tiers == {} and report.latency_ms == {"p50": None, "p95": None, "p99": None}
+    out = io.StringIO()
+    print_report(report, json_line=True, file=out)
+    assert "no reply within 0.3 s" in out.getvalue()
+    assert json.loads(out.getvalue().strip().splitlines()[-1])["errors"] == 5
+
+
+@pytest.mark.parametrize(("mode", "kind"), [("error", "error:message_too_long"), ("close", "closed")])
+async def test_error_frames_and_closed_sockets_are_errors(start_server, tmp_path: Path, mode, kind) -> None:
+    url, _ = await start_server(mode)
+    report = await run_replay(_write_csv(tmp_path / "rows.csv"), text_column="text", url=url, progress=False)
+    assert report.errors == report.turns == 5
+    assert report.error_kinds == {kind: 5}
+
+
+async def test_unreachable_server_all_rows_are_errors(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{_free_port()}"
+    report = await run_replay(_write_csv(tmp_path / "rows.csv"), text_column="text", url=url, progress=False)
+    assert report.errors == report.turns == 5 and report.error_kinds == {"connect": 5}
+    out = io.StringIO()
+    print_report(report, json_line=True, file=out)
+    text = out.getvalue()
+    assert "ALL 5 turns failed; is the server running against" in text
+    assert f"cannot connect to ws://127.0.0.1:{url.rsplit(':', 1)[1]}/ws/chat" in text
+    assert json.loads(text.strip().splitlines()[-1])["intent_accuracy"] is None
+
+
+def test_percentiles_are_numpy_linear() -> None:
+    latencies = [float(v) for v in range(1, 101)]
+    rows = [ReplayRow(line=i + 2, text="x", label=None) for i in range(101)]
+    results = [TurnResult(latency_ms=v, tier="retrieval") for v in latencies] + [TurnResult(error="timeout")]
+    report = summarise(rows, results)
+    expected = np.percentile(latencies, [50, 95, 99])
+    assert [report.latency_ms[k] for k in ("p50", "p95", "p99")] == pytest.approx(list(expected))
+    assert (report.turns, report.errors) == (101, 1)
+
+
+def test_chat_url() -> None:
+    assert chat_url("http://127.0.0.1:8080") == "ws://127.0.0.1:8080/ws/chat"
+    assert chat_url("https://bot.example.com/") == "wss://bot.example.com/ws/chat"
+    assert chat_url("ws://h:1/ws/chat") == "ws://h:1/ws/chat"
+    with pytest.raises(ReplayInputError):
+        chat_url("127.0.0.1:8080")
+
+
+async def test_bad_options_are_input_errors(tmp_path: Path) -> None:
+    data = _write_csv(tmp_path / "rows.csv")
+    with pytest.raises(ReplayInputError, match="--label-map needs --label-column"):
+        await run_replay(data, text_column="text", label_map=tmp_path / "m.yaml", progress=False)
+    (tmp_path / "rows.txt").write_text("text\nhello\n", encoding="utf-8")
+    with pytest.raises(ReplayInputError, match="unknown file type '.txt'"):
+        await run_replay(tmp_path / "rows.txt", text_column="text", progress=False)
+    with pytest.raises(ReplayInputError, match="no such file"):
+        await run_replay(tmp_path / "nope.csv", text_column="text", progress=False)
+    with pytest.raises(ReplayInputError, match="--limit must be at least 1"):
+        await run_replay(data, text_column="text", limit=0, progress=False)
+
+
+# --- bench/replay_latency.py ------------------------------------------------------------------------
+
+
+def test_bench_helpers(tmp_path: Path) -> None:
+    assert bench.backend_name(None) == "sqlite"
+    assert bench.backend_name("postgresql+asyncpg://u:p@h/db") == "postgresql"
+    cmd = bench.server_command(None, 4321)
+    assert cmd[-5:] == ["serve", "--host", "127.0.0.1", "--port", "4321"]
+    assert bench.server_command("python x.py --port {port}", 7) == ["python", "x.py", "--port", "7"]
+    env = bench.server_env(tmp_path, 7, None)
+    assert env["HELPLINE_DATA_DIR"] == str(tmp_path) and "HELPLINE_DATABASE_URL" not in env
+    assert bench.server_env(tmp_path, 7, "sqlite+aiosqlite:///x")["HELPLINE_DATABASE_URL"] == "sqlite+aiosqlite:///x"
+    memory = bench.read_memory_mb(__import__("os").getpid())
+    assert memory["rss_mb"] and memory["peak_rss_mb"] and memory["peak_rss_mb"] >= memory["rss_mb"] * 0.5
+    info = bench.machine_info()
+    assert info["nproc"] >= 1 and info["python"].startswith("3.")
+
+
+def test_bench_end_to_end_on_the_fake_server(tmp_path: Path) -> None:
+    data = tmp_path / "bitext.csv"
+    data.write_text(
+        "row_id,instruction,category,intent\n"
+        + "".join(f"{i},track order {{{{Order Number}}}} please,ORDER,track_order\n" for i in range(30)),
+        encoding="utf-8",
+    )
+    output = tmp_path / "result.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "replay_latency.py"), "--rows", "12", "--dataset", str(data),
+         "--command", f"{sys.executable} bench/fake_replay_server.py --port {{port}}",
+         "--output", str(output), "--no-progress", "--startup-timeout", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(output.read_text(encoding="utf-8"))
+    assert result["backend"] == "sqlite"
+    assert set(result["report"]) == JSON_KEYS
+    assert result["report"]["turns"] == 12 and result["report"]["errors"] == 0
+    assert result["report"]["intent_accuracy"] == 1.0
+    assert result["server"]["rss_mb"] > 1 and result["server"]["exit_status"] is not None
+    assert result["machine"]["nproc"] >= 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_bench_refuses_a_missing_column_before_starting(tmp_path: Path) -> None:
+    data = tmp_path / "x.csv"
+    data.write_text("utterance,intent\nhi,greet\n", encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "replay_latency.py"), "--dataset", str(data)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2 and "'instruction'" in done.stderr and "utterance, intent" in done.stderr

@@ -1,0 +1,110 @@
+"""Router decisions on fixed utterances, one group per tier, with the real local models, the real
+knowledge base and the shipped demo order store."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.router import TurnContext
+from helpline.server import RUNTIME
+
+CTX = TurnContext(ticket_id=1, ticket_state="bot")
+
+
+@pytest.fixture
+async def router(helpline_client):
+    return helpline_client.server.app[RUNTIME].router
+
+
+@pytest.fixture
+async def demo_order(helpline_client):
+    orders = helpline_client.server.app[RUNTIME].orders
+    return next(o for o in orders._orders.values() if o.status == "delivered" and o.tracking_ids)
+
+
+@pytest.mark.parametrize(
+    "text,intent",
+    [("hi there!", "greeting"), ("thanks a lot, that helped", "thanks"), ("bye for now", "goodbye")],
+)
+async def test_small_talk_is_deterministic(router, text: str, intent: str) -> None:
+    decision = await router.route(text, CTX)
+    assert (decision.tier, decision.intent, decision.escalate) == ("deterministic", intent, False)
+    assert decision.reply == router.intents[intent].reply
+    assert decision.resolve is (intent == "goodbye")
+
+
+async def test_order_status_is_a_lookup_and_only_for_the_order_asked(router, demo_order) -> None:
+    decision = await router.route(f"where is my order {demo_order.order_id}?", CTX)
+    assert decision.tier == "deterministic" and decision.intent == "track_order"
+    assert demo_order.order_id in decision.reply
+    assert demo_order.tracking_ids[0] in decision.reply
+    assert decision.data["order_ids"] == [demo_order.order_id] or demo_order.order_id in str(decision.data)
+    others = [o.order_id for o in router.orders._orders.values() if o.user_id == demo_order.user_id and o.order_id != demo_order.order_id]
+    assert not any(other in decision.reply for other in others)
+
+
+async def test_order_status_asks_for_the_missing_slot_then_fills_it(router, demo_order) -> None:
+    ask = await router.route("can you tell me where my package is?", CTX)
+    assert ask.tier == "deterministic" and ask.intent == "track_order" and ask.reason == "asked_slot"
+    assert ask.pending == {"intent": "track_order", "slot": "order_id"}
+    fill = await router.route(
+        demo_order.order_id, TurnContext(ticket_id=1, ticket_state="bot", pending=ask.pending)
+    )
+    assert fill.tier == "deterministic" and fill.reason == "slot_filled" and fill.intent == "track_order"
+    assert demo_order.order_id in fill.reply and fill.pending is None
+
+
+@pytest.mark.parametrize(
+    "text,intent,doc",
+    [
+        ("how many days until my refund shows up on my card?", "check_refund_policy", "refunds"),
+        ("which payment methods do you accept", "check_payment_methods", "payments"),
+        ("I forgot my password and can't log in", "recover_password", "sign-in-help"),
+        ("how do I unsubscribe from your newsletter emails", "newsletter_subscription", "newsletter"),
+    ],
+)
+async def test_faq_is_answered_from_the_knowledge_base(router, text: str, intent: str, doc: str) -> None:
+    decision = await router.route(text, CTX)
+    assert decision.tier == "retrieval", decision
+    assert decision.intent == intent
+    assert doc in decision.citations
+    assert f"Source: {doc}" in decision.reply and router.knowledge.version in decision.reply
+    assert decision.kb_version == router.knowledge.version
+
+
+@pytest.mark.parametrize(
+    "text,reason",
+    [
+        ("I want to talk to a real person", "explicit_request"),
+        ("get me a human agent NOW", "explicit_request"),
+        ("I'm going to sue your company, my lawyer will contact you", "sensitive_intent"),
+        ("I'm filing a chargeback with my bank for this", "sensitive_intent"),
+        ("why was my account suspended??", "sensitive_intent"),
+        ("This is absolutely terrible, worst disgusting useless service, I hate you", "negative_sentiment"),
+    ],
+)
+async def test_escalation_triggers_go_to_a_human(router, text: str, reason: str) -> None:
+    decision = await router.route(text, CTX)
+    assert (decision.tier, decision.reason, decision.escalate) == ("human", reason, True)
+
+
+async def test_low_confidence_goes_to_a_human_without_a_reasoning_tier(router) -> None:
+    decision = await router.route("blorp zintak vemmo quillax", CTX)
+    assert decision.tier == "human" and decision.escalate
+    assert decision.reason in ("low_confidence_no_reasoning_tier", "intent_out_of_scope")
+
+
+async def test_retrieval_does_not_guess_below_the_similarity_threshold(router) -> None:
+    router.settings = router.settings.model_copy(update={"retrieval_threshold": 0.99})
+    decision = await router.route("which payment methods do you accept", CTX)
+    assert decision.tier == "human" and decision.reason == "no_kb_match_no_reasoning_tier"
+    assert decision.retrieval_score is not None and decision.retrieval_score < 0.99
+
+
+async def test_guard_runs_before_any_model(router) -> None:
+    calls = router.understander.calls
+    empty = await router.route("  \n ", CTX)
+    long = await router.route("a" * (router.settings.max_message_chars + 1), CTX)
+    assert (empty.tier, empty.reason) == ("guard", "empty_message")
+    assert (long.tier, long.reason) == ("guard", "message_too_long")
+    assert router.understander.calls == calls

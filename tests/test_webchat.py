@@ -1,0 +1,163 @@
+"""Web chat end to end over real websockets against a real ``helpline serve`` process:
+connect, chat, disconnect, reconnect (missed messages exactly once), bad frames, restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from app_fixtures import ChatSocket
+
+
+def _messages(frames: list[dict]) -> list[dict]:
+    return [f for f in frames if f["type"] == "message"]
+
+
+async def test_chat_roundtrip(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    assert chat.welcome["ticket_id"] is None and len(chat.session_id) >= 16
+    await chat.send("Hello there!", "c-1")
+    ack = await chat.until(lambda f: f["type"] == "ack")
+    assert ack["client_message_id"] == "c-1" and ack["seq"] > 0
+    reply = await chat.bot_reply()
+    assert reply["author"] == "bot" and reply["seq"] > ack["seq"]
+    assert reply["meta"]["tier"] == "deterministic" and reply["meta"]["intent"] == "greeting"
+    echoed = [f for f in _messages(chat.frames) if f["direction"] == "inbound"]
+    assert [(f["text"], f["client_message_id"], f["seq"]) for f in echoed] == [("Hello there!", "c-1", ack["seq"])]
+
+    await chat.send("How long does a refund take to reach my card?", "c-2")
+    reply = await chat.bot_reply()
+    assert reply["meta"]["tier"] == "retrieval", reply
+    assert "Source: refunds" in reply["text"]
+    await chat.close()
+
+    # The same session resumes the same ticket.
+    again = await ChatSocket.open(http, server_url, chat.session_id, last_seq=reply["seq"])
+    assert again.welcome["ticket_id"] == reply["ticket_id"]
+    assert again.welcome["ticket_state"] == "awaiting_customer"
+    assert await again.drain() == []  # nothing missed, nothing repeated
+    await again.close()
+
+
+async def test_reconnect_delivers_missed_messages_exactly_once(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    await chat.send("hi", "m-1")
+    first_reply = await chat.bot_reply()
+    await chat.send("what payment methods do you accept?", "m-2")
+    ack = await chat.until(lambda f: f["type"] == "ack")
+    await chat.close()  # gone before the reply is produced
+    last_seen = max(f["seq"] for f in _messages(chat.frames))
+
+    await asyncio.sleep(2.0)  # the reply is produced while the customer is away
+    back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=last_seen)
+    frames = _messages(await back.drain(quiet=3.0))
+    seqs = [f["seq"] for f in frames]
+    assert len(seqs) == len(set(seqs)), f"duplicate delivery: {seqs}"
+    assert all(s > last_seen for s in seqs)
+    outbound = [f for f in frames if f["direction"] == "outbound"]
+    assert len(outbound) == 1 and outbound[0]["seq"] > ack["seq"]
+    assert outbound[0]["meta"]["intent"] == "check_payment_methods"
+
+    # A second reconnect from scratch replays the whole history once, in order.
+    full = await ChatSocket.open(http, server_url, chat.session_id, last_seq=0)
+    history = _messages(await full.drain(quiet=1.0))
+    assert [f["seq"] for f in history] == sorted({f["seq"] for f in history})
+    assert [f["direction"] for f in history] == ["inbound", "outbound", "inbound", "outbound"]
+    assert history[1]["seq"] == first_reply["seq"]
+    await back.close()
+    await full.close()
+
+
+async def test_duplicate_client_message_id_is_stored_once(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    await chat.send("hello", "dup-1")
+    first_ack = await chat.until(lambda f: f["type"] == "ack")
+    await chat.bot_reply()
+    await chat.send("hello", "dup-1")  # a re-send after a flaky network
+    second_ack = await chat.until(lambda f: f["type"] == "ack")
+    assert second_ack["seq"] == first_ack["seq"]
+    late = _messages(await chat.drain(quiet=2.0))
+    assert late == []  # no second turn, no second reply
+    await chat.close()
+
+
+async def test_bad_frames_get_clear_errors_and_the_socket_survives(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    await chat.ws.send_str("{not json")
+    err = await chat.until(lambda f: f["type"] == "error")
+    assert err["code"] == "bad_frame" and "not JSON" in err["message"]
+    await chat.ws.send_str(json.dumps({"type": "message", "text": 5, "client_message_id": "x"}))
+    err = await chat.until(lambda f: f["type"] == "error")
+    assert err["code"] == "bad_frame" and '"text"' in err["message"]
+    await chat.ws.send_str(json.dumps({"type": "message", "text": "hi", "client_message_id": "bad id!"}))
+    err = await chat.until(lambda f: f["type"] == "error")
+    assert "client_message_id" in err["message"]
+    await chat.ws.send_json({"type": "ping"})
+    assert (await chat.until(lambda f: f["type"] in ("pong", "error")))["type"] == "pong"
+    # Still usable.
+    await chat.send("hello", "ok-1")
+    assert (await chat.bot_reply())["meta"]["intent"] == "greeting"
+    await chat.close()
+
+
+async def test_hello_must_come_first(server_url: str, http: aiohttp.ClientSession) -> None:
+    ws = await http.ws_connect(server_url + "/ws/chat")
+    await ws.send_json({"type": "message", "text": "hi", "client_message_id": "a"})
+    err = await ws.receive_json(timeout=10)
+    assert err["type"] == "error" and "hello" in err["message"]
+    closing = await ws.receive(timeout=10)
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+
+
+@pytest.mark.parametrize("text,code", [("   ", "empty_message"), ("x" * 4001, "message_too_long")])
+async def test_guard_replies_and_still_stores(server_url: str, http: aiohttp.ClientSession, text: str, code: str) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    await chat.send(text, "g-1")
+    ack = await chat.until(lambda f: f["type"] == "ack")
+    reply = await chat.bot_reply()
+    assert reply["meta"]["tier"] == "guard"
+    if code == "message_too_long":
+        assert "4,001 characters" in reply["text"] and "4,000" in reply["text"]
+    await chat.close()
+    back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=0)
+    stored = [f for f in _messages(await back.drain()) if f["direction"] == "inbound"]
+    assert [(f["seq"], f["text"]) for f in stored] == [(ack["seq"], text)]  # the full text was kept
+    await back.close()
+
+
+async def test_persistence_across_restart(server_factory, http: aiohttp.ClientSession) -> None:
+    server = server_factory()
+    server.start()
+    chat = await ChatSocket.open(http, server.url)
+    await chat.send("Where is my order #W0000000?", "p-1")
+    reply = await chat.bot_reply()
+    await chat.close()
+    server.stop()
+
+    server = server_factory()
+    server.start()
+    back = await ChatSocket.open(http, server.url, chat.session_id, last_seq=0)
+    assert back.welcome["ticket_id"] == reply["ticket_id"]
+    history = _messages(await back.drain())
+    assert [(f["direction"], f["text"]) for f in history] == [
+        ("inbound", "Where is my order #W0000000?"),
+        ("outbound", reply["text"]),
+    ]
+    await back.close()
+
+
+async def test_healthz_reports_backends(server_factory, database_url: str) -> None:
+    server = server_factory()
+    server.start()
+    health = server.health()
+    assert health["status"] == "ok"
+    expected_backend = "postgresql" if database_url.startswith("postgresql") else "sqlite"
+    assert health["database"]["backend"] == expected_backend
+    assert health["database"]["version"][0].isdigit()
+    assert health["model"]["embedding"].startswith("all-MiniLM-L6-v2")
+    assert health["model"]["intent"].startswith("intent-")
+    assert health["knowledge_base"]["version"].startswith("kb-")
+    assert health["knowledge_base"]["documents"] >= 7
+    assert health["orders"] > 0
