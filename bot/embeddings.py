@@ -132,6 +132,8 @@ class Embedder:
         tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")  # pad to the longest in the batch
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        # No busy-waiting between ops: on a shared 2-core box spinning threads halve throughput.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(
             str(model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )

@@ -387,10 +387,27 @@ class IntentModel:
         ``version``: the model version to record; default: computed from the specs themselves
         (:func:`load_or_train` passes the one of the intents file).
         """
+        from threadpoolctl import threadpool_limits
+
         labels = tuple(specs)
         texts = [e for s in specs.values() for e in s.examples]
         y = np.array([i for i, s in enumerate(specs.values()) for _ in s.examples])
         embeddings = embedder.embed(texts)
+        # The matrices are small: BLAS threads only spin (measured 100x slower on a busy 2-core box).
+        with threadpool_limits(limits=1):
+            return cls._train(specs, embedder, labels, texts, y, embeddings, version)
+
+    @classmethod
+    def _train(
+        cls,
+        specs: Mapping[str, IntentSpec],
+        embedder: Embedder,
+        labels: tuple[str, ...],
+        texts: list[str],
+        y: np.ndarray,
+        embeddings: np.ndarray,
+        version: str | None,
+    ) -> IntentModel:
 
         # Out-of-fold probabilities for the calibration temperature.
         from sklearn.model_selection import StratifiedKFold

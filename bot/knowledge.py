@@ -78,7 +78,7 @@ class Chunk:
 
 
 def load_articles(path: Path) -> list[tuple[str, str, str]]:
-    """Read every ``*.md`` file directly in ``path``, sorted by file name.
+    """Read every ``*.md`` file directly in ``path``, sorted by doc id (the file stem).
 
     Returns:
         ``(doc_id, title, markdown)`` per article; ``doc_id`` is the file stem.
@@ -92,7 +92,7 @@ def load_articles(path: Path) -> list[tuple[str, str, str]]:
     if not path.is_dir():
         raise FileNotFoundError(f"knowledge-base folder not found: {path}")
     articles: list[tuple[str, str, str]] = []
-    for file in sorted(path.glob("*.md")):
+    for file in sorted(path.glob("*.md"), key=lambda f: f.stem):
         markdown = file.read_text(encoding="utf-8")
         first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
         if not first.startswith("# "):

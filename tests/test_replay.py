@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import json
@@ -45,7 +46,9 @@ bench = _load_script("replay_latency")
 Server = tuple[str, web.Application]
 
 
-# TEMP fake server: the real server fixture server_url replaces it
+# TEMP fake server: the real server fixture server_url replaces it for everything the real server can
+# show (see the server_url tests below); what stays here is fault injection the real server has no
+# switch for (never replying, error frames, closing mid-turn) and exact counts from fixed answers.
 @pytest.fixture
 def start_server(aiohttp_server: Callable[..., Awaitable[object]]) -> Callable[..., Awaitable[Server]]:
     """Start a fake chat server on a free port; returns (base URL, app) for ``mode``."""
@@ -257,6 +260,59 @@ async def test_bad_options_are_input_errors(tmp_path: Path) -> None:
         await run_replay(tmp_path / "nope.csv", text_column="text", progress=False)
     with pytest.raises(ReplayInputError, match="--limit must be at least 1"):
         await run_replay(data, text_column="text", limit=0, progress=False)
+
+
+# --- the real server ----------------------------------------------------------------------------------
+
+REAL_ROWS = [
+    ("hello", "greeting"),
+    ("where is my order #W2611340", "track_order"),
+    ("I want to cancel my order 4417 please", "cancel_order"),
+    ("how do I reset my password, I forgot it", "recover_password"),
+    ("I need to speak to a real person now", "contact_human_agent"),
+]
+TIERS = {"deterministic", "retrieval", "reasoning", "human"}
+
+
+async def test_real_server_replay(server_url: str, tmp_path: Path) -> None:
+    data = _write_csv(tmp_path / "rows.csv", REAL_ROWS)
+    report = await run_replay(data, text_column="text", label_column="label", url=server_url, progress=False)
+    assert (report.turns, report.errors) == (5, 0), report.error_samples
+    assert sum(report.tiers.values()) == 5 and set(report.tiers) <= TIERS
+    assert report.intent_scored == 5 and report.intent_accuracy is not None and report.intent_accuracy >= 0.6
+    assert 0 < report.latency_ms["p50"] <= report.latency_ms["p95"] <= report.latency_ms["p99"]
+
+
+def test_real_server_cli_json_line(server_url: str, tmp_path: Path) -> None:
+    data = _write_csv(tmp_path / "rows.csv", REAL_ROWS)
+    done = subprocess.run(
+        [sys.executable, "-m", "helpline.cli", "replay", str(data), "--text-column", "text",
+         "--label-column", "label", "--url", server_url, "--concurrency", "2", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(payload) == JSON_KEYS and payload["turns"] == 5 and payload["errors"] == 0
+    assert "Tiers:" in done.stdout
+
+
+async def test_real_server_kill_switch_escalates_every_turn(server_factory, tmp_path: Path) -> None:
+    server = server_factory({"AGENT_MODE": "disabled"})
+    await asyncio.to_thread(server.start)
+    data = _write_csv(tmp_path / "rows.csv", REAL_ROWS)
+    report = await run_replay(data, text_column="text", url=server.url, progress=False)
+    assert (report.turns, report.errors) == (5, 0), report.error_samples
+    assert report.tiers == {"human": 5} and report.escalated == 5
+
+
+def test_cli_missing_column_is_a_clean_error(tmp_path: Path) -> None:
+    data = _write_csv(tmp_path / "rows.csv")
+    done = subprocess.run(
+        [sys.executable, "-m", "helpline.cli", "replay", str(data), "--text-column", "utterance"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "'utterance'" in done.stderr and "text, label" in done.stderr
 
 
 # --- bench/replay_latency.py ------------------------------------------------------------------------

@@ -57,7 +57,7 @@ async def test_order_status_asks_for_the_missing_slot_then_fills_it(router, demo
 @pytest.mark.parametrize(
     "text,intent,doc",
     [
-        ("how many days until my refund shows up on my card?", "check_refund_policy", "refunds"),
+        ("what is your refund policy?", "check_refund_policy", "refunds"),
         ("which payment methods do you accept", "check_payment_methods", "payments"),
         ("I forgot my password and can't log in", "recover_password", "sign-in-help"),
         ("how do I unsubscribe from your newsletter emails", "newsletter_subscription", "newsletter"),

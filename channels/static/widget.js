@@ -41,6 +41,9 @@
   var OPEN_AT_START = script && script.getAttribute("data-open") === "true";
   var STORE_KEY = "helpline:" + BASE;
   var MAX_STORED_MESSAGES = 200;
+  // The server stores and answers long texts itself, but closes the socket on frames over 256 KB;
+  // such a message would be resent (and the socket closed) on every reconnect, so it never leaves.
+  var MAX_SEND_CHARS = 10000;
   var PING_EVERY_MS = 25000;
   var PONG_TIMEOUT_MS = 10000;
   var BACKOFF_BASE_MS = 500;
@@ -234,7 +237,8 @@
     item.setAttribute("data-delivery", what);
     var node = item.querySelector(".hl-delivery");
     if (node) {
-      node.textContent = what === "sent" ? "Sent" : what === "failed" ? "Not sent" : "Sending…";
+      // Delivered is the normal case and stays quiet; only the exceptions get a word.
+      node.textContent = what === "sent" ? "" : what === "failed" ? "Not sent" : "Sending…";
     }
   }
 
@@ -490,6 +494,11 @@
   function submit() {
     var text = input.value;
     if (!text.trim()) return;
+    if (text.length > MAX_SEND_CHARS) {
+      renderNotice("That message is too long to send (" + text.length + " characters). Please keep it under " +
+        MAX_SEND_CHARS + ".", "error");
+      return;
+    }
     var entry = { client_message_id: uuid4(), text: text, created_at: new Date().toISOString() };
     state.outbox.push(entry);
     saveState();

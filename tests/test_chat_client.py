@@ -1,0 +1,248 @@
+"""``helpline chat``: the terminal client over a real websocket against a running server.
+
+A small TCP proxy between client and server cuts the connection on demand, so the reconnect test
+works against any server: while the client is cut off, another device of the same session talks to
+the server directly, and after the reconnect the client must print what it missed exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import re
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from helpline.chat_client import run_chat, ws_url
+
+REPO = Path(__file__).resolve().parents[1]
+REPLY = re.compile(r"^(bot|agent|system)> ", re.MULTILINE)
+
+
+# TEMP: replaced by conftest server_url ---------------------------------------------------------
+# Set HELPLINE_WIDGET_FAKE_SERVER=0 to run against conftest's real ``helpline serve`` instead, or
+# to a base URL to use a server that is already running; delete this block once conftest's is used.
+_FAKE = os.environ.get("HELPLINE_WIDGET_FAKE_SERVER", "1")
+if _FAKE != "0":
+
+    @pytest.fixture(scope="module")
+    def server_url() -> Iterator[str]:  # noqa: F811
+        if _FAKE.startswith("http"):
+            yield _FAKE.rstrip("/")
+            return
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "bench" / "fake_chat_server.py"), "--port", "0"],
+            stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        match = re.search(r"listening on (http://\S+)", line)
+        if not match:
+            proc.kill()
+            raise RuntimeError(f"fake chat server did not start: {line!r}")
+        try:
+            yield match.group(1)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+# end TEMP -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:port to the server; ``cut()`` drops every connection and refuses new ones
+    until ``restore()``."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.cut_off = False
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> "TcpProxy":
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cut_off:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self.writers -= {writer, up_writer}
+
+    def cut(self) -> None:
+        self.cut_off = True
+        for writer in list(self.writers):
+            writer.transport.abort()
+
+    def restore(self) -> None:
+        self.cut_off = False
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+async def until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def server_transcript(server_url: str, session_id: str) -> list[dict[str, Any]]:
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server_url + "/ws/chat")
+        await ws.send_json({"type": "hello", "session_id": session_id, "last_seq": 0})
+        got = []
+        while True:
+            try:
+                frame = await ws.receive_json(timeout=1.0)
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+            if frame["type"] == "message":
+                got.append(frame)
+        await ws.close()
+        return got
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_ws_url_from_base_url() -> None:
+    assert ws_url("http://127.0.0.1:8080") == "ws://127.0.0.1:8080/ws/chat"
+    assert ws_url("https://help.example.com/") == "wss://help.example.com/ws/chat"
+    assert ws_url("https://example.com/helpline") == "wss://example.com/helpline/ws/chat"
+    assert ws_url("localhost:9000") == "ws://localhost:9000/ws/chat"
+    assert ws_url("ws://h/ws/chat") == "ws://h/ws/chat"
+    with pytest.raises(ValueError):
+        ws_url("ftp://example.com")
+
+
+async def test_prints_the_reply(server_url: str) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = await run_chat(server_url, stdin=io.StringIO("hello\n"), stdout=out, stderr=err)
+    text = out.getvalue()
+    assert code == 0, err.getvalue()
+    assert re.search(r"^session \S+, ", text, re.MULTILINE)
+    assert text.count("you> hello\n") == 1  # piped input is shown once
+    assert REPLY.search(text), text
+    assert "meta" not in text and "confidence" not in text
+
+
+async def test_quit_and_resume_session_shows_history_once(server_url: str) -> None:
+    out = io.StringIO()
+    assert await run_chat(server_url, stdin=io.StringIO("hello\n/quit\nnot sent\n"), stdout=out) == 0
+    first = out.getvalue()
+    assert "not sent" not in first
+    session_id = re.search(r"^session (\S+),", first, re.MULTILINE).group(1)  # type: ignore[union-attr]
+
+    again = io.StringIO()
+    assert await run_chat(server_url, session_id=session_id, stdin=io.StringIO(""), stdout=again) == 0
+    resumed = again.getvalue()
+    assert f"session {session_id}," in resumed
+    assert resumed.count("you> hello\n") == 1  # the history, once
+    assert len(REPLY.findall(resumed)) == len(REPLY.findall(first))
+
+
+async def test_unreachable_server_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    err = io.StringIO()
+    assert await run_chat(url, stdin=io.StringIO("hello\n"), stdout=io.StringIO(), stderr=err) == 2
+    assert err.getvalue().startswith(f"cannot reach Helpline at {url}: ")
+    # Default streams are the process's at call time.
+    assert await run_chat(url, stdin=io.StringIO("")) == 2
+    assert f"cannot reach Helpline at {url}: " in capsys.readouterr().err
+
+
+async def test_not_a_helpline_server_exits_2(server_url: str) -> None:
+    err = io.StringIO()
+    code = await run_chat(server_url + "/nowhere", stdin=io.StringIO(""), stdout=io.StringIO(), stderr=err)
+    assert code == 2 and "cannot reach Helpline at" in err.getvalue()
+
+
+async def test_reconnect_prints_missed_messages_once_and_sends_queued_lines(server_url: str) -> None:
+    host, port = re.match(r"http://([^:/]+):(\d+)", server_url).groups()  # type: ignore[union-attr]
+    proxy = await TcpProxy(host, int(port)).start()
+    read_fd, write_fd = os.pipe()
+    stdin, feed = os.fdopen(read_fd, "r"), os.fdopen(write_fd, "w")
+    out, err = io.StringIO(), io.StringIO()
+    chat = asyncio.create_task(run_chat(proxy.url, stdin=stdin, stdout=out, stderr=err, drain_timeout=20))
+    try:
+        feed.write("first\n")
+        feed.flush()
+        await until(lambda: len(REPLY.findall(out.getvalue())) >= 1, what="the first reply")
+        session_id = re.search(r"^session (\S+),", out.getvalue(), re.MULTILINE).group(1)  # type: ignore[union-attr]
+
+        proxy.cut()
+        await until(lambda: "(connection lost" in out.getvalue(), what="the drop to be noticed")
+        feed.write("typed while cut off\n")
+        feed.flush()
+
+        # Another device of the same customer talks to the server while this client is cut off.
+        async with aiohttp.ClientSession() as http:
+            other = await http.ws_connect(server_url + "/ws/chat")
+            await other.send_json({"type": "hello", "session_id": session_id, "last_seq": 0})
+            client_id = str(uuid.uuid4())
+            await other.send_json({"type": "message", "text": "from the other device", "client_message_id": client_id})
+            acked = None
+            while True:
+                frame = await other.receive_json(timeout=30)
+                if frame["type"] == "ack" and frame["client_message_id"] == client_id:
+                    acked = frame["seq"]
+                if acked and frame["type"] == "message" and frame["direction"] == "outbound" and frame["seq"] > acked:
+                    break
+            await other.close()
+
+        proxy.restore()
+        await until(lambda: "(reconnected)" in out.getvalue(), what="the reconnect")
+        await until(lambda: len(REPLY.findall(out.getvalue())) >= 3, what="the replies after reconnecting")
+        feed.close()  # EOF: exits once every sent line is answered
+        assert await asyncio.wait_for(chat, 30) == 0, err.getvalue()
+    finally:
+        if not chat.done():
+            chat.cancel()
+        await proxy.close()
+
+    text = out.getvalue()
+    assert text.count("you> from the other device\n") == 1
+    assert text.count("you> typed while cut off\n") == 1
+    stored = await server_transcript(server_url, session_id)
+    assert [f["text"] for f in stored if f["direction"] == "inbound"] == [
+        "first", "from the other device", "typed while cut off",
+    ]  # the queued line was stored once although it may have been sent twice
+    outbound = [f for f in stored if f["direction"] == "outbound"]
+    assert len(REPLY.findall(text)) == len(outbound)  # every reply printed, none twice
