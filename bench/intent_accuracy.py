@@ -70,6 +70,11 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.70)
     parser.add_argument("--limit", type=int, default=0, help="score only the first N rows")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--errors", type=int, default=0,
+        help="print N random misclassified texts (use with --data on the *train* split for error "
+        "analysis; reading test-split errors to write examples would tune on the test set)",
+    )
     args = parser.parse_args()
 
     if not args.data.is_file():
@@ -164,6 +169,10 @@ def main() -> int:
     print("top confusions (truth -> predicted: rows):")
     for (t, p), n in confusions:
         print(f"  {t} -> {p}: {n}")
+    if args.errors:
+        wrong = [i for i in range(len(rows)) if not correct[i]]
+        for i in random.Random(0).sample(wrong, min(args.errors, len(wrong))):
+            print(f"  [{truth[i]} -> {pred[i]} {conf[i]:.2f}] {texts[i]}")
     timing = figures["timing"]
     print(f"timing: embedder load {timing['embedder_load_s']} s, train/load {timing['train_or_load_s']} s, "
           f"embed {len(rows)} rows {timing['embed_all_s']} s, classify {timing['classify_all_s']} s; "

@@ -387,6 +387,9 @@ class IntentModel:
         ``version``: the model version to record; default: computed from the specs themselves
         (:func:`load_or_train` passes the one of the intents file).
         """
+        # Import the fitting libraries first: threadpool_limits only reaches BLAS copies already loaded.
+        import scipy.optimize  # noqa: F401
+        import sklearn.linear_model  # noqa: F401
         from threadpoolctl import threadpool_limits
 
         labels = tuple(specs)

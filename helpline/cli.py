@@ -152,3 +152,7 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     print_report(report, json_line=json_line)
+
+
+if __name__ == "__main__":
+    main()

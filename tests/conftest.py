@@ -63,7 +63,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if server is None:
         lines = ["helpline database backend: sqlite (a fresh temp file per test)"]
     else:
-        where = server.set(database=None).render_as_string(hide_password=True)
+        where = f"{server.username or 'postgres'}@{server.host}:{server.port or 5432}"
         lines = [f"helpline database backend: postgresql at {where} (a fresh database per test)"]
     if _require_all():
         lines.append(f"{REQUIRE_ALL_ENV}=1: skipped tests fail")

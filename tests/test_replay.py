@@ -29,6 +29,8 @@ from helpline.replay import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+# The entry point itself, whether or not the package is installed (no console script needed).
+HELPLINE_CLI = [sys.executable, "-c", "from helpline.cli import main; main()"]
 JSON_KEYS = {"turns", "errors", "tiers", "escalated", "intent_accuracy", "latency_ms"}
 
 
@@ -286,7 +288,7 @@ async def test_real_server_replay(server_url: str, tmp_path: Path) -> None:
 def test_real_server_cli_json_line(server_url: str, tmp_path: Path) -> None:
     data = _write_csv(tmp_path / "rows.csv", REAL_ROWS)
     done = subprocess.run(
-        [sys.executable, "-m", "helpline.cli", "replay", str(data), "--text-column", "text",
+        [*HELPLINE_CLI, "replay", str(data), "--text-column", "text",
          "--label-column", "label", "--url", server_url, "--concurrency", "2", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
@@ -308,7 +310,7 @@ async def test_real_server_kill_switch_escalates_every_turn(server_factory, tmp_
 def test_cli_missing_column_is_a_clean_error(tmp_path: Path) -> None:
     data = _write_csv(tmp_path / "rows.csv")
     done = subprocess.run(
-        [sys.executable, "-m", "helpline.cli", "replay", str(data), "--text-column", "utterance"],
+        [*HELPLINE_CLI, "replay", str(data), "--text-column", "utterance"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
