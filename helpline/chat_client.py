@@ -25,7 +25,10 @@ import aiohttp
 DEFAULT_URL = "http://127.0.0.1:8080"
 CONNECT_TIMEOUT_S = 10.0
 DRAIN_TIMEOUT_S = 5.0
-"""After /quit or EOF, how long to wait for replies still owed to what was sent."""
+"""After /quit or EOF, the most to wait for replies still owed to what was sent."""
+QUIET_S = 1.0
+"""No frame for this long, nothing unacked and the bot not typing: the conversation has settled
+(the backlog is in, or the bot will not answer, e.g. after a handoff to a human)."""
 RECONNECT_GIVE_UP_S = 60.0
 PING_EVERY_S = 25.0
 MAX_SEND_CHARS = 10_000
@@ -70,19 +73,22 @@ class _Conversation:
     last_seq: int = 0
     sent: dict[str, _Pending] = field(default_factory=dict)  # by client_message_id, in send order
     last_reply_seq: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    typing: bool = False
+    last_frame_at: float = 0.0
 
     def unacked(self) -> list[_Pending]:
         return [p for p in self.sent.values() if p.seq is None]
 
-    def answered(self) -> bool:
-        """Every message is stored and something outbound came after the last one."""
-        if not self.sent:
-            return True
-        if self.unacked():
+    def settled(self, now: float) -> bool:
+        """Nothing more is owed: every line is stored, and either a reply came after the last one or
+        the server has been quiet (the protocol has no end-of-backlog or no-reply-coming frame)."""
+        if self.unacked() or self.typing:
             return False
-        last = max(p.seq or 0 for p in self.sent.values())
-        return self.last_reply_seq > last
+        quiet_for = now - self.last_frame_at
+        last_sent = max((p.seq or 0 for p in self.sent.values()), default=0)
+        if self.sent and self.last_reply_seq > last_sent:
+            return quiet_for >= 0.2  # a second reply may follow right behind the first
+        return quiet_for >= QUIET_S
 
 
 class _Printer:
@@ -186,6 +192,7 @@ class _Client:
             await ws.close()
             raise _Unreachable(f"unexpected first frame {welcome!r}")
         self._on_welcome(welcome)
+        self.conv.last_frame_at = asyncio.get_running_loop().time()
         self.ws = ws
         # Anything typed while the socket was down goes out now; the ids make it idempotent.
         for pending in self.conv.unacked():
@@ -239,7 +246,7 @@ class _Client:
                 finally:
                     pinger.cancel()
                 self.ws = None
-                self.conv.changed.set()
+                self.conv.typing = False
             await self._reconnect(http)
 
     async def _ping(self, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -267,6 +274,7 @@ class _Client:
                     raise _Lost(str(exc)) from exc
 
     def _on_frame(self, frame: dict[str, Any]) -> None:
+        self.conv.last_frame_at = asyncio.get_running_loop().time()
         kind = frame.get("type")
         if kind == "message":
             seq = frame.get("seq")
@@ -282,11 +290,15 @@ class _Client:
                 self.out.message(author, str(frame.get("text") or ""))
             if frame.get("direction") == "outbound":
                 self.conv.last_reply_seq = seq
+                self.conv.typing = False
+        elif kind == "typing":
+            self.conv.typing = bool(frame.get("on"))
         elif kind == "ack":
             pending = self.conv.sent.get(str(frame.get("client_message_id")))
             if pending is not None and isinstance(frame.get("seq"), int):
                 pending.seq = frame["seq"]
         elif kind == "error":
+            self.conv.typing = False
             self.out.line(f"error: {frame.get('message') or frame.get('code')}")
             unacked = self.conv.unacked()
             target = self.conv.sent.get(str(frame.get("client_message_id")))
@@ -295,7 +307,6 @@ class _Client:
             if target is not None:
                 # Not stored and never will be: stop waiting for it and don't resend it.
                 del self.conv.sent[target.client_message_id]
-        self.conv.changed.set()
 
     # ------------------------------------------------------------------ sending
 
@@ -310,18 +321,11 @@ class _Client:
         except (ConnectionError, RuntimeError):
             pass
 
-    async def _wait_answered(self, receiver: asyncio.Task[None], timeout: float) -> None:
+    async def _wait_settled(self, receiver: asyncio.Task[None], timeout: float) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while not self.conv.answered() and not receiver.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            self.conv.changed.clear()
-            try:
-                await asyncio.wait_for(self.conv.changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                return
+        while not self.conv.settled(loop.time()) and not receiver.done() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def _send_lines(self, lines: asyncio.Queue[str | None], receiver: asyncio.Task[None]) -> int:
         while True:
@@ -332,7 +336,7 @@ class _Client:
                 return self._receiver_result(receiver)
             line = next_line.result()
             if line is None or line.strip() == _QUIT:
-                await self._wait_answered(receiver, self.drain_timeout)
+                await self._wait_settled(receiver, self.drain_timeout)
                 return self._receiver_result(receiver) if receiver.done() else 0
             if not line.strip():
                 continue
@@ -340,7 +344,7 @@ class _Client:
                 self.out.line(f"error: that line is too long to send ({len(line)} characters, limit {MAX_SEND_CHARS})")
                 continue
             if self.scripted:
-                await self._wait_answered(receiver, self.drain_timeout)
+                await self._wait_settled(receiver, self.drain_timeout)
                 self.out.message("customer", line)
             pending = _Pending(client_message_id=str(uuid.uuid4()), text=line)
             self.conv.sent[pending.client_message_id] = pending

@@ -81,7 +81,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         if knowledge.version is None:
             log.info("knowledge base empty: ingesting %s", settings.kb_dir)
             await knowledge.ingest(settings.kb_dir)
-        orders = JsonOrderStore.from_files(settings.orders_file)
+        orders = await JsonOrderStore.load(settings.orders_file)
         understander = Understander(embedder, intent_model, Sentiment())
         router = Router(settings, intents, understander, knowledge, orders)
         locks = InProcessLocks()
