@@ -50,7 +50,7 @@ class _Session:
     def store(
         self, direction: str, author: str, text: str, client_message_id: str | None = None
     ) -> dict[str, Any]:
-        frame = {
+        frame: dict[str, Any] = {
             "type": "message",
             "seq": len(self.messages) + 1,
             "direction": direction,
@@ -239,7 +239,7 @@ async def _serve(host: str, port: int) -> None:
     await site.start()
     server = site._server  # the bound port is only known here when --port 0
     assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
     print(f"listening on http://{host}:{bound}", flush=True)
     try:
         await asyncio.Event().wait()

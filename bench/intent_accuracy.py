@@ -64,7 +64,10 @@ def macro_f1(truth: list[str], pred: list[str], labels: list[str]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument(
+        "--data", type=Path, default=DEFAULT_DATA,
+        help="a Bitext CSV with intent + instruction (27K release) or utterance (8.1K release)",
+    )
     parser.add_argument("--intents", type=Path, default=CONFIG_DIR / "intents.yaml")
     parser.add_argument("--models-dir", type=Path, default=None, help="default: a temporary folder")
     parser.add_argument("--threshold", type=float, default=0.70)
@@ -85,7 +88,7 @@ def main() -> int:
         rows = list(csv.DictReader(fh))
     if args.limit:
         rows = rows[: args.limit]
-    texts = [fill_placeholders(r["instruction"], rng) for r in rows]
+    texts = [fill_placeholders(r.get("instruction") or r["utterance"], rng) for r in rows]
     truth = [r["intent"] for r in rows]
 
     t0 = time.perf_counter()

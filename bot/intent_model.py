@@ -44,7 +44,7 @@ MIN_EXAMPLES = 15
 TRAINING_CODE_VERSION = "intent-train-1"
 """Bump when training or inference changes in a way that must invalidate saved models."""
 
-# Hyperparameters, chosen by cross-validation on the Bitext *train* split (never the test split).
+# Hyperparameters: set by hand, not searched (C in 2..32 changes little); never tuned on Bitext test.
 EMBEDDING_C = 8.0
 TFIDF_C = 10.0
 CV_FOLDS = 5
@@ -355,8 +355,10 @@ class IntentModel:
             embeddings = self._embedder.embed(list(texts))
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(texts), -1)
         p_emb = _softmax((embeddings @ self._emb_coef.T + self._emb_intercept).astype(np.float64))
-        p_tfidf = _softmax(np.stack([self._tfidf_logits(t) for t in texts]) if texts else
-                           np.zeros((0, len(self.labels))))
+        tfidf_logits = np.zeros((len(texts), len(self.labels)))
+        for i, text in enumerate(texts):
+            tfidf_logits[i] = self._tfidf_logits(text)
+        p_tfidf = _softmax(tfidf_logits)
         return _calibrate(0.5 * (p_emb + p_tfidf), self.temperature)
 
     def _prediction(self, probs: np.ndarray) -> IntentPrediction:
@@ -411,7 +413,6 @@ class IntentModel:
         embeddings: np.ndarray,
         version: str | None,
     ) -> IntentModel:
-
         # Out-of-fold probabilities for the calibration temperature.
         from sklearn.model_selection import StratifiedKFold
 
@@ -529,8 +530,13 @@ def _full_coef(model: Any, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     # A fold may miss a class entirely; give it weights that never win.
     coef = np.zeros((n_classes, model.coef_.shape[1]))
     intercept = np.full(n_classes, -1e3)
-    coef[model.classes_] = model.coef_
-    intercept[model.classes_] = model.intercept_
+    if len(model.classes_) == 2:
+        # Binary fits keep one row (logit of classes_[1] against classes_[0]): softmax([0, z]).
+        coef[model.classes_[0]], intercept[model.classes_[0]] = 0.0, 0.0
+        coef[model.classes_[1]], intercept[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        coef[model.classes_] = model.coef_
+        intercept[model.classes_] = model.intercept_
     return coef, intercept
 
 

@@ -8,8 +8,9 @@ client -> server
   ``{"type": "ping"}``
 server -> client
   ``welcome`` (session_id, ticket_id, ticket_state), then every message of the customer with
-  ``seq > last_seq`` (the backlog), then live ``message`` frames; ``ack`` per stored inbound message;
-  ``typing``; ``error`` (code, message); ``pong``.
+  ``seq > last_seq`` (the backlog), then ``{"type": "synced", "last_seq": int}``, then live
+  ``message`` frames; ``ack`` per stored inbound message; ``typing``; ``error`` (code, message, and
+  the frame's ``client_message_id`` when it had a readable one); ``pong``.
 
 Exactly-once per connection: the subscription to live frames starts before the backlog is read and
 each connection remembers the highest ``seq`` it sent, so a frame in both is sent once. A client
@@ -106,8 +107,10 @@ class _Connection:
             if not self.ws.closed:
                 await self.ws.send_str(json.dumps(frame))
 
-    async def error(self, code: str, message: str) -> None:
-        await self.send({"type": "error", "code": code, "message": message})
+    async def error(self, code: str, message: str, client_message_id: str | None = None) -> None:
+        await self.send(
+            {"type": "error", "code": code, "message": message, "client_message_id": client_message_id}
+        )
 
 
 class WebChatChannel:
@@ -152,6 +155,7 @@ class WebChatChannel:
                 }
             )
             await self._send_backlog(conn, customer_id, last_seq)
+            await conn.send({"type": "synced", "last_seq": conn.sent_seq})
             pump = asyncio.create_task(self._pump(conn, live))
             try:
                 await self._read(conn, session_id)
@@ -182,6 +186,7 @@ class WebChatChannel:
             if msg.type != WSMsgType.TEXT:
                 await conn.error("bad_frame", "only JSON text frames are accepted")
                 continue
+            frame = {}
             try:
                 frame = parse_frame(msg.data)
                 kind = frame["type"]
@@ -192,7 +197,8 @@ class WebChatChannel:
                     raise FrameError("bad_frame", f"unknown frame type {kind!r}")
                 text, client_id = parse_message(frame)
             except FrameError as exc:
-                await conn.error(exc.code, str(exc))
+                client_id = frame.get("client_message_id")
+                await conn.error(exc.code, str(exc), client_id if isinstance(client_id, str) else None)
                 continue
             accepted = await self.conversations.receive(
                 Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id)

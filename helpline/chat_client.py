@@ -283,9 +283,9 @@ class _Client:
             self.conv.last_seq = seq
             author = str(frame.get("author") or "system")
             client_id = frame.get("client_message_id")
-            mine = isinstance(client_id, str) and client_id in self.conv.sent
-            if mine:
-                self.conv.sent[client_id].seq = seq  # typed here: already on screen
+            mine = self.conv.sent.get(client_id) if isinstance(client_id, str) else None
+            if mine is not None:
+                mine.seq = seq  # typed here: already on screen
             else:
                 self.out.message(author, str(frame.get("text") or ""))
             if frame.get("direction") == "outbound":

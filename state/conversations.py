@@ -87,7 +87,7 @@ async def accept_inbound(
     there is none, and commit.
 
     A resolved ticket older than ``reopen_window`` is closed first and a new one opened. A repeated
-    ``provider_message_id`` on the same channel returns the stored original with ``duplicate=True``.
+    ``provider_message_id`` from the same customer on the same channel returns the stored original with ``duplicate=True``.
     Callers serialise intake per customer (see :class:`state.locks.Locks`) so that arrival order is
     storage order; the database's unique indexes guard the same rules across processes.
     """
@@ -97,6 +97,7 @@ async def accept_inbound(
             existing = (
                 await session.execute(
                     select(Message).where(
+                        Message.customer_id == customer_id,
                         Message.channel == channel,
                         Message.direction == "inbound",
                         Message.provider_message_id == provider_message_id,

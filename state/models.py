@@ -156,8 +156,10 @@ class Message(Base):
 
     __tablename__ = "messages"
     __table_args__ = (
+        # Provider message ids are idempotency keys per customer: web-chat client ids come from the
+        # browser, so one customer must never collide with (or learn about) another's ids.
         UniqueConstraint(
-            "channel", "direction", "provider_message_id", name="uq_message_provider_id"
+            "customer_id", "channel", "direction", "provider_message_id", name="uq_message_provider_id"
         ),
         Index("ix_messages_ticket_id_id", "ticket_id", "id"),
         Index("ix_messages_customer_id_id", "customer_id", "id"),

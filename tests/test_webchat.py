@@ -37,7 +37,7 @@ async def test_chat_roundtrip(server_url: str, http: aiohttp.ClientSession) -> N
     again = await ChatSocket.open(http, server_url, chat.session_id, last_seq=reply["seq"])
     assert again.welcome["ticket_id"] == reply["ticket_id"]
     assert again.welcome["ticket_state"] == "awaiting_customer"
-    assert await again.drain() == []  # nothing missed, nothing repeated
+    assert _messages(await again.drain()) == []  # nothing missed, nothing repeated
     await again.close()
 
 
@@ -161,3 +161,33 @@ async def test_healthz_reports_backends(server_factory, database_url: str) -> No
     assert health["knowledge_base"]["version"].startswith("kb-")
     assert health["knowledge_base"]["documents"] >= 7
     assert health["orders"] > 0
+
+
+async def test_client_message_ids_are_scoped_to_one_customer(server_url: str, http: aiohttp.ClientSession) -> None:
+    alice = await ChatSocket.open(http, server_url)
+    await alice.send("my secret order #W1111111", "same-id")
+    alice_ack = await alice.until(lambda f: f["type"] == "ack")
+    await alice.bot_reply()
+    bob = await ChatSocket.open(http, server_url)
+    await bob.send("hello", "same-id")
+    bob_ack = await bob.until(lambda f: f["type"] == "ack")
+    assert bob_ack["seq"] != alice_ack["seq"]
+    reply = await bob.bot_reply()
+    seen_by_bob = [f["text"] for f in _messages(bob.frames)]
+    assert seen_by_bob == ["hello", reply["text"]]
+    assert not any("W1111111" in t for t in seen_by_bob)
+    await alice.close()
+    await bob.close()
+
+
+async def test_backlog_ends_with_synced_frame(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    await chat.send("hi", "s-1")
+    reply = await chat.bot_reply()
+    await chat.close()
+    back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=0)
+    frames = await back.drain()
+    kinds = [f["type"] for f in frames]
+    assert kinds == ["message", "message", "synced"]
+    assert frames[-1]["last_seq"] == reply["seq"]
+    await back.close()

@@ -110,7 +110,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["ticket_id"], ["tickets.id"]),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint(
-            "channel", "direction", "provider_message_id", name="uq_message_provider_id"
+            "customer_id", "channel", "direction", "provider_message_id", name="uq_message_provider_id"
         ),
     )
     op.create_index("ix_messages_ticket_id_id", "messages", ["ticket_id", "id"])
