@@ -78,7 +78,6 @@ class Settings(BaseSettings):
     # --- server --------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
-    public_url: str | None = Field(None, description="Public base URL, for links in replies.")
 
     # --- kill switch ---------------------------------------------------------------------------
     agent_mode: AgentMode = Field(AgentMode.enabled, validation_alias="AGENT_MODE")
@@ -121,9 +120,6 @@ class Settings(BaseSettings):
         CONFIG_DIR / "orders.json",
         description="Order store: tau-bench-style orders.json (order_id -> order).",
     )
-
-    # --- reasoning tier (providers arrive in a later issue) ------------------------------------
-    llm_provider: str | None = Field(None, description="Unset: no reasoning tier; those go human.")
 
     @field_validator("sensitive_intents", mode="before")
     @classmethod

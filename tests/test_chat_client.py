@@ -12,10 +12,7 @@ import io
 import os
 import re
 import socket
-import subprocess
-import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,33 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 REPLY = re.compile(r"^(bot|agent|system)> ", re.MULTILINE)
 
 
-# TEMP: replaced by conftest server_url ---------------------------------------------------------
-# Set HELPLINE_WIDGET_FAKE_SERVER=0 to run against conftest's real ``helpline serve`` instead, or
-# to a base URL to use a server that is already running; delete this block once conftest's is used.
-_FAKE = os.environ.get("HELPLINE_WIDGET_FAKE_SERVER", "1")
-if _FAKE != "0":
-
-    @pytest.fixture(scope="module")
-    def server_url() -> Iterator[str]:  # noqa: F811
-        if _FAKE.startswith("http"):
-            yield _FAKE.rstrip("/")
-            return
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "fake_chat_server.py"), "--port", "0"],
-            stdout=subprocess.PIPE, text=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        if not match:
-            proc.kill()
-            raise RuntimeError(f"fake chat server did not start: {line!r}")
-        try:
-            yield match.group(1)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-# end TEMP -------------------------------------------------------------------------------------
 
 
 def free_port() -> int:

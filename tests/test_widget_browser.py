@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +32,6 @@ TIMEOUT_MS = 30_000
 REPO = Path(__file__).resolve().parents[1]
 
 
-# TEMP: replaced by conftest server_url ---------------------------------------------------------
-# The fake echo server (bench/fake_chat_server.py) stood in while the real server did not exist.
-# Set HELPLINE_WIDGET_FAKE_SERVER=0 to run against conftest's real ``helpline serve`` instead, or
-# to a base URL to use a server that is already running; delete this block once conftest's is used.
-_FAKE = os.environ.get("HELPLINE_WIDGET_FAKE_SERVER", "1")
-if _FAKE != "0":
-
-    @pytest.fixture(scope="module")
-    def server_url() -> Iterator[str]:  # noqa: F811
-        if _FAKE.startswith("http"):
-            yield _FAKE.rstrip("/")
-            return
-        proc = subprocess.Popen(
-            [sys.executable, str(REPO / "bench" / "fake_chat_server.py"), "--port", "0"],
-            stdout=subprocess.PIPE, text=True,
-        )
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        match = re.search(r"listening on (http://\S+)", line)
-        if not match:
-            proc.kill()
-            raise RuntimeError(f"fake chat server did not start: {line!r}")
-        try:
-            yield match.group(1)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-# end TEMP -------------------------------------------------------------------------------------
 
 
 @pytest.fixture
