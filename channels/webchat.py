@@ -171,7 +171,7 @@ class WebChatChannel:
                 await conn.send(message_frame(message))
             if len(batch) < 500:
                 return
-            after = batch[-1].id
+            after = batch[-1].seq
 
     async def _pump(self, conn: _Connection, live: asyncio.Queue[Frame]) -> None:
         while True:
@@ -203,7 +203,7 @@ class WebChatChannel:
             accepted = await self.conversations.receive(
                 Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id)
             )
-            await conn.send({"type": "ack", "client_message_id": client_id, "seq": accepted.message.id})
+            await conn.send({"type": "ack", "client_message_id": client_id, "seq": accepted.message.seq})
             if accepted.duplicate:
                 # A re-send after a reconnect: the original is stored; make sure this socket has it.
                 await conn.send(message_frame(accepted.message))

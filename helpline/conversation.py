@@ -25,6 +25,7 @@ from state.conversations import (
     get_or_create_customer,
     message_frame,
     next_pending_inbound,
+    next_seq,
     recent_messages,
     tickets_with_pending_inbound,
 )
@@ -179,6 +180,8 @@ class Conversations:
             assert ticket is not None and stored is not None
             if stored.processed_at is not None:  # another worker finished it: do nothing twice
                 return None
+            # The seq first: it locks the customer row, always before the ticket (one lock order).
+            seq = await next_seq(session, ticket.customer_id) if decision and decision.reply is not None else None
             stored.processed_at = now
             if decision is None:
                 session.add(
@@ -200,7 +203,9 @@ class Conversations:
 
             outbound: Message | None = None
             if decision.reply is not None:
+                assert seq is not None
                 outbound = Message(
+                    seq=seq,
                     ticket_id=ticket.id,
                     customer_id=ticket.customer_id,
                     direction="outbound",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -65,6 +65,22 @@ async def get_or_create_customer(db: Database, channel: str, address: str) -> Cu
             return found
 
 
+async def next_seq(session: AsyncSession, customer_id: int) -> int:
+    """Take the customer's next message seq inside the caller's transaction.
+
+    The UPDATE locks the customer's row until commit, so two transactions that add messages for one
+    customer commit in the order of their seqs: a client that has seen seq N has seen every message
+    before it. Call it first in a transaction (before touching the ticket) to keep one lock order.
+    """
+    result = await session.execute(
+        update(Customer)
+        .where(Customer.id == customer_id)
+        .values(last_seq=Customer.last_seq + 1)
+        .returning(Customer.last_seq)
+    )
+    return int(result.scalar_one())
+
+
 async def open_ticket(session: AsyncSession, customer_id: int) -> Ticket | None:
     """The customer's ticket that is not closed, or None (the database allows at most one)."""
     row = await session.execute(
@@ -109,6 +125,7 @@ async def accept_inbound(
                 assert ticket is not None
                 return Accepted(existing, ticket, customer_id, duplicate=True, new_ticket=False)
 
+        seq = await next_seq(session, customer_id)
         ticket = await open_ticket(session, customer_id)
         if (
             ticket is not None
@@ -132,6 +149,7 @@ async def accept_inbound(
                       created_at=now)
             )
         message = Message(
+            seq=seq,
             ticket_id=ticket.id,
             customer_id=customer_id,
             direction="inbound",
@@ -155,7 +173,7 @@ async def next_pending_inbound(session: AsyncSession, ticket_id: int) -> Message
             Message.direction == "inbound",
             Message.processed_at.is_(None),
         )
-        .order_by(Message.id)
+        .order_by(Message.seq)
         .limit(1)
     )
     return row.scalar_one_or_none()
@@ -175,18 +193,18 @@ async def tickets_with_pending_inbound(db: Database) -> list[int]:
 async def recent_messages(session: AsyncSession, ticket_id: int, limit: int) -> list[Message]:
     """The ticket's last ``limit`` messages, oldest first. Bounded so turns stay fast as tickets age."""
     rows = await session.execute(
-        select(Message).where(Message.ticket_id == ticket_id).order_by(Message.id.desc()).limit(limit)
+        select(Message).where(Message.ticket_id == ticket_id).order_by(Message.seq.desc()).limit(limit)
     )
     return list(reversed(rows.scalars().all()))
 
 
-async def messages_after(db: Database, customer_id: int, after_id: int, limit: int = 500) -> list[Message]:
-    """The customer's messages (all tickets, both directions) with id > ``after_id``, oldest first."""
+async def messages_after(db: Database, customer_id: int, after_seq: int, limit: int = 500) -> list[Message]:
+    """The customer's messages (all tickets, both directions) with seq > ``after_seq``, in seq order."""
     async with db.sessions() as session:
         rows = await session.execute(
             select(Message)
-            .where(Message.customer_id == customer_id, Message.id > after_id)
-            .order_by(Message.id)
+            .where(Message.customer_id == customer_id, Message.seq > after_seq)
+            .order_by(Message.seq)
             .limit(limit)
         )
         return list(rows.scalars())
@@ -196,7 +214,7 @@ def message_frame(message: Message, client_message_id: str | None = None) -> dic
     """The neutral JSON shape of a stored message that channels render (web chat sends it as is)."""
     return {
         "type": "message",
-        "seq": message.id,
+        "seq": message.seq,
         "direction": message.direction,
         "author": message.author,
         "text": message.text,

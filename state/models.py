@@ -100,6 +100,10 @@ class Customer(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     email: Mapped[str | None] = mapped_column(String(320))
+    # Highest message seq handed out for this customer. Taking the next one is an UPDATE of this row,
+    # so message transactions of one customer commit in seq order (the row lock is held to commit),
+    # on every backend and across processes; clients resume from the last seq they saw.
+    last_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     identities: Mapped[list[CustomerIdentity]] = relationship(back_populates="customer")
@@ -161,11 +165,14 @@ class Message(Base):
         UniqueConstraint(
             "customer_id", "channel", "direction", "provider_message_id", name="uq_message_provider_id"
         ),
+        UniqueConstraint("customer_id", "seq", name="uq_message_customer_seq"),
         Index("ix_messages_ticket_id_id", "ticket_id", "id"),
-        Index("ix_messages_customer_id_id", "customer_id", "id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # Per-customer position, strictly increasing in commit order (see Customer.last_seq); what web
+    # chat calls ``seq``. ``id`` is not usable for that: sequences are not commit-ordered.
+    seq: Mapped[int] = mapped_column(Integer)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"))
     direction: Mapped[str] = mapped_column(String(8))  # "inbound" | "outbound"

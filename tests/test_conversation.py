@@ -66,7 +66,7 @@ async def test_fifty_messages_at_once_are_stored_and_answered_in_order_one_at_a_
 
     async with rt.db.sessions() as session:
         inbound = (await session.execute(
-            select(Message).where(Message.direction == "inbound").order_by(Message.id))).scalars().all()
+            select(Message).where(Message.direction == "inbound").order_by(Message.seq))).scalars().all()
         tickets = (await session.execute(select(Ticket))).scalars().all()
     assert len(tickets) == 1
     # Stored in the order sent on the socket, and all processed.

@@ -70,7 +70,7 @@ async def test_upgrade_on_empty_database_creates_every_table_and_index(database_
             assert unique == bool(index.unique), index.name
     assert schema["tickets"]["indexes"]["uq_ticket_one_open_per_customer"] == (("customer_id",), True)
     assert set(schema["customer_identities"]["unique"]) == {"uq_identity_channel_address"}
-    assert set(schema["messages"]["unique"]) == {"uq_message_provider_id"}
+    assert set(schema["messages"]["unique"]) == {"uq_message_provider_id", "uq_message_customer_seq"}
     assert set(schema["kb_documents"]["unique"]) == {"uq_kb_document_version"}
 
 

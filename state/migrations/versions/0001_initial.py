@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("display_name", sa.String(length=200), nullable=True),
         sa.Column("email", sa.String(length=320), nullable=True),
+        sa.Column("last_seq", sa.Integer(), server_default="0", nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
@@ -96,6 +97,7 @@ def upgrade() -> None:
     op.create_table(
         "messages",
         sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("seq", sa.Integer(), nullable=False),
         sa.Column("ticket_id", sa.Integer(), nullable=False),
         sa.Column("customer_id", sa.Integer(), nullable=False),
         sa.Column("direction", sa.String(length=8), nullable=False),
@@ -112,9 +114,9 @@ def upgrade() -> None:
         sa.UniqueConstraint(
             "customer_id", "channel", "direction", "provider_message_id", name="uq_message_provider_id"
         ),
+        sa.UniqueConstraint("customer_id", "seq", name="uq_message_customer_seq"),
     )
     op.create_index("ix_messages_ticket_id_id", "messages", ["ticket_id", "id"])
-    op.create_index("ix_messages_customer_id_id", "messages", ["customer_id", "id"])
 
     op.create_table(
         "events",
@@ -206,7 +208,6 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS events_append_only()")
     op.drop_index("ix_events_ticket_id_id", table_name="events")
     op.drop_table("events")
-    op.drop_index("ix_messages_customer_id_id", table_name="messages")
     op.drop_index("ix_messages_ticket_id_id", table_name="messages")
     op.drop_table("messages")
     op.drop_index("uq_ticket_one_open_per_customer", table_name="tickets")
