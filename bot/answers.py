@@ -21,7 +21,7 @@ import numpy as np
 from bot.knowledge import Passage, split_sentences
 
 if TYPE_CHECKING:
-    from bot.embeddings import Embedder
+    from bot.embeddings import CachedEmbedder, Embedder
 
 MAX_SENTENCES = 3
 MAX_CHARS = 600
@@ -62,7 +62,7 @@ def compose_answer(
     passages: Sequence[Passage],
     kb_version: str,
     threshold: float,
-    embedder: Embedder,
+    embedder: Embedder | CachedEmbedder,
 ) -> GroundedAnswer | None:
     """Quote the passage sentences that answer ``query``, or ``None`` below ``threshold``.
 

@@ -20,6 +20,7 @@ import hashlib
 import importlib.resources
 import importlib.util
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -176,3 +177,39 @@ class Embedder:
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+class CachedEmbedder:
+    """Memoises :meth:`Embedder.embed` per text, for texts that recur (knowledge-base sentences).
+
+    Same interface and result as the wrapped embedder (``(n, 384)`` float32 rows); only texts not
+    seen before are embedded, in one batch. At most ``max_entries`` texts are kept (oldest dropped),
+    about 1.5 KiB each. Thread-safe: the server calls it from worker threads.
+    """
+
+    def __init__(self, embedder: Embedder, max_entries: int = 50_000) -> None:
+        self.embedder = embedder
+        self.model_id = embedder.model_id
+        self.dim = embedder.dim
+        self.max_entries = max_entries
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            vectors = self.embedder.embed(missing)
+            with self._lock:
+                for text, vector in zip(missing, vectors):
+                    self._cache[text] = vector
+                while len(self._cache) > self.max_entries:
+                    self._cache.popitem(last=False)
+        with self._lock:
+            found = [self._cache.get(t) for t in texts]
+        if any(v is None for v in found):  # evicted meanwhile by a huge batch: embed directly
+            return self.embedder.embed(list(texts))
+        return np.stack(found).astype(np.float32, copy=False) if found else np.zeros((0, self.dim), np.float32)
+
+    def __len__(self) -> int:
+        return len(self._cache)

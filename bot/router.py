@@ -27,6 +27,7 @@ from typing import Any
 
 from bot.actions import ActionContext, run_handler
 from bot.answers import compose_answer
+from bot.embeddings import CachedEmbedder
 from bot.guard import check_input
 from bot.intent_model import IntentSpec
 from bot.knowledge import KnowledgeBase
@@ -128,6 +129,8 @@ class Router:
         self.understander = understander
         self.knowledge = knowledge
         self.orders = orders
+        # Answers are quoted from knowledge-base sentences, which recur across questions.
+        self.sentence_embedder = CachedEmbedder(understander.embedder)
 
     @property
     def reasoning_available(self) -> bool:
@@ -241,7 +244,7 @@ class Router:
             passages,
             kb_version,
             self.settings.retrieval_threshold,
-            self.understander.embedder,
+            self.sentence_embedder,
         )
         best = round(passages[0].score, 4) if passages else None
         if answer is None:

