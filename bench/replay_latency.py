@@ -232,6 +232,7 @@ async def bench(args: argparse.Namespace) -> int:
         "concurrency": args.concurrency,
         "seed": args.seed,
         "report": report.to_json(),
+        "server_turn_ms": report.server_latency_ms,
         "error_kinds": report.error_kinds,
         "intent_scored": report.intent_scored,
         "replay_s": round(replay_s, 2),

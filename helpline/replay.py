@@ -57,6 +57,7 @@ class TurnResult:
     """One customer's turn: either a reply (``error`` is None) or an error kind with its detail."""
 
     latency_ms: float | None = None
+    server_ms: float | None = None  # the server's own turn time (reply meta.latency_ms), no queueing
     tier: str | None = None
     intent: str | None = None
     escalated: bool = False
@@ -73,6 +74,7 @@ class ReplayReport:
     intent_accuracy: float | None
     latency_ms: dict[str, float | None]  # p50 p95 p99 over answered turns; None when none answered
     # Context for the human summary; not part of the JSON line.
+    server_latency_ms: dict[str, float | None] = field(default_factory=dict)
     url: str = ""
     intent_scored: int = 0  # answered, labelled turns that returned an intent (accuracy denominator)
     labelled_without_intent: int = 0  # answered, labelled turns whose reply carried no intent
@@ -292,8 +294,10 @@ async def replay_turn(
         meta = frame.get("meta") if isinstance(frame.get("meta"), dict) else {}
         tier = str(meta.get("tier") or "unknown")
         intent = meta.get("intent")
+        server_ms = meta.get("latency_ms")
         return TurnResult(
             latency_ms=latency_ms,
+            server_ms=float(server_ms) if isinstance(server_ms, (int, float)) else None,
             tier=tier,
             intent=str(intent) if intent else None,
             escalated=tier == "human" or meta.get("escalated") is True,
@@ -369,6 +373,14 @@ async def run_replay(
     return summarise(rows, results, mapping, bad_rows=bad_rows, url=url)
 
 
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50/p95/p99 in ms (numpy, linear interpolation); None for each when there are no values."""
+    if not values:
+        return {f"p{p}": None for p in PERCENTILES}
+    found = np.percentile(np.asarray(values), PERCENTILES)
+    return {f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, found, strict=True)}
+
+
 def summarise(
     rows: list[ReplayRow],
     results: list[TurnResult],
@@ -382,6 +394,7 @@ def summarise(
     error_kinds: Counter[str] = Counter()
     error_samples: list[str] = []
     latencies: list[float] = []
+    server_times: list[float] = []
     escalated = scored = correct = labelled_without_intent = 0
     for row, result in zip(rows, results, strict=True):
         if result.error is not None:
@@ -393,6 +406,8 @@ def summarise(
         escalated += result.escalated
         if result.latency_ms is not None:
             latencies.append(result.latency_ms)
+        if result.server_ms is not None:
+            server_times.append(result.server_ms)
         if row.label is None:
             continue
         if result.intent is None:
@@ -401,11 +416,7 @@ def summarise(
         scored += 1
         correct += result.intent == label_map.get(row.label, row.label)
     has_labels = any(row.label is not None for row in rows)
-    if latencies:
-        values = np.percentile(np.asarray(latencies), PERCENTILES)  # linear interpolation
-        latency = {f"p{p}": round(float(v), 3) for p, v in zip(PERCENTILES, values, strict=True)}
-    else:
-        latency = {f"p{p}": None for p in PERCENTILES}
+    latency = _percentiles(latencies)
     return ReplayReport(
         turns=len(results),
         errors=sum(error_kinds.values()),
@@ -413,6 +424,7 @@ def summarise(
         escalated=escalated,
         intent_accuracy=round(correct / scored, 4) if has_labels and scored else None,
         latency_ms=latency,
+        server_latency_ms=_percentiles(server_times),
         url=url,
         intent_scored=scored,
         labelled_without_intent=labelled_without_intent,
@@ -453,6 +465,12 @@ def print_report(report: ReplayReport, *, json_line: bool, file: TextIO | None =
         lines.append(
             f"Latency (ms):    p50 {lat['p50']:.1f}  p95 {lat['p95']:.1f}  p99 {lat['p99']:.1f}"
             "  (send -> reply, answered turns)"
+        )
+    srv = report.server_latency_ms
+    if srv.get("p50") is not None:
+        lines.append(
+            f"Server turn (ms): p50 {srv['p50']:.1f}  p95 {srv['p95']:.1f}  p99 {srv['p99']:.1f}"
+            "  (the server's own turn time, from the reply's meta)"
         )
     if report.errors:
         kinds = ", ".join(f"{kind} {n:,}" for kind, n in report.error_kinds.items())

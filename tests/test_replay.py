@@ -283,6 +283,8 @@ async def test_real_server_replay(server_url: str, tmp_path: Path) -> None:
     assert sum(report.tiers.values()) == 5 and set(report.tiers) <= TIERS
     assert report.intent_scored == 5 and report.intent_accuracy is not None and report.intent_accuracy >= 0.6
     assert 0 < report.latency_ms["p50"] <= report.latency_ms["p95"] <= report.latency_ms["p99"]
+    # The server's own turn time is part of the client-observed time, never more.
+    assert 0 < report.server_latency_ms["p50"] <= report.latency_ms["p50"]
 
 
 def test_real_server_cli_json_line(server_url: str, tmp_path: Path) -> None:
