@@ -21,7 +21,10 @@ from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
 from config.settings import AgentMode, Settings
 from state.conversations import (
     Accepted,
+    FencedOut,
     accept_inbound,
+    check_fence,
+    claim_ticket,
     get_or_create_customer,
     message_frame,
     next_pending_inbound,
@@ -124,18 +127,25 @@ class Conversations:
     async def process_ticket(self, ticket_id: int) -> None:
         """Run every pending turn of the ticket, oldest message first, one at a time."""
         async with self.locks.hold(f"ticket:{ticket_id}"):
+            epoch = await claim_ticket(self.db, ticket_id)
             while True:
                 async with self.db.sessions() as session:
                     message = await next_pending_inbound(session, ticket_id)
                 if message is None:
                     return
                 try:
-                    await self._turn(message)
+                    await self._turn(message, epoch)
+                except FencedOut:
+                    log.warning("ticket %s taken over by another worker; stopping here", ticket_id)
+                    return
                 except Exception:
                     log.exception("turn failed for message %s on ticket %s", message.id, ticket_id)
-                    await self._fail_turn(message)
+                    try:
+                        await self._fail_turn(message, epoch)
+                    except FencedOut:
+                        return
 
-    async def _turn(self, message: Message) -> None:
+    async def _turn(self, message: Message, epoch: int) -> None:
         started = time.perf_counter()
         async with self.db.sessions() as session:
             ticket = await session.get(Ticket, message.ticket_id)
@@ -164,24 +174,34 @@ class Conversations:
                 ),
             )
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        outbound = await self._commit_turn(message, decision, latency_ms, history)
+        outbound = await self._commit_turn(message, decision, latency_ms, history, epoch)
         if outbound is not None:
             await self.delivery.publish(customer.id, message_frame(outbound))
         if decision is not None and not disabled:
             await self.delivery.publish(customer.id, {"type": "typing", "on": False})
 
     async def _commit_turn(
-        self, message: Message, decision: Decision | None, latency_ms: float, history: list[Message]
+        self,
+        message: Message,
+        decision: Decision | None,
+        latency_ms: float,
+        history: list[Message],
+        epoch: int,
     ) -> Message | None:
         now = utcnow()
         async with self.db.write() as session:
-            ticket = await session.get(Ticket, message.ticket_id)
-            stored = await session.get(Message, message.id)
+            # Row locks in one order everywhere: the customer (seq), then the ticket (fence).
+            seq = (
+                await next_seq(session, message.customer_id)
+                if decision is not None and decision.reply is not None
+                else None
+            )
+            await check_fence(session, message.ticket_id, epoch)
+            ticket = await session.get(Ticket, message.ticket_id, populate_existing=True)
+            stored = await session.get(Message, message.id, populate_existing=True)
             assert ticket is not None and stored is not None
             if stored.processed_at is not None:  # another worker finished it: do nothing twice
                 return None
-            # The seq first: it locks the customer row, always before the ticket (one lock order).
-            seq = await next_seq(session, ticket.customer_id) if decision and decision.reply is not None else None
             stored.processed_at = now
             if decision is None:
                 session.add(
@@ -276,13 +296,15 @@ class Conversations:
             history=lines,
         )
 
-    async def _fail_turn(self, message: Message) -> None:
+    async def _fail_turn(self, message: Message, epoch: int) -> None:
         # A bug must not leave the customer stuck or loop forever: hand the ticket to a person.
         decision = Decision(tier="human", reason="internal_error", reply=HANDOFF_REPLY, escalate=True)
         try:
             async with self.db.sessions() as session:
                 history = await recent_messages(session, message.ticket_id, self.settings.history_turns)
-            outbound = await self._commit_turn(message, decision, 0.0, history)
+            outbound = await self._commit_turn(message, decision, 0.0, history, epoch)
+        except FencedOut:
+            raise
         except Exception:
             log.exception("could not record the failed turn for message %s", message.id)
             raise

@@ -81,6 +81,36 @@ async def next_seq(session: AsyncSession, customer_id: int) -> int:
     return int(result.scalar_one())
 
 
+class FencedOut(RuntimeError):
+    """A later worker claimed the ticket: this worker's lock expired and it must write nothing."""
+
+
+async def claim_ticket(db: Database, ticket_id: int) -> int:
+    """Bump and return the ticket's fence: call once after taking the ticket's lock.
+
+    The returned epoch is passed to :func:`check_fence` in every turn transaction. Raises
+    ``LookupError`` for an unknown ticket.
+    """
+    async with db.write() as session:
+        result = await session.execute(
+            update(Ticket).where(Ticket.id == ticket_id).values(fence=Ticket.fence + 1).returning(Ticket.fence)
+        )
+        epoch = result.scalar_one_or_none()
+    if epoch is None:
+        raise LookupError(f"ticket {ticket_id} does not exist")
+    return int(epoch)
+
+
+async def check_fence(session: AsyncSession, ticket_id: int, epoch: int) -> None:
+    """Inside a write transaction: lock the ticket row if its fence is still ``epoch``, else raise
+    :class:`FencedOut` (the caller's transaction then rolls back, so nothing is written)."""
+    result = await session.execute(
+        update(Ticket).where(Ticket.id == ticket_id, Ticket.fence == epoch).values(fence=epoch)
+    )
+    if result.rowcount != 1:
+        raise FencedOut(f"ticket {ticket_id}: fence moved past epoch {epoch}; another worker owns it")
+
+
 async def open_ticket(session: AsyncSession, customer_id: int) -> Ticket | None:
     """The customer's ticket that is not closed, or None (the database allows at most one)."""
     row = await session.execute(

@@ -1,20 +1,35 @@
 """Per-key mutual exclusion for hot paths (one customer's intake, one ticket's turns).
 
-This is the embedded, in-process implementation. A shared implementation (Redis, with owners, expiry
-and fencing tokens) plugs in behind the same :class:`Locks` protocol so that callers never know which
-one they have.
+``hold(key)`` yields a :class:`Lease`. Its ``token`` is a fencing token: strictly increasing per key
+across holders, so a write guarded by it (see ``tickets.fence``) is refused once a later holder has
+written, even if an earlier holder still believes it holds the lock (it stalled past the expiry).
+
+This module is the embedded, in-process implementation. A shared one (Redis: owner, expiry,
+renewal) plugs in behind the same :class:`Locks` protocol; callers never know which they have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 
+@dataclass
+class Lease:
+    """A held lock. ``token``: fencing token (int, increasing per key). ``lost``: True once the
+    lock may have passed to another holder (expired, not renewed); writes must then be fenced."""
+
+    key: str
+    token: int
+    lost: bool = False
+
+
 class Locks(Protocol):
-    def hold(self, key: str) -> AbstractAsyncContextManager[None]:
+    def hold(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """Hold the lock named ``key`` for the ``async with`` block; waiters are served FIFO."""
         ...
 
@@ -22,20 +37,22 @@ class Locks(Protocol):
 class InProcessLocks:
     """``asyncio.Lock`` per key, created on demand and dropped when nobody holds or waits for it.
 
-    FIFO fairness of ``asyncio.Lock`` is what keeps turns of one ticket in arrival order.
+    FIFO fairness of ``asyncio.Lock`` is what keeps turns of one ticket in arrival order. Tokens come
+    from one process-wide counter, so they increase per key too.
     """
 
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}
         self._users: dict[str, int] = {}
+        self._tokens = itertools.count(1)
 
     @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
+    async def hold(self, key: str) -> AsyncIterator[Lease]:
         lock = self._locks.setdefault(key, asyncio.Lock())
         self._users[key] = self._users.get(key, 0) + 1
         try:
             async with lock:
-                yield
+                yield Lease(key=key, token=next(self._tokens))
         finally:
             self._users[key] -= 1
             if self._users[key] == 0:

@@ -148,6 +148,8 @@ class Ticket(Base):
     # "slot": "order_id"}.
     pending: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     escalation_reason: Mapped[str | None] = mapped_column(String(64))
+    # Epoch of the worker allowed to commit this ticket's turns (see state.conversations.claim_ticket).
+    fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     handoff_summary: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -232,3 +232,31 @@ async def test_event_log_is_append_only(helpline_client, payload: str) -> None:
     with pytest.raises(Exception, match="append-only"):
         async with rt.db.write() as session:
             await session.execute(text(payload))
+
+
+async def test_a_worker_whose_lock_expired_cannot_write(helpline_client) -> None:
+    from state.conversations import FencedOut, accept_inbound, claim_ticket
+
+    rt = runtime(helpline_client)
+    first = await rt.conversations.receive(Inbound("webchat", "customer-fence", "hi"))
+    await _wait_idle(rt)
+    # A second message stored but not yet routed, and two workers that both think they own the
+    # ticket: A claimed first, then its lock expired and B claimed.
+    pending = await accept_inbound(
+        rt.db, customer_id=first.customer_id, channel="webchat", text="what payment methods do you take?",
+        provider_message_id="fence-2", reopen_window=timedelta(days=7),
+    )
+    epoch_a = await claim_ticket(rt.db, first.ticket.id)
+    epoch_b = await claim_ticket(rt.db, first.ticket.id)
+    assert epoch_b == epoch_a + 1
+    with pytest.raises(FencedOut):
+        await rt.conversations._turn(pending.message, epoch_a)
+    async with rt.db.sessions() as session:
+        assert (await session.get(Message, pending.message.id)).processed_at is None
+        assert len((await session.execute(select(Message).where(Message.direction == "outbound"))).all()) == 1
+    await rt.conversations._turn(pending.message, epoch_b)
+    async with rt.db.sessions() as session:
+        assert (await session.get(Message, pending.message.id)).processed_at is not None
+        replies = (await session.execute(
+            select(Message).where(Message.direction == "outbound").order_by(Message.seq))).scalars().all()
+    assert len(replies) == 2 and replies[-1].meta["intent"] == "check_payment_methods"

@@ -1,0 +1,238 @@
+"""Hot state: the short-lived, shared coordination state of the server, chosen by configuration.
+
+Five pieces: per-key locks (``state.locks``), delivery of outbound frames to open sockets
+(``state.delivery``), runtime flags (the kill switch), rate-limit counters and idempotency claims.
+Embedded default: all in this process (one server process). With a Redis URL: all in Redis
+(``state.redis_hot``), shared by every server process. The code above gets a :class:`HotState` and
+never knows which it has. This module also holds the interfaces and in-process implementations of
+flags, rate limits and idempotency; it imports ``redis`` only when a Redis URL is given.
+
+Hot state is never the system of record: losing it loses no accepted message (see ``redis_hot``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from state.delivery import Delivery, InProcessDelivery
+from state.locks import InProcessLocks, Locks
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+AGENT_MODES = ("enabled", "disabled")  # the values of config.settings.AgentMode
+
+
+def check_agent_mode(mode: str) -> str:
+    """``mode`` if it is a valid agent mode; else ``ValueError`` (a typo must not silently leave
+    the kill switch off)."""
+    if mode not in AGENT_MODES:
+        raise ValueError(f"agent mode must be one of {', '.join(AGENT_MODES)}, got {mode!r}")
+    return mode
+
+
+# --- interfaces ----------------------------------------------------------------------------------
+
+
+class Flags(Protocol):
+    async def get_agent_mode(self) -> str | None:
+        """The agent mode set at run time, or None: follow ``settings.agent_mode``."""
+        ...
+
+    async def set_agent_mode(self, mode: str | None) -> None:
+        """Set the run-time agent mode (``enabled``/``disabled``); None clears it."""
+        ...
+
+
+class RateLimiter(Protocol):
+    async def hit(self, key: str, limit: int, window_s: int) -> bool:
+        """Count a hit on ``key``; True (allowed) while at most ``limit`` hits in ``window_s`` s."""
+        ...
+
+
+class Idempotency(Protocol):
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        """True the first time ``key`` is claimed within ``ttl_s`` seconds; False after."""
+        ...
+
+
+# --- in-process implementations --------------------------------------------------------------
+
+
+class InProcessFlags:
+    """Flags of this process only (the embedded default runs one process)."""
+
+    def __init__(self) -> None:
+        self._agent_mode: str | None = None
+
+    async def get_agent_mode(self) -> str | None:
+        return self._agent_mode
+
+    async def set_agent_mode(self, mode: str | None) -> None:
+        self._agent_mode = None if mode is None else check_agent_mode(mode)
+
+
+class _Expiring:
+    """``key -> (expires_at, value)`` on the monotonic clock; expired entries are swept at most
+    once per second, so memory stays bounded by what is live."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, int]] = {}
+        self._swept = time.monotonic()
+
+    def live(self, key: str, now: float) -> tuple[float, int] | None:
+        if now - self._swept >= 1.0:
+            self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
+            self._swept = now
+        entry = self.entries.get(key)
+        return entry if entry is not None and entry[0] > now else None
+
+
+class InProcessRateLimiter:
+    """Fixed-window counters in this process, same semantics as ``RedisRateLimiter``: the window
+    starts at the first hit, refused hits count too."""
+
+    def __init__(self) -> None:
+        self._counters = _Expiring()
+
+    async def hit(self, key: str, limit: int, window_s: int) -> bool:
+        if window_s < 1:
+            raise ValueError(f"window_s must be at least 1 s, got {window_s}")
+        now = time.monotonic()
+        entry = self._counters.live(key, now)
+        expires, count = entry if entry is not None else (now + window_s, 0)
+        self._counters.entries[key] = (expires, count + 1)
+        return count + 1 <= limit
+
+
+class InProcessIdempotency:
+    """Claims in this process, same semantics as ``RedisIdempotency``."""
+
+    def __init__(self) -> None:
+        self._claims = _Expiring()
+
+    async def claim(self, key: str, ttl_s: int) -> bool:
+        if ttl_s < 1:
+            raise ValueError(f"ttl_s must be at least 1 s, got {ttl_s}")
+        now = time.monotonic()
+        if self._claims.live(key, now) is not None:
+            return False
+        self._claims.entries[key] = (now + ttl_s, 1)
+        return True
+
+
+# --- selection -------------------------------------------------------------------------------
+
+
+@dataclass
+class HotState:
+    """The hot state in use. ``backend``: ``"in-process"`` or ``"redis"``; ``client``: the Redis
+    client (None in process), owned by this object: close it with :func:`close_hot_state`."""
+
+    backend: str
+    locks: Locks
+    delivery: Delivery
+    flags: Flags
+    limiter: RateLimiter
+    idempotency: Idempotency
+    client: Redis | None = None
+
+
+class HotStateUnavailable(RuntimeError):
+    """Redis could not be reached at start-up."""
+
+
+def _safe_url(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def open_hot_state(
+    redis_url: str | None, *, lock_ttl_s: float = 30.0, namespace: str = "helpline"
+) -> HotState:
+    """Hot state for a Redis URL (``redis://[:password@]host:port/db``, ``rediss://`` for TLS), or
+    in process when ``redis_url`` is None or empty.
+
+    With Redis: checks it answers ``PING`` (5 s) and starts the delivery listener; raises
+    :class:`HotStateUnavailable` (naming the URL, password hidden) when it does not, so a
+    misconfigured server fails at start instead of serving with no shared state. After start-up,
+    Redis outages do not close anything: operations raise ``redis.exceptions.ConnectionError``,
+    :func:`ready` reports False, and everything resumes by itself when Redis is back.
+    """
+    if not redis_url:
+        return HotState(
+            backend="in-process",
+            locks=InProcessLocks(),
+            delivery=InProcessDelivery(),
+            flags=InProcessFlags(),
+            limiter=InProcessRateLimiter(),
+            idempotency=InProcessIdempotency(),
+        )
+    from redis.exceptions import RedisError
+
+    from state.redis_hot import (
+        RedisDelivery,
+        RedisFlags,
+        RedisIdempotency,
+        RedisLocks,
+        RedisRateLimiter,
+        ping,
+        redis_client,
+    )
+
+    client = redis_client(redis_url)
+    delivery = RedisDelivery(client, namespace=namespace)
+    try:
+        await asyncio.wait_for(ping(client), 5.0)
+        await delivery.start()
+    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        await delivery.close()
+        await client.aclose()
+        raise HotStateUnavailable(f"cannot reach Redis at {_safe_url(redis_url)}: {exc}") from exc
+    return HotState(
+        backend="redis",
+        locks=RedisLocks(client, ttl_s=lock_ttl_s, namespace=namespace),
+        delivery=delivery,
+        flags=RedisFlags(client, namespace=namespace),
+        limiter=RedisRateLimiter(client, namespace=namespace),
+        idempotency=RedisIdempotency(client, namespace=namespace),
+        client=client,
+    )
+
+
+async def close_hot_state(h: HotState) -> None:
+    """Stop the delivery listener and close the Redis client (no-op in process)."""
+    close = getattr(h.delivery, "close", None)
+    if close is not None:
+        await close()
+    if h.client is not None:
+        await h.client.aclose()
+
+
+async def ready(h: HotState) -> tuple[bool, str]:
+    """Readiness of the hot state: ``(ok, reason)``. In process: always ``(True, "in-process")``.
+    Redis: ``PING`` answered within 1 s and the delivery subscription connected."""
+    if h.client is None:
+        return True, "in-process"
+    from redis.exceptions import RedisError
+
+    from state.redis_hot import RedisDelivery, ping
+
+    try:
+        rtt = await asyncio.wait_for(ping(h.client), 1.0)
+    except asyncio.TimeoutError:
+        return False, "redis: no answer to PING within 1 s"
+    except (RedisError, OSError) as exc:
+        return False, f"redis unreachable: {exc}"
+    if isinstance(h.delivery, RedisDelivery) and not h.delivery.connected:
+        return False, "redis: delivery subscription reconnecting"
+    return True, f"redis: PING {rtt * 1000:.1f} ms"
