@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     )
     max_message_chars: int = Field(4000, ge=1, description="Longer messages get a clear reply.")
     history_turns: int = Field(20, ge=1, description="Most messages a turn reads from its ticket.")
+    sweep_interval_s: float = Field(
+        10.0, gt=0, description="How often each process looks for unanswered messages nobody works on."
+    )
+    stale_after_s: float = Field(
+        45.0, gt=0, description="An unanswered message older than this is picked up by the sweep "
+        "(a crashed worker's lock has expired by then)."
+    )
 
     # --- routing -------------------------------------------------------------------------------
     intents_file: Path = Field(CONFIG_DIR / "intents.yaml")

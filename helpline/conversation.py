@@ -75,6 +75,8 @@ class Conversations:
         self.delivery = delivery
         self.agent_mode = agent_mode or (lambda: settings.agent_mode)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._active: set[int] = set()  # tickets with a worker in this process
+        self._again: set[int] = set()  # tickets whose worker must make one more pass
         self._reopen_window = timedelta(seconds=settings.reopen_window_s)
 
     # --- intake -----------------------------------------------------------------------------------
@@ -105,10 +107,40 @@ class Conversations:
         return accepted
 
     def schedule(self, ticket_id: int) -> None:
-        """Run the ticket's pending turns in the background (tracked so shutdown can wait)."""
-        task = asyncio.create_task(self.process_ticket(ticket_id), name=f"ticket-{ticket_id}")
+        """Run the ticket's pending turns in the background (tracked so shutdown can wait).
+
+        One worker per ticket per process: while one runs, a new message only asks it for another
+        pass, so a burst of messages costs one lock acquisition, not one per message.
+        """
+        if ticket_id in self._active:
+            self._again.add(ticket_id)
+            return
+        self._active.add(ticket_id)
+        task = asyncio.create_task(self._work(ticket_id), name=f"ticket-{ticket_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, ticket_id: int) -> None:
+        try:
+            while True:
+                self._again.discard(ticket_id)
+                await self.process_ticket(ticket_id)
+                if ticket_id not in self._again:
+                    return
+        finally:
+            self._active.discard(ticket_id)
+
+    async def sweep(self, stale_after_s: float) -> int:
+        """Schedule tickets whose oldest unanswered message waited longer than ``stale_after_s``.
+
+        Picks up work whose worker died (a crashed process: its lock expires, then any process's
+        sweep takes the ticket) or was never scheduled. Returns how many tickets were scheduled.
+        """
+        ticket_ids = await tickets_with_pending_inbound(self.db, older_than_s=stale_after_s)
+        fresh = [t for t in ticket_ids if t not in self._active]
+        for ticket_id in fresh:
+            self.schedule(ticket_id)
+        return len(fresh)
 
     async def resume_pending(self) -> int:
         """Schedule tickets whose messages were stored but not answered (crash, shutdown)."""

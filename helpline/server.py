@@ -97,10 +97,25 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         resumed = await conversations.resume_pending()
         if resumed:
             log.info("resumed %d ticket(s) with unanswered messages", resumed)
+        sweeper = asyncio.create_task(_sweep_forever(conversations, settings), name="sweeper")
         yield
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
         await conversations.drain()
     finally:
         await db.dispose()
+
+
+async def _sweep_forever(conversations: Conversations, settings: Settings) -> None:
+    """Every ``sweep_interval_s``: pick up unanswered messages that no worker is on."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval_s)
+        try:
+            found = await conversations.sweep(settings.stale_after_s)
+            if found:
+                log.warning("sweep picked up %d ticket(s) with stale unanswered messages", found)
+        except Exception:  # a database blip must not end the sweeper
+            log.exception("sweep failed; retrying in %.0f s", settings.sweep_interval_s)
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -209,14 +209,16 @@ async def next_pending_inbound(session: AsyncSession, ticket_id: int) -> Message
     return row.scalar_one_or_none()
 
 
-async def tickets_with_pending_inbound(db: Database) -> list[int]:
-    """Ids of tickets that hold unprocessed inbound messages (left by a crash or a shutdown)."""
+async def tickets_with_pending_inbound(db: Database, older_than_s: float = 0.0) -> list[int]:
+    """Ids of tickets that hold unprocessed inbound messages (left by a crash or a shutdown),
+    only those stored more than ``older_than_s`` seconds ago when it is given."""
+    query = select(Message.ticket_id).where(
+        Message.direction == "inbound", Message.processed_at.is_(None)
+    )
+    if older_than_s > 0:
+        query = query.where(Message.created_at < utcnow() - timedelta(seconds=older_than_s))
     async with db.sessions() as session:
-        rows = await session.execute(
-            select(Message.ticket_id)
-            .where(Message.direction == "inbound", Message.processed_at.is_(None))
-            .distinct()
-        )
+        rows = await session.execute(query.distinct())
         return sorted(rows.scalars())
 
 

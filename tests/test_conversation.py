@@ -260,3 +260,21 @@ async def test_a_worker_whose_lock_expired_cannot_write(helpline_client) -> None
         replies = (await session.execute(
             select(Message).where(Message.direction == "outbound").order_by(Message.seq))).scalars().all()
     assert len(replies) == 2 and replies[-1].meta["intent"] == "check_payment_methods"
+
+
+async def test_sweep_picks_up_a_stale_message_nobody_works_on(helpline_client) -> None:
+    from state.conversations import accept_inbound, get_or_create_customer
+
+    rt = runtime(helpline_client)
+    customer = await get_or_create_customer(rt.db, "webchat", "customer-sweep")
+    stale = await accept_inbound(
+        rt.db, customer_id=customer.id, channel="webchat", text="hello",
+        provider_message_id="sweep-1", reopen_window=timedelta(days=7),
+        now=utcnow() - timedelta(seconds=120),
+    )
+    assert await rt.conversations.sweep(stale_after_s=3600) == 0  # not stale enough yet
+    assert await rt.conversations.sweep(stale_after_s=60) == 1
+    await _wait_idle(rt)
+    async with rt.db.sessions() as session:
+        assert (await session.get(Message, stale.message.id)).processed_at is not None
+    assert await rt.conversations.sweep(stale_after_s=60) == 0
