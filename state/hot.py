@@ -194,7 +194,7 @@ async def open_hot_state(
     try:
         await asyncio.wait_for(ping(client), 5.0)
         await delivery.start()
-    except (RedisError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, RedisError, OSError) as exc:
         await delivery.close()
         await client.aclose()
         raise HotStateUnavailable(f"cannot reach Redis at {_safe_url(redis_url)}: {exc}") from exc
@@ -229,7 +229,7 @@ async def ready(h: HotState) -> tuple[bool, str]:
 
     try:
         rtt = await asyncio.wait_for(ping(h.client), 1.0)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False, "redis: no answer to PING within 1 s"
     except (RedisError, OSError) as exc:
         return False, f"redis unreachable: {exc}"

@@ -11,6 +11,7 @@ which it stops and restarts.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import shutil
@@ -113,7 +114,7 @@ async def test_mutual_exclusion_and_increasing_tokens(pair: tuple[HotState, HotS
     await asyncio.wait_for(asyncio.gather(*(worker(i) for i in range(20))), 30)
     assert max_active == 1
     assert len(tokens) == 20
-    assert all(x < y for x, y in zip(tokens, tokens[1:])), tokens
+    assert all(x < y for x, y in itertools.pairwise(tokens)), tokens
     assert len(a.locks) == 0 and len(b.locks) == 0  # type: ignore[arg-type]  # nothing left held
 
 
@@ -316,13 +317,12 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = open(self.workdir / "redis.log", "ab")
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=log, stderr=subprocess.STDOUT,
-        )
-        log.close()
+        with open(self.workdir / "redis.log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(self.workdir)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
