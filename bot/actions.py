@@ -136,10 +136,16 @@ def _describe_refund(order: Order) -> str:
     return f"There is no refund on order {order.order_id}. Its status is {order.status}."
 
 
+MAX_ORDERS_PER_MESSAGE = 3
+"""Orders described per message. A customer asks about one order or a few; a message listing dozens
+is someone harvesting order details (lookups are not yet tied to a verified identity)."""
+
+
 async def _per_order(
     ctx: ActionContext, handler: str, describe: Callable[[Order], str], extra: Callable[[Order], dict[str, Any]]
 ) -> ActionResult:
-    ids = ctx.entities.order_ids
+    ids = ctx.entities.order_ids[:MAX_ORDERS_PER_MESSAGE]
+    skipped = ctx.entities.order_ids[MAX_ORDERS_PER_MESSAGE:]
     if not ids:
         return ActionResult(
             reply=_ASK_ORDER_ID,
@@ -158,6 +164,11 @@ async def _per_order(
             continue
         paragraphs.append(describe(order))
         facts.append({"order_id": order.order_id, "status": order.status, **extra(order)})
+    if skipped:
+        paragraphs.append(
+            f"I can look up {MAX_ORDERS_PER_MESSAGE} orders per message; please send the others "
+            "separately."
+        )
     return ActionResult(
         reply="\n".join(paragraphs),
         resolved=not not_found,

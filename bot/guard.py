@@ -6,6 +6,7 @@ already been stored by intake; the guard only decides that it is not routed.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 
@@ -19,7 +20,8 @@ class GuardResult:
 
 def check_input(text: str, max_chars: int) -> GuardResult | None:
     """None when ``text`` may be routed; otherwise why not. ``max_chars`` counts Unicode code points."""
-    if not text or not text.strip():
+    if not any(ch.strip() and unicodedata.category(ch) not in ("Cf", "Cc") for ch in text):
+        # Only whitespace, control or format characters (zero-width spaces, BOMs): nothing to read.
         return GuardResult("empty_message", "It looks like that message was empty. What can I help you with?")
     if len(text) > max_chars:
         return GuardResult(

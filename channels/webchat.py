@@ -31,8 +31,8 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from helpline.conversation import Conversations, Inbound
-from state.conversations import message_frame, messages_after, open_ticket
+from helpline.conversation import Conversations, Inbound, ServiceUnavailable
+from state.conversations import customer_last_seq, message_frame, messages_after, open_ticket
 from state.delivery import Delivery, Frame
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,8 @@ MAX_FRAME_BYTES = 256 * 1024
 """Frames above this close the socket (1009). Texts above ``max_message_chars`` but under this are
 stored and answered with a clear reply, so nothing the customer typed is lost."""
 
-_SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{8,128}$")
-_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{8,128}")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 class FrameError(ValueError):
@@ -61,6 +61,8 @@ def parse_frame(raw: str) -> dict[str, Any]:
         frame = json.loads(raw)
     except ValueError as exc:
         raise FrameError("bad_frame", f"frame is not JSON: {exc}") from None
+    except RecursionError:
+        raise FrameError("bad_frame", "frame is nested too deeply") from None
     if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
         raise FrameError("bad_frame", 'frame must be a JSON object with a string "type"')
     return frame
@@ -71,11 +73,11 @@ def parse_hello(frame: dict[str, Any]) -> tuple[str | None, int]:
     if frame.get("type") != "hello":
         raise FrameError("bad_frame", 'the first frame must be {"type": "hello", ...}')
     session_id = frame.get("session_id")
-    if session_id is not None and (not isinstance(session_id, str) or not _SESSION_ID.match(session_id)):
+    if session_id is not None and (not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id)):
         raise FrameError("bad_frame", "session_id must be null or 8-128 characters of [A-Za-z0-9_-]")
     last_seq = frame.get("last_seq", 0)
-    if not isinstance(last_seq, int) or isinstance(last_seq, bool) or last_seq < 0:
-        raise FrameError("bad_frame", "last_seq must be a non-negative integer")
+    if not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 <= last_seq < 2**53:
+        raise FrameError("bad_frame", "last_seq must be an integer from 0 to 2**53 - 1")
     return session_id, last_seq
 
 
@@ -85,8 +87,14 @@ def parse_message(frame: dict[str, Any]) -> tuple[str, str]:
     if not isinstance(text, str):
         raise FrameError("bad_frame", 'a message frame needs a string "text"')
     client_id = frame.get("client_message_id")
-    if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
         raise FrameError("bad_frame", "client_message_id must be 1-128 characters of [A-Za-z0-9_.:-]")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate from a broken client encoding
+        raise FrameError(
+            "bad_encoding", f"text is not valid Unicode at character {exc.start}; please resend it"
+        ) from None
     return text, client_id
 
 
@@ -105,7 +113,10 @@ class _Connection:
                     return  # already sent from the backlog or an earlier publish
                 self.sent_seq = frame["seq"]
             if not self.ws.closed:
-                await self.ws.send_str(json.dumps(frame))
+                try:
+                    await self.ws.send_str(json.dumps(frame))
+                except ConnectionResetError:
+                    pass  # the client left; it reads what it missed from the backlog next time
 
     async def error(self, code: str, message: str, client_message_id: str | None = None) -> None:
         await self.send(
@@ -142,7 +153,9 @@ class WebChatChannel:
 
         session_id = session_id or secrets.token_urlsafe(24)
         customer_id = await self.conversations.customer_id(CHANNEL, session_id)
-        conn.sent_seq = last_seq
+        # A client can remember more than the server has (a restored or replaced database); trust
+        # the server's count, or every message up to the client's number would be hidden.
+        conn.sent_seq = min(last_seq, await customer_last_seq(self.conversations.db, customer_id))
         with self.delivery.subscribe(customer_id) as live:
             async with self.conversations.db.sessions() as session:
                 ticket = await open_ticket(session, customer_id)
@@ -200,9 +213,22 @@ class WebChatChannel:
                 client_id = frame.get("client_message_id")
                 await conn.error(exc.code, str(exc), client_id if isinstance(client_id, str) else None)
                 continue
-            accepted = await self.conversations.receive(
-                Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id)
-            )
+            try:
+                accepted = await self.conversations.receive(
+                    Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id)
+                )
+            except ServiceUnavailable:
+                # Not stored and not acked: the client keeps the message and sends it again.
+                await conn.error(
+                    "unavailable", "We could not take your message just now; please send it again.",
+                    client_id,
+                )
+                continue
+            except Exception:
+                # A bug must not kill the socket (the client would resend the same message forever).
+                log.exception("web-chat intake failed for client message %s", client_id)
+                await conn.error("internal", "Something went wrong storing that message.", client_id)
+                continue
             await conn.send({"type": "ack", "client_message_id": client_id, "seq": accepted.message.seq})
             if accepted.duplicate:
                 # A re-send after a reconnect: the original is stored; make sure this socket has it.

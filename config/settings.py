@@ -71,6 +71,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy async URL. Unset: SQLite at DATA_DIR/helpline.db. "
         "Production: postgresql+asyncpg://user:pass@host/db (needs the pgvector extension).",
     )
+    redis_url: str | None = Field(
+        None,
+        description="redis://[:password@]host:port/db. Unset: hot state in process (one server process).",
+    )
+    lock_ttl_s: float = Field(
+        30.0, gt=0, description="Ticket lock expiry: a crashed process blocks a ticket at most this long."
+    )
     migrate: MigrationPolicy = Field(
         MigrationPolicy.auto, description="auto: apply pending migrations at start; refuse: exit."
     )

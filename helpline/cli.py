@@ -33,6 +33,8 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:  # Alembic narrates every plugin it loads at INFO
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @main.command()
@@ -48,6 +50,8 @@ def serve(host: str | None, port: int | None) -> None:
         run_server(settings)
     except PendingMigrationsError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # typically: the port is taken
+        raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
 
 
 @main.group()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -56,8 +56,13 @@ class Inbound:
     provider_message_id: str | None = None
 
 
+class ServiceUnavailable(RuntimeError):
+    """Intake refused: shared hot state (locks) is unreachable. Nothing was stored; the channel
+    tells the sender to retry (web chat: an ``unavailable`` error frame, the message stays unacked)."""
+
+
 class Conversations:
-    """Owns intake and turn processing. ``agent_mode`` is read on every turn (the kill switch)."""
+    """Owns intake and turn processing. ``agent_mode`` is awaited on every turn (the kill switch)."""
 
     def __init__(
         self,
@@ -66,18 +71,23 @@ class Conversations:
         router: Router,
         locks: Locks,
         delivery: Delivery,
-        agent_mode: Callable[[], AgentMode] | None = None,
+        agent_mode: Callable[[], Awaitable[AgentMode]] | None = None,
+        outage_errors: tuple[type[BaseException], ...] = (),
     ) -> None:
         self.settings = settings
         self.db = db
         self.router = router
         self.locks = locks
         self.delivery = delivery
-        self.agent_mode = agent_mode or (lambda: settings.agent_mode)
+        self.agent_mode = agent_mode or self._configured_mode
+        self.outage_errors = outage_errors
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[int] = set()  # tickets with a worker in this process
         self._again: set[int] = set()  # tickets whose worker must make one more pass
         self._reopen_window = timedelta(seconds=settings.reopen_window_s)
+
+    async def _configured_mode(self) -> AgentMode:
+        return self.settings.agent_mode
 
     # --- intake -----------------------------------------------------------------------------------
 
@@ -92,15 +102,18 @@ class Conversations:
         original with ``duplicate=True`` and schedules nothing.
         """
         customer_id = await self.customer_id(inbound.channel, inbound.address)
-        async with self.locks.hold(f"intake:{customer_id}"):
-            accepted = await accept_inbound(
-                self.db,
-                customer_id=customer_id,
-                channel=inbound.channel,
-                text=inbound.text,
-                provider_message_id=inbound.provider_message_id,
-                reopen_window=self._reopen_window,
-            )
+        try:
+            async with self.locks.hold(f"intake:{customer_id}"):
+                accepted = await accept_inbound(
+                    self.db,
+                    customer_id=customer_id,
+                    channel=inbound.channel,
+                    text=inbound.text,
+                    provider_message_id=inbound.provider_message_id,
+                    reopen_window=self._reopen_window,
+                )
+        except self.outage_errors as exc:
+            raise ServiceUnavailable(f"shared state unavailable, message not stored: {exc}") from exc
         if not accepted.duplicate:
             await self.delivery.publish(customer_id, message_frame(accepted.message))
             self.schedule(accepted.ticket.id)
@@ -185,7 +198,7 @@ class Conversations:
             assert ticket is not None and customer is not None
             state = TicketState(ticket.state)
             history = await recent_messages(session, ticket.id, self.settings.history_turns)
-        disabled = self.agent_mode() is AgentMode.disabled
+        disabled = (await self.agent_mode()) is AgentMode.disabled
 
         decision: Decision | None
         if state in BOT_SILENT_STATES and not (disabled and state is TicketState.escalated):
@@ -248,7 +261,12 @@ class Conversations:
                 return None
 
             state = TicketState(ticket.state)
-            if state is TicketState.awaiting_customer:
+            if state is TicketState.closed:
+                # Defensive: intake never closes a ticket under pending messages, but a closed
+                # ticket must still not strand one. Answer; no transition is legal from closed.
+                decision.escalate = decision.resolve = False
+                decision.pending = None
+            elif state is TicketState.awaiting_customer:
                 transition(session, ticket, TicketState.bot, reason="customer_replied", now=now)
             elif state is TicketState.resolved:
                 transition(session, ticket, TicketState.bot, reason="reopened", now=now)
@@ -277,7 +295,9 @@ class Conversations:
                 session.add(outbound)
                 await session.flush()
 
-            if decision.escalate:
+            if TicketState(ticket.state) is TicketState.closed:
+                pass
+            elif decision.escalate:
                 if TicketState(ticket.state) not in BOT_SILENT_STATES:
                     ticket.handoff_summary = self._summary(decision, history, message)
                     transition(

@@ -26,12 +26,13 @@ from bot.router import Router
 from bot.sentiment import Sentiment
 from bot.understanding import Understander
 from channels.webchat import WebChatChannel
-from config.settings import Settings
+from config.settings import AgentMode, Settings
 from helpline import __version__
 from helpline.conversation import Conversations
 from state.db import Database, open_database
-from state.delivery import InProcessDelivery
-from state.locks import InProcessLocks
+from state.delivery import Delivery
+from state.hot import HotState, close_hot_state, open_hot_state, ready
+from state.locks import Locks
 from state.migrate import ensure_schema
 from state.orders import JsonOrderStore
 
@@ -54,8 +55,9 @@ class Runtime:
     router: Router
     understander: Understander
     conversations: Conversations
-    delivery: InProcessDelivery
-    locks: InProcessLocks
+    delivery: Delivery
+    locks: Locks
+    hot: HotState
     schema_revision: str
     started_at: float
 
@@ -70,9 +72,12 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     url = settings.effective_database_url
     revision = await ensure_schema(url, settings.migrate.value)
     db = open_database(url)
+    hot: HotState | None = None
     try:
+        hot = await open_hot_state(settings.redis_url, lock_ttl_s=settings.lock_ttl_s)
         embedder = await asyncio.to_thread(Embedder.load)
         intents = load_intents(settings.intents_file)
+        log.info("loading the intent model (trained on first start, a few seconds)")
         intent_model = await asyncio.to_thread(
             load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir
         )
@@ -84,13 +89,27 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         orders = await JsonOrderStore.load(settings.orders_file)
         understander = Understander(embedder, intent_model, Sentiment())
         router = Router(settings, intents, understander, knowledge, orders)
-        locks = InProcessLocks()
-        delivery = InProcessDelivery()
-        conversations = Conversations(settings, db, router, locks, delivery)
+        locks, delivery = hot.locks, hot.delivery
+        flags = hot.flags
+        outage_errors = hot.outage_errors
+
+        async def agent_mode() -> AgentMode:
+            # The run-time switch shared by all processes wins; an unreadable flag falls back to
+            # the configured AGENT_MODE rather than failing the customer's turn.
+            try:
+                shared = await flags.get_agent_mode()
+            except outage_errors:
+                log.warning("kill-switch flag unreadable; using AGENT_MODE=%s", settings.agent_mode.value)
+                shared = None
+            return AgentMode(shared) if shared else settings.agent_mode
+
+        conversations = Conversations(
+            settings, db, router, locks, delivery, agent_mode=agent_mode, outage_errors=outage_errors
+        )
         runtime = Runtime(
             settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,
             knowledge=knowledge, orders=orders, router=router, understander=understander,
-            conversations=conversations, delivery=delivery, locks=locks,
+            conversations=conversations, delivery=delivery, locks=locks, hot=hot,
             schema_revision=revision, started_at=time.time(),
         )
         app[RUNTIME] = runtime
@@ -103,6 +122,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(sweeper, return_exceptions=True)
         await conversations.drain()
     finally:
+        if hot is not None:
+            await close_hot_state(hot)
         await db.dispose()
 
 
@@ -127,7 +148,8 @@ async def healthz(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "version": __version__,
-            "agent_mode": rt.conversations.agent_mode().value,
+            "agent_mode": (await rt.conversations.agent_mode()).value,
+            "hot_state": rt.hot.backend,
             "database": {
                 "backend": rt.db.backend,
                 "version": await rt.db.server_version(),
@@ -149,6 +171,22 @@ async def healthz(request: web.Request) -> web.Response:
     )
 
 
+async def readyz(request: web.Request) -> web.Response:
+    """``GET /readyz``: 200 when this process can take turns (started, database answers, hot state
+    answers: Redis PING within 1 s), else 503 with the reason. For load balancers."""
+    rt = request.app.get(RUNTIME)
+    if rt is None:
+        return web.json_response({"ready": False, "reason": "starting"}, status=503)
+    try:
+        await asyncio.wait_for(rt.db.server_version(), 2.0)
+    except Exception as exc:  # any failure to answer means: send traffic elsewhere
+        return web.json_response({"ready": False, "reason": f"database: {exc}"}, status=503)
+    ok, reason = await ready(rt.hot)
+    return web.json_response(
+        {"ready": ok, "hot_state": rt.hot.backend, "reason": reason}, status=200 if ok else 503
+    )
+
+
 async def index(request: web.Request) -> web.FileResponse:
     """The demo page with the chat widget."""
     return web.FileResponse(STATIC_DIR / "index.html")
@@ -166,6 +204,7 @@ def build_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_runtime)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws/chat", chat_socket)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
     return app

@@ -111,6 +111,13 @@ async def check_fence(session: AsyncSession, ticket_id: int, epoch: int) -> None
         raise FencedOut(f"ticket {ticket_id}: fence moved past epoch {epoch}; another worker owns it")
 
 
+async def customer_last_seq(db: Database, customer_id: int) -> int:
+    """The highest message seq handed out for the customer (0 when none)."""
+    async with db.sessions() as session:
+        value = await session.scalar(select(Customer.last_seq).where(Customer.id == customer_id))
+    return int(value or 0)
+
+
 async def open_ticket(session: AsyncSession, customer_id: int) -> Ticket | None:
     """The customer's ticket that is not closed, or None (the database allows at most one)."""
     row = await session.execute(
@@ -162,6 +169,9 @@ async def accept_inbound(
             and ticket.state == TicketState.resolved.value
             and ticket.resolved_at is not None
             and now - ticket.resolved_at > reopen_window
+            # Messages still waiting for their turn keep the ticket open: closing it under them
+            # would leave them unanswered on a ticket no turn may change.
+            and await next_pending_inbound(session, ticket.id) is None
         ):
             transition(session, ticket, TicketState.closed, reason="reopen_window_expired", now=now)
             await session.flush()

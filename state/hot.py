@@ -140,6 +140,16 @@ class HotState:
     idempotency: Idempotency
     client: Redis | None = None
 
+    @property
+    def outage_errors(self) -> tuple[type[BaseException], ...]:
+        """Exceptions that mean the shared hot state is unreachable (empty in process), so callers
+        can refuse work with a clear error without knowing which backend they have."""
+        if self.client is None:
+            return ()
+        from redis.exceptions import RedisError
+
+        return (RedisError, OSError, TimeoutError)
+
 
 class HotStateUnavailable(RuntimeError):
     """Redis could not be reached at start-up."""

@@ -88,6 +88,10 @@ async def ping(client: Redis) -> float:
     return time.perf_counter() - started
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def _jitter(delay: float) -> float:
     # "Full jitter" in its upper half: spreads waiters without ever sleeping ~0 (no busy loop).
     return delay * random.uniform(0.5, 1.0)
@@ -258,7 +262,7 @@ class RedisLocks:
             waited = time.monotonic() - started
             if waited >= self._wait_timeout_s:
                 holder = await self._client.get(keys[0])
-                raise LockTimeout(key, waited, holder.decode() if holder else None)
+                raise LockTimeout(key, waited, _text(holder) if holder else None)
             await asyncio.sleep(min(_jitter(delay), self._wait_timeout_s - waited))
             delay = min(delay * 2, 0.2)
 
@@ -354,7 +358,7 @@ class RedisDelivery:
         try:
             await pubsub.psubscribe(self._pattern)
         except BaseException:
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
             raise
         self._pubsub = pubsub
         self._connected = True
@@ -373,7 +377,7 @@ class RedisDelivery:
         if pubsub is not None:
             with contextlib.suppress(RedisError, OSError):
                 await pubsub.punsubscribe()
-            await pubsub.aclose()
+            await pubsub.aclose()  # type: ignore[no-untyped-call]
 
     @property
     def connected(self) -> bool:
@@ -427,7 +431,7 @@ class RedisDelivery:
                 self._dispatch(message["channel"], message["data"])
 
     def _dispatch(self, channel: bytes | str, data: bytes | str) -> None:
-        name = channel.decode() if isinstance(channel, bytes) else channel
+        name = _text(channel)
         try:
             customer_id = int(name[len(self._prefix):])
             frame = json.loads(data)
@@ -454,7 +458,7 @@ class RedisFlags:
     async def get_agent_mode(self) -> str | None:
         """The mode set at run time (``"enabled"``/``"disabled"``), or None: follow settings."""
         value = await self._client.get(self._key)
-        return value.decode() if value is not None else None
+        return _text(value) if value is not None else None
 
     async def set_agent_mode(self, mode: str | None) -> None:
         """Set the mode for every process; None removes the override. Raises ``ValueError`` for

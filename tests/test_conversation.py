@@ -278,3 +278,28 @@ async def test_sweep_picks_up_a_stale_message_nobody_works_on(helpline_client) -
     async with rt.db.sessions() as session:
         assert (await session.get(Message, stale.message.id)).processed_at is not None
     assert await rt.conversations.sweep(stale_after_s=60) == 0
+
+
+async def test_an_expired_resolved_ticket_with_unanswered_messages_is_not_closed_under_them(helpline_client) -> None:
+    from state.conversations import accept_inbound
+
+    rt = runtime(helpline_client)
+    first = await rt.conversations.receive(Inbound("webchat", "customer-pending-close", "hi"))
+    await _wait_idle(rt)
+    pending = await accept_inbound(
+        rt.db, customer_id=first.customer_id, channel="webchat", text="one more question",
+        provider_message_id="pc-2", reopen_window=timedelta(days=7),
+    )
+    async with rt.db.write() as session:
+        t = await session.get(Ticket, first.ticket.id)
+        transition(session, t, TicketState.resolved, reason="test")
+        t.resolved_at = utcnow() - timedelta(days=30)
+    later = await accept_inbound(
+        rt.db, customer_id=first.customer_id, channel="webchat", text="hello again",
+        provider_message_id="pc-3", reopen_window=timedelta(days=7),
+    )
+    assert later.ticket.id == first.ticket.id and not later.new_ticket
+    await rt.conversations.process_ticket(first.ticket.id)
+    async with rt.db.sessions() as session:
+        for message_id in (pending.message.id, later.message.id):
+            assert (await session.get(Message, message_id)).processed_at is not None

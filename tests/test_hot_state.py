@@ -163,6 +163,22 @@ async def test_renewal_keeps_the_lock_for_many_ttls(
         assert after.token > lease.token
 
 
+async def test_renewal_marks_a_taken_over_lease_lost(
+    clients: tuple[redis.asyncio.Redis, redis.asyncio.Redis], namespace: str
+) -> None:
+    client_a, client_b = clients
+    locks = RedisLocks(client_a, ttl_s=0.3, namespace=namespace)
+    key = "ticket:4"
+    async with locks.hold(key) as lease:
+        # Another holder took over (as after an expiry): the next renewal, within ttl/3, notices.
+        await client_b.set(locks._lock_key(key), b"someone-else", px=5000)
+        deadline = time.monotonic() + 2
+        while not lease.lost:
+            assert time.monotonic() < deadline, "renewal did not mark the lease lost"
+            await asyncio.sleep(0.02)
+    assert await client_b.get(locks._lock_key(key)) == b"someone-else"  # not deleted on release
+
+
 async def test_cancelled_waiter_leaves_nothing_behind(
     clients: tuple[redis.asyncio.Redis, redis.asyncio.Redis], namespace: str
 ) -> None:

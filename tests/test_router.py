@@ -108,3 +108,17 @@ async def test_guard_runs_before_any_model(router) -> None:
     assert (empty.tier, empty.reason) == ("guard", "empty_message")
     assert (long.tier, long.reason) == ("guard", "message_too_long")
     assert router.understander.calls == calls
+
+
+async def test_invisible_only_text_is_treated_as_empty(router) -> None:
+    decision = await router.route("\u200b\u200b\ufeff", CTX)
+    assert (decision.tier, decision.reason) == ("guard", "empty_message")
+
+
+async def test_order_lookups_are_capped_per_message(router) -> None:
+    ids = [o.order_id for o in list(router.orders._orders.values())[:6]]
+    decision = await router.route("status of orders " + " ".join(ids), CTX)
+    assert decision.tier == "deterministic"
+    assert all(i in decision.reply for i in ids[:3])
+    assert not any(i in decision.reply for i in ids[3:])
+    assert "3 orders per message" in decision.reply

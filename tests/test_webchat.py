@@ -190,3 +190,41 @@ async def test_backlog_ends_with_synced_frame(server_url: str, http: aiohttp.Cli
     assert kinds == ["message", "message", "synced"]
     assert frames[-1]["last_seq"] == reply["seq"]
     await back.close()
+
+
+async def test_text_that_is_not_valid_unicode_gets_a_clear_error(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url)
+    # json.dumps writes the lone surrogate as an ASCII escape; the server decodes it back.
+    await chat.ws.send_str(json.dumps({"type": "message", "text": "caf\udce9 order?", "client_message_id": "enc-1"}))
+    err = await chat.until(lambda f: f["type"] == "error")
+    assert (err["code"], err["client_message_id"]) == ("bad_encoding", "enc-1")
+    assert "character 3" in err["message"]
+    await chat.ws.send_str("[" * 100_000)
+    err = await chat.until(lambda f: f["type"] == "error")
+    assert err["code"] == "bad_frame" and "nested" in err["message"]
+    await chat.send("hello", "enc-2")  # the socket survived and nothing bad was stored
+    assert (await chat.bot_reply())["meta"]["intent"] == "greeting"
+    await chat.close()
+    back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=0)
+    assert [f["text"] for f in _messages(await back.drain()) if f["direction"] == "inbound"] == ["hello"]
+    await back.close()
+
+
+async def test_a_client_that_remembers_more_than_the_server_still_gets_its_messages(
+    server_url: str, http: aiohttp.ClientSession
+) -> None:
+    # E.g. the database was restored from a backup while the browser kept its last seq.
+    chat = await ChatSocket.open(http, server_url, last_seq=50)
+    await chat.send("hi", "ahead-1")
+    reply = await chat.bot_reply()
+    assert reply["seq"] == 2
+    await chat.close()
+    back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=50)
+    frames = await back.drain()
+    assert frames[-1] == {"type": "synced", "last_seq": 2}
+    await back.close()
+    ws = await http.ws_connect(server_url + "/ws/chat")
+    await ws.send_json({"type": "hello", "session_id": None, "last_seq": 2**63})
+    err = await ws.receive_json(timeout=10)
+    assert err["type"] == "error" and "last_seq" in err["message"]
+    await ws.close()
