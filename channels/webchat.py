@@ -27,9 +27,10 @@ import json
 import logging
 import re
 import secrets
+import weakref
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from helpline.conversation import Conversations, Inbound, ServiceUnavailable
 from state.conversations import customer_last_seq, message_frame, messages_after, open_ticket
@@ -130,10 +131,19 @@ class WebChatChannel:
     def __init__(self, conversations: Conversations, delivery: Delivery) -> None:
         self.conversations = conversations
         self.delivery = delivery
+        self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    async def close_all(self) -> None:
+        """Close every open socket with 1001 (going away), at shutdown: a browser that keeps
+        answering pings would otherwise hold the server open forever. Clients reconnect to
+        another process and resume from their last seq."""
+        for ws in list(self._sockets):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
+        self._sockets.add(ws)
         conn = _Connection(ws)
         try:
             hello = await ws.receive(timeout=HELLO_TIMEOUT_S)

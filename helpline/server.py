@@ -55,6 +55,7 @@ class Runtime:
     router: Router
     understander: Understander
     conversations: Conversations
+    webchat: WebChatChannel
     delivery: Delivery
     locks: Locks
     hot: HotState
@@ -110,6 +111,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,
             knowledge=knowledge, orders=orders, router=router, understander=understander,
             conversations=conversations, delivery=delivery, locks=locks, hot=hot,
+            webchat=WebChatChannel(conversations, delivery),
             schema_revision=revision, started_at=time.time(),
         )
         app[RUNTIME] = runtime
@@ -193,8 +195,13 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def chat_socket(request: web.Request) -> web.StreamResponse:
-    rt = request.app[RUNTIME]
-    return await WebChatChannel(rt.conversations, rt.delivery).handle(request)
+    return await request.app[RUNTIME].webchat.handle(request)
+
+
+async def _close_sockets(app: web.Application) -> None:
+    rt = app.get(RUNTIME)
+    if rt is not None:
+        await rt.webchat.close_all()
 
 
 def build_app(settings: Settings) -> web.Application:
@@ -202,6 +209,7 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime)
+    app.on_shutdown.append(_close_sockets)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

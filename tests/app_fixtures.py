@@ -102,10 +102,11 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill() if sig == "kill" else self.proc.terminate()
             try:
-                self.proc.wait(timeout=40)
+                self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                self.proc.wait(timeout=20)
+                raise RuntimeError(f"server ignored SIGTERM for 20 s:\n{self.log()}") from None
         code = self.proc.returncode
         self.proc = None
         return code
@@ -133,8 +134,14 @@ def server_factory(tmp_path: Path, database_url: str, intent_model_dir: Path) ->
         return server
 
     yield make
+    errors = []
     for server in servers:
-        server.stop()
+        try:
+            server.stop()
+        except RuntimeError as exc:
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture

@@ -228,3 +228,24 @@ async def test_a_client_that_remembers_more_than_the_server_still_gets_its_messa
     err = await ws.receive_json(timeout=10)
     assert err["type"] == "error" and "last_seq" in err["message"]
     await ws.close()
+
+
+async def test_sigterm_closes_open_sockets_and_exits_promptly(server_factory, http: aiohttp.ClientSession) -> None:
+    server = server_factory()
+    server.start()
+    chat = await ChatSocket.open(http, server.url)
+    await chat.send("hi", "t-1")
+    await chat.bot_reply()
+    # The client keeps reading (answering pings), as a live browser tab does.
+    async def read_until_closed() -> aiohttp.WSMessage:
+        while True:
+            msg = await chat.ws.receive(timeout=30)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return msg
+
+    reader = asyncio.create_task(read_until_closed())
+    code = await asyncio.to_thread(server.stop)  # SIGTERM; raises if not gone within 20 s
+    assert code == 0
+    closing = await reader
+    assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
+    assert chat.ws.close_code == 1001 or closing.data == 1001
