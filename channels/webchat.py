@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
-from helpline.conversation import Conversations, Inbound, ServiceUnavailable
+from helpline.conversation import Conversations, Inbound, RateLimited, ServiceUnavailable
 from state.conversations import customer_last_seq, message_frame, messages_after, open_ticket
 from state.delivery import Delivery, Frame
 
@@ -227,6 +227,12 @@ class WebChatChannel:
                 accepted = await self.conversations.receive(
                     Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id)
                 )
+            except RateLimited as exc:
+                await conn.error(
+                    "rate_limited", f"You are sending messages too fast ({exc}); please wait a minute.",
+                    client_id,
+                )
+                continue
             except ServiceUnavailable:
                 # Not stored and not acked: the client keeps the message and sends it again.
                 await conn.error(

@@ -99,6 +99,10 @@ class Settings(BaseSettings):
         7 * 24 * 3600, ge=0, description="A resolved ticket reopens on a new message within this."
     )
     max_message_chars: int = Field(4000, ge=1, description="Longer messages get a clear reply.")
+    customer_rate_limit: int = Field(
+        60, ge=1, description="Most messages one customer may send per rate window; more are refused."
+    )
+    customer_rate_window_s: int = Field(60, ge=1, description="The rate window, in seconds.")
     history_turns: int = Field(20, ge=1, description="Most messages a turn reads from its ticket.")
     sweep_interval_s: float = Field(
         10.0, gt=0, description="How often each process looks for unanswered messages nobody works on."

@@ -122,6 +122,41 @@ def kb_ingest(path: Path) -> None:
     click.echo("Restart running servers to serve the new version.")
 
 
+@main.command("agent-mode")
+@click.argument("mode", required=False, type=click.Choice(["enabled", "disabled", "default"]))
+def agent_mode(mode: str | None) -> None:
+    """Show or set the run-time kill switch shared by all processes (needs HELPLINE_REDIS_URL).
+
+    MODE: enabled, disabled (every reply becomes the static auto-reply), or default (follow each
+    process's AGENT_MODE). Takes effect on the next turn of every process; no restart.
+    """
+    from state.hot import close_hot_state, open_hot_state
+
+    settings = _settings()
+    if not settings.redis_url:
+        raise click.ClickException(
+            "the run-time switch lives in shared state: set HELPLINE_REDIS_URL. Without Redis, set "
+            "AGENT_MODE=disabled and restart the server."
+        )
+
+    async def run() -> str | None:
+        hot = await open_hot_state(settings.redis_url)
+        try:
+            if mode is not None:
+                await hot.flags.set_agent_mode(None if mode == "default" else mode)
+            return await hot.flags.get_agent_mode()
+        finally:
+            await close_hot_state(hot)
+
+    try:
+        shared = asyncio.run(run())
+    except Exception as exc:  # unreachable Redis: say so plainly
+        raise click.ClickException(str(exc)) from None
+    effective = shared or settings.agent_mode.value
+    source = "shared switch" if shared else "AGENT_MODE of each process (no shared switch set)"
+    click.echo(f"agent mode: {effective} ({source})")
+
+
 @main.command()
 @click.argument("url", default="http://127.0.0.1:8080")
 @click.option("--session", "session_id", default=None, help="Resume a web-chat session id.")

@@ -34,6 +34,7 @@ from state.conversations import (
 )
 from state.db import Database
 from state.delivery import Delivery
+from state.hot import RateLimiter
 from state.locks import Locks
 from state.models import Customer, Event, Message, Ticket, utcnow
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
@@ -61,6 +62,11 @@ class ServiceUnavailable(RuntimeError):
     tells the sender to retry (web chat: an ``unavailable`` error frame, the message stays unacked)."""
 
 
+class RateLimited(RuntimeError):
+    """Intake refused: the customer sent more than ``customer_rate_limit`` messages in the window.
+    Nothing was stored; the channel tells the sender to slow down."""
+
+
 class Conversations:
     """Owns intake and turn processing. ``agent_mode`` is awaited on every turn (the kill switch)."""
 
@@ -73,6 +79,7 @@ class Conversations:
         delivery: Delivery,
         agent_mode: Callable[[], Awaitable[AgentMode]] | None = None,
         outage_errors: tuple[type[BaseException], ...] = (),
+        limiter: RateLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
@@ -81,6 +88,7 @@ class Conversations:
         self.delivery = delivery
         self.agent_mode = agent_mode or self._configured_mode
         self.outage_errors = outage_errors
+        self.limiter = limiter
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[int] = set()  # tickets with a worker in this process
         self._again: set[int] = set()  # tickets whose worker must make one more pass
@@ -103,6 +111,15 @@ class Conversations:
         """
         customer_id = await self.customer_id(inbound.channel, inbound.address)
         try:
+            if self.limiter is not None and not await self.limiter.hit(
+                f"customer:{customer_id}",
+                self.settings.customer_rate_limit,
+                self.settings.customer_rate_window_s,
+            ):
+                raise RateLimited(
+                    f"more than {self.settings.customer_rate_limit} messages in "
+                    f"{self.settings.customer_rate_window_s} s"
+                )
             async with self.locks.hold(f"intake:{customer_id}"):
                 accepted = await accept_inbound(
                     self.db,

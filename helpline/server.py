@@ -105,7 +105,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
             return AgentMode(shared) if shared else settings.agent_mode
 
         conversations = Conversations(
-            settings, db, router, locks, delivery, agent_mode=agent_mode, outage_errors=outage_errors
+            settings, db, router, locks, delivery, agent_mode=agent_mode, outage_errors=outage_errors,
+            limiter=hot.limiter,
         )
         runtime = Runtime(
             settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,

@@ -144,7 +144,30 @@ async def accept_inbound(
     Callers serialise intake per customer (see :class:`state.locks.Locks`) so that arrival order is
     storage order; the database's unique indexes guard the same rules across processes.
     """
-    now = now or utcnow()
+    try:
+        return await _accept(
+            db, customer_id=customer_id, channel=channel, text=text,
+            provider_message_id=provider_message_id, reopen_window=reopen_window, now=now or utcnow(),
+        )
+    except IntegrityError:
+        # Another process stored the same provider message id (or opened the ticket) first; the
+        # database's unique indexes decided. Read again: it is now a duplicate, or one open ticket.
+        return await _accept(
+            db, customer_id=customer_id, channel=channel, text=text,
+            provider_message_id=provider_message_id, reopen_window=reopen_window, now=now or utcnow(),
+        )
+
+
+async def _accept(
+    db: Database,
+    *,
+    customer_id: int,
+    channel: str,
+    text: str,
+    provider_message_id: str | None,
+    reopen_window: timedelta,
+    now: datetime,
+) -> Accepted:
     async with db.write() as session:
         if provider_message_id is not None:
             existing = (

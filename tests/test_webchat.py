@@ -249,3 +249,18 @@ async def test_sigterm_closes_open_sockets_and_exits_promptly(server_factory, ht
     closing = await reader
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
     assert chat.ws.close_code == 1001 or closing.data == 1001
+
+
+async def test_a_customer_flooding_messages_is_rate_limited(server_factory, http: aiohttp.ClientSession) -> None:
+    server = server_factory({"HELPLINE_CUSTOMER_RATE_LIMIT": "3", "HELPLINE_CUSTOMER_RATE_WINDOW_S": "60"})
+    server.start()
+    chat = await ChatSocket.open(http, server.url)
+    for i in range(4):
+        await chat.send(f"hello {i}", f"rl-{i}")
+    err = await chat.until(lambda f: f["type"] == "error")
+    assert (err["code"], err["client_message_id"]) == ("rate_limited", "rl-3")
+    await chat.close()
+    back = await ChatSocket.open(http, server.url, chat.session_id, last_seq=0)
+    stored = [f["text"] for f in _messages(await back.drain(quiet=2.0)) if f["direction"] == "inbound"]
+    assert stored == ["hello 0", "hello 1", "hello 2"]
+    await back.close()
