@@ -409,6 +409,13 @@
         break;
       case "error":
         var text = frame.message || "Something went wrong.";
+        if (frame.code === "unavailable") {
+          // Not stored, but nothing wrong with the message: keep it queued and reconnect (with
+          // backoff); the outbox is sent again on connect.
+          renderNotice(text, "info");
+          if (ws) ws.close();
+          break;
+        }
         var target = frame.client_message_id ||
           ((frame.code === "message_too_long" || frame.code === "empty_message") && inFlight[0]);
         if (target) fail(target, text);
