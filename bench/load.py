@@ -31,10 +31,14 @@ client message stored twice. From that:
 ``HELPLINE_DATABASE_URL`` / ``HELPLINE_REDIS_URL``); the first is started alone so it trains the
 intent model and ingests the knowledge base once, then the others. ``--kill-one-at S`` SIGKILLs
 server 0 at S seconds into the load and restarts it on the same port ``--restart-after`` seconds
-later. CPU time of each server (``/proc/PID/stat``; for ``--watch-pid`` also its children, e.g.
-the Postgres postmaster), of this load generator and of the whole machine is recorded over the
-load window. ``--profile`` samples server 0 with py-spy during the load and reports where its CPU
-goes, grouped by the package of the innermost Python frame.
+later. Turns whose ticket lock the killed process held wait for the lock to expire
+(``HELPLINE_LOCK_TTL_S``, 30 s): give such a run a ``--reply-timeout`` above that plus the restart
+time (60 s), or they are counted as timed out (and, when the final check finds their reply, as
+``late_but_delivered``, not lost). CPU time of each server (``/proc/PID/stat``; for ``--watch-pid``
+also its children, e.g. the Postgres postmaster), of this load generator and of the whole machine
+is recorded over the load window. ``--profile`` samples server 0 with py-spy during the load and
+reports where its CPU goes: by the package of the innermost Python frame, and by the innermost
+frame in Helpline's own code.
 
 Run from the repository root, e.g.:
     .venv/bin/python bench/load.py --start-servers 2 --database-url postgresql+asyncpg://... \\
@@ -43,7 +47,8 @@ Run from the repository root, e.g.:
 
 Exit status: 0 when the run completed with nothing lost or duplicated, 1 when something was lost
 or duplicated or no turn was answered or a server did not come up, 2 on bad options. This script
-only measures: it is a client of the public websocket protocol and imports nothing of the server.
+only measures: it is a client of the public websocket protocol; of Helpline it imports only the
+client-side helpers (placeholder filling, the chat URL) and ``replay_latency``'s process helpers.
 """
 
 from __future__ import annotations
@@ -381,11 +386,29 @@ class Verdict:
     double_replies: int = 0
     unreadable_sessions: int = 0
     late_but_delivered: int = 0  # timed out live, but the reply is in the transcript
+    late_delays_s: list[float] = field(default_factory=list)  # store -> reply, of those
+    answer_delay_s: dict[str, float] = field(default_factory=dict)  # client id -> store -> reply
     samples: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
         if len(self.samples) < _SAMPLES:
             self.samples.append(text)
+
+
+def _answer_delays(frames: list[dict[str, Any]]) -> dict[str, float]:
+    """client id -> seconds from the message being stored to its first reply (server clocks)."""
+    delays: dict[str, float] = {}
+    current: tuple[str, datetime] | None = None
+    for frame in frames:
+        try:
+            at = datetime.fromisoformat(str(frame.get("created_at")))
+        except ValueError:
+            continue
+        if frame.get("direction") == "inbound":
+            current = (str(frame.get("client_message_id")), at)
+        elif frame.get("author") == "bot" and current is not None and current[0] not in delays:
+            delays[current[0]] = (at - current[1]).total_seconds()
+    return delays
 
 
 def check_session(session: Session, transcript: Transcript, verdict: Verdict) -> set[str]:
@@ -409,6 +432,7 @@ def check_session(session: Session, transcript: Transcript, verdict: Verdict) ->
             meta = frame.get("meta") if isinstance(frame.get("meta"), dict) else {}
             escalated = escalated or meta.get("escalated") is True
     verdict.duplicate_inbound += sum(n - 1 for n in stored.values() if n > 1)
+    verdict.answer_delay_s.update(_answer_delays(frames))
     missing: set[str] = set()
     for turn in session.turns:
         cid = turn.client_message_id
@@ -469,6 +493,8 @@ async def final_check(
             if cid not in missing:
                 if turn.timed_out:
                     verdict.late_but_delivered += 1
+                    if cid in verdict.answer_delay_s:
+                        verdict.late_delays_s.append(verdict.answer_delay_s[cid])
                 continue
             if not turn.sends:
                 continue
@@ -774,10 +800,10 @@ async def drive(args: argparse.Namespace, urls: list[str], slots: list[ServerSlo
         window_s = time.perf_counter() - start
         busy_after = machine_busy()
         own_cpu = (cpu_seconds(os.getpid()) or 0.0) - own_before
-        watched_cpu = {
-            name: round(after - before, 2) if before is not None and (after := cpu_seconds(pid, children=True)) is not None else None
-            for name, (pid, before) in watched.items()
-        }
+        watched_cpu: dict[str, float | None] = {}
+        for name, (pid, before) in watched.items():
+            after = cpu_seconds(pid, children=True)
+            watched_cpu[name] = round(after - before, 2) if before is not None and after is not None else None
         server_cpu = [round(slot.cpu_s, 2) for slot in slots]
         for outcome in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(outcome, BaseException):  # a bug in this script: count it, never hide it
@@ -831,6 +857,11 @@ async def drive(args: argparse.Namespace, urls: list[str], slots: list[ServerSlo
             "duplicate_inbound": verdict.duplicate_inbound,
             "double_replies": verdict.double_replies,
             "unreadable_sessions": verdict.unreadable_sessions,
+            "late_store_to_reply_s": {
+                "n": len(verdict.late_delays_s),
+                "p50": round(float(np.median(verdict.late_delays_s)), 1) if verdict.late_delays_s else None,
+                "max": round(max(verdict.late_delays_s), 1) if verdict.late_delays_s else None,
+            },
             "samples": verdict.samples,
         },
         "duplicated_live": {"seq_twice": stats.duplicate_seq_live, "extra_replies": stats.extra_replies_live},
@@ -944,7 +975,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--think-min", type=float, default=0.5, help="seconds between reply and next message")
     parser.add_argument("--think-max", type=float, default=2.0)
-    parser.add_argument("--reply-timeout", type=float, default=30.0, help="seconds a turn waits for its reply")
+    parser.add_argument("--reply-timeout", type=float, default=30.0, help="seconds a turn waits for its reply (above the lock TTL for --kill-one-at)")
     parser.add_argument("--drain", type=float, default=60.0,
                         help="seconds after --duration for turns in flight and the final check")
     parser.add_argument("--seed", type=int, default=0)
