@@ -434,11 +434,18 @@ class RedisDelivery:
         name = _text(channel)
         try:
             customer_id = int(name[len(self._prefix):])
+        except ValueError:
+            log.warning("delivery: ignoring malformed channel %r", name)
+            return
+        subscribers = list(self._subscribers.get(customer_id, ()))
+        if not subscribers:
+            return  # every process sees every frame: decode only those someone here waits for
+        try:
             frame = json.loads(data)
         except ValueError:
             log.warning("delivery: ignoring malformed message on %r", name)
             return
-        for queue in list(self._subscribers.get(customer_id, ())):
+        for queue in subscribers:
             try:
                 queue.put_nowait(frame)
             except asyncio.QueueFull:
