@@ -12,8 +12,10 @@ server -> client
   ``message`` frames; ``ack`` per stored inbound message; ``typing``; ``error`` (code, message, and
   the frame's ``client_message_id`` when it had a readable one); ``pong``.
 
-Exactly-once per connection: the subscription to live frames starts before the backlog is read and
-each connection remembers the highest ``seq`` it sent, so a frame in both is sent once. A client
+Exactly-once, in order, per connection: the subscription to live frames starts before the backlog
+is read and each connection remembers the highest ``seq`` it sent, so a frame in both is sent once; a
+live frame that skips seqs (another process published them and they have not arrived yet) first
+pulls the missing ones from the database, where seqs commit in order. A client
 that reconnects with its last seen ``seq`` receives what it missed and nothing twice.
 
 This adapter normalises frames into :class:`helpline.conversation.Inbound` and renders stored
@@ -179,7 +181,7 @@ class WebChatChannel:
             )
             await self._send_backlog(conn, customer_id, last_seq)
             await conn.send({"type": "synced", "last_seq": conn.sent_seq})
-            pump = asyncio.create_task(self._pump(conn, live))
+            pump = asyncio.create_task(self._pump(conn, live, customer_id))
             try:
                 await self._read(conn, session_id)
             finally:
@@ -196,9 +198,14 @@ class WebChatChannel:
                 return
             after = batch[-1].seq
 
-    async def _pump(self, conn: _Connection, live: asyncio.Queue[Frame]) -> None:
+    async def _pump(self, conn: _Connection, live: asyncio.Queue[Frame], customer_id: int) -> None:
         while True:
             frame = await live.get()
+            if frame.get("type") == "message" and frame["seq"] > conn.sent_seq + 1:
+                # A gap: frames published by different processes can reach us out of seq order.
+                # Seqs commit in order, so everything below this one is in the database already:
+                # send it from there, in order; the late live copies are then skipped as sent.
+                await self._send_backlog(conn, customer_id, conn.sent_seq)
             await conn.send(frame)
 
     async def _read(self, conn: _Connection, session_id: str) -> None:

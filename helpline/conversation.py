@@ -252,7 +252,12 @@ class Conversations:
     ) -> Message | None:
         now = utcnow()
         async with self.db.write() as session:
-            # Row locks in one order everywhere: the customer (seq), then the ticket (fence).
+            stored = await session.get(Message, message.id, populate_existing=True)
+            assert stored is not None
+            if stored.processed_at is not None:  # another worker finished it: do nothing twice
+                return None
+            # Row locks in one order everywhere: the customer (seq), then the ticket (fence). A
+            # worker that finished this message meanwhile had a newer epoch: the fence stops us.
             seq = (
                 await next_seq(session, message.customer_id)
                 if decision is not None and decision.reply is not None
@@ -260,10 +265,7 @@ class Conversations:
             )
             await check_fence(session, message.ticket_id, epoch)
             ticket = await session.get(Ticket, message.ticket_id, populate_existing=True)
-            stored = await session.get(Message, message.id, populate_existing=True)
-            assert ticket is not None and stored is not None
-            if stored.processed_at is not None:  # another worker finished it: do nothing twice
-                return None
+            assert ticket is not None
             stored.processed_at = now
             if decision is None:
                 session.add(
