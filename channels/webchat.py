@@ -183,7 +183,7 @@ class WebChatChannel:
             await conn.send({"type": "synced", "last_seq": conn.sent_seq})
             pump = asyncio.create_task(self._pump(conn, live, customer_id))
             try:
-                await self._read(conn, session_id)
+                await self._read(conn, session_id, customer_id)
             finally:
                 pump.cancel()
                 await asyncio.gather(pump, return_exceptions=True)
@@ -198,17 +198,19 @@ class WebChatChannel:
                 return
             after = batch[-1].seq
 
+    async def _deliver(self, conn: _Connection, customer_id: int, frame: Frame) -> None:
+        if frame.get("type") == "message" and frame["seq"] > conn.sent_seq + 1:
+            # A gap: frames published by different processes can reach us out of seq order.
+            # Seqs commit in order, so everything below this one is in the database already:
+            # send it from there, in order; the late live copies are then skipped as sent.
+            await self._send_backlog(conn, customer_id, conn.sent_seq)
+        await conn.send(frame)
+
     async def _pump(self, conn: _Connection, live: asyncio.Queue[Frame], customer_id: int) -> None:
         while True:
-            frame = await live.get()
-            if frame.get("type") == "message" and frame["seq"] > conn.sent_seq + 1:
-                # A gap: frames published by different processes can reach us out of seq order.
-                # Seqs commit in order, so everything below this one is in the database already:
-                # send it from there, in order; the late live copies are then skipped as sent.
-                await self._send_backlog(conn, customer_id, conn.sent_seq)
-            await conn.send(frame)
+            await self._deliver(conn, customer_id, await live.get())
 
-    async def _read(self, conn: _Connection, session_id: str) -> None:
+    async def _read(self, conn: _Connection, session_id: str, customer_id: int) -> None:
         async for msg in conn.ws:
             if msg.type == WSMsgType.ERROR:
                 log.info("web-chat socket error: %s", conn.ws.exception())
@@ -255,4 +257,4 @@ class WebChatChannel:
             await conn.send({"type": "ack", "client_message_id": client_id, "seq": accepted.message.seq})
             if accepted.duplicate:
                 # A re-send after a reconnect: the original is stored; make sure this socket has it.
-                await conn.send(message_frame(accepted.message))
+                await self._deliver(conn, customer_id, message_frame(accepted.message))

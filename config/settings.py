@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         None,
         description="redis://[:password@]host:port/db. Unset: hot state in process (one server process).",
     )
+    redis_namespace: str = Field(
+        "helpline", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of every Redis key, so several deployments can share one Redis.",
+    )
     lock_ttl_s: float = Field(
         30.0, gt=0, description="Ticket lock expiry: a crashed process blocks a ticket at most this long."
     )

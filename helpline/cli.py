@@ -140,7 +140,7 @@ def agent_mode(mode: str | None) -> None:
         )
 
     async def run() -> str | None:
-        hot = await open_hot_state(settings.redis_url)
+        hot = await open_hot_state(settings.redis_url, namespace=settings.redis_namespace)
         try:
             if mode is not None:
                 await hot.flags.set_agent_mode(None if mode == "default" else mode)

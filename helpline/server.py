@@ -75,7 +75,9 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     db = open_database(url)
     hot: HotState | None = None
     try:
-        hot = await open_hot_state(settings.redis_url, lock_ttl_s=settings.lock_ttl_s)
+        hot = await open_hot_state(
+            settings.redis_url, lock_ttl_s=settings.lock_ttl_s, namespace=settings.redis_namespace
+        )
         embedder = await asyncio.to_thread(Embedder.load)
         intents = load_intents(settings.intents_file)
         log.info("loading the intent model (trained on first start, a few seconds)")

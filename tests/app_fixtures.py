@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,9 @@ class ServerProcess:
 def server_factory(tmp_path: Path, database_url: str, intent_model_dir: Path) -> Iterator[Any]:
     """Make ``ServerProcess`` objects sharing one data dir and database (``extra_env`` per server)."""
     servers: list[ServerProcess] = []
+    # The suite shares one Redis: each test's servers get their own key prefix, so locks, rate
+    # counters and the kill-switch flag of one test never reach another.
+    namespace = f"helpline-test-{uuid.uuid4().hex[:12]}"
 
     def make(extra_env: dict[str, str] | None = None) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HELPLINE_", "AGENT_MODE"))}
@@ -126,6 +130,7 @@ def server_factory(tmp_path: Path, database_url: str, intent_model_dir: Path) ->
             HELPLINE_DATA_DIR=str(tmp_path / "var"),
             HELPLINE_DATABASE_URL=database_url,
             HELPLINE_INTENT_MODEL_DIR=str(intent_model_dir),
+            HELPLINE_REDIS_NAMESPACE=namespace,
             PYTHONUNBUFFERED="1",
         )
         env.update(extra_env or {})
