@@ -29,6 +29,11 @@ class Lease:
 
 
 class Locks(Protocol):
+    expires: bool
+    """True when a lock can pass to another holder while the first still runs (a lease with an
+    expiry, as in Redis); then writes must be fenced. False for locks that live as long as the
+    holder's process."""
+
     def hold(self, key: str) -> AbstractAsyncContextManager[Lease]:
         """Hold the lock named ``key`` for the ``async with`` block; waiters are served FIFO."""
         ...
@@ -40,6 +45,8 @@ class InProcessLocks:
     FIFO fairness of ``asyncio.Lock`` is what keeps turns of one ticket in arrival order. Tokens come
     from one process-wide counter, so they increase per key too.
     """
+
+    expires = False  # held until released; gone only with the whole process
 
     def __init__(self) -> None:
         self._locks: dict[str, asyncio.Lock] = {}

@@ -195,6 +195,8 @@ class RedisLocks:
     hook that makes a holder behave like a stalled or crashed one.
     """
 
+    expires = True  # a lease: a stalled holder can lose it; writes are fenced (tickets.fence)
+
     def __init__(
         self,
         client: Redis,
