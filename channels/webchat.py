@@ -234,7 +234,8 @@ class WebChatChannel:
                 continue
             try:
                 accepted = await self.conversations.receive(
-                    Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id)
+                    Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id),
+                    customer_id,
                 )
             except RateLimited as exc:
                 await conn.error(

@@ -103,13 +103,14 @@ class Conversations:
         """Id of the customer known as ``address`` on ``channel``, created on first contact."""
         return (await get_or_create_customer(self.db, channel, address)).id
 
-    async def receive(self, inbound: Inbound) -> Accepted:
+    async def receive(self, inbound: Inbound, customer_id: int | None = None) -> Accepted:
         """Store ``inbound`` (committed before this returns) and schedule its turn.
 
         A duplicate delivery (same provider message id on the same channel) returns the stored
         original with ``duplicate=True`` and schedules nothing.
         """
-        customer_id = await self.customer_id(inbound.channel, inbound.address)
+        if customer_id is None:  # a channel with a live connection passes the id it resolved
+            customer_id = await self.customer_id(inbound.channel, inbound.address)
         try:
             if self.limiter is not None and not await self.limiter.hit(
                 f"customer:{customer_id}",

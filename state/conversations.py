@@ -9,6 +9,7 @@ wire formats.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -144,18 +145,16 @@ async def accept_inbound(
     Callers serialise intake per customer (see :class:`state.locks.Locks`) so that arrival order is
     storage order; the database's unique indexes guard the same rules across processes.
     """
+    attempt = partial(
+        _accept, db, customer_id=customer_id, channel=channel, text=text,
+        provider_message_id=provider_message_id, reopen_window=reopen_window, now=now or utcnow(),
+    )
     try:
-        return await _accept(
-            db, customer_id=customer_id, channel=channel, text=text,
-            provider_message_id=provider_message_id, reopen_window=reopen_window, now=now or utcnow(),
-        )
+        return await attempt()
     except IntegrityError:
         # Another process stored the same provider message id (or opened the ticket) first; the
         # database's unique indexes decided. Read again: it is now a duplicate, or one open ticket.
-        return await _accept(
-            db, customer_id=customer_id, channel=channel, text=text,
-            provider_message_id=provider_message_id, reopen_window=reopen_window, now=now or utcnow(),
-        )
+        return await attempt()
 
 
 async def _accept(

@@ -48,6 +48,10 @@ class InProcessDelivery:
                     del self._subscribers[customer_id]
 
     async def publish(self, customer_id: int, frame: Frame) -> None:
+        self.deliver(customer_id, frame)
+
+    def deliver(self, customer_id: int, frame: Frame) -> None:
+        """Put ``frame`` on every local subscriber's queue now (no await)."""
         for queue in list(self._subscribers.get(customer_id, ())):
             try:
                 queue.put_nowait(frame)

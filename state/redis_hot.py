@@ -37,8 +37,8 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +50,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from state.delivery import Frame
+from state.delivery import Frame, InProcessDelivery
 from state.locks import InProcessLocks, Lease
 
 log = logging.getLogger(__name__)
@@ -345,8 +345,7 @@ class RedisDelivery:
         self._client = client
         self._prefix = f"{namespace}:deliver:"
         self._pattern = _glob_escape(self._prefix) + "*"
-        self._queue_size = queue_size
-        self._subscribers: dict[int, set[asyncio.Queue[Frame]]] = {}
+        self._local = InProcessDelivery(queue_size)  # this process's sockets
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._connected = False
@@ -386,20 +385,10 @@ class RedisDelivery:
         """True while the listener is started and its last read from Redis succeeded."""
         return self._listener is not None and self._connected
 
-    @contextmanager
-    def subscribe(self, customer_id: int) -> Iterator[asyncio.Queue[Frame]]:
+    def subscribe(self, customer_id: int) -> AbstractContextManager[asyncio.Queue[Frame]]:
         """A queue receiving every frame published for ``customer_id`` by any process, from now
         until the block ends. A full queue (a stalled socket) drops frames, as in process."""
-        queue: asyncio.Queue[Frame] = asyncio.Queue(self._queue_size)
-        self._subscribers.setdefault(customer_id, set()).add(queue)
-        try:
-            yield queue
-        finally:
-            subscribers = self._subscribers.get(customer_id)
-            if subscribers is not None:
-                subscribers.discard(queue)
-                if not subscribers:
-                    del self._subscribers[customer_id]
+        return self._local.subscribe(customer_id)
 
     async def publish(self, customer_id: int, frame: Frame) -> None:
         """``PUBLISH`` ``frame`` (a JSON-able dict) to the customer's channel. Raises ``TypeError``
@@ -408,8 +397,7 @@ class RedisDelivery:
         await self._client.publish(f"{self._prefix}{customer_id}", json.dumps(frame, separators=(",", ":")))
 
     def subscriber_count(self, customer_id: int) -> int:
-        """Local subscribers (queues in this process) of ``customer_id``."""
-        return len(self._subscribers.get(customer_id, ()))
+        return self._local.subscriber_count(customer_id)
 
     async def _listen(self, pubsub: PubSub) -> None:
         delay = 0.05
@@ -439,19 +427,14 @@ class RedisDelivery:
         except ValueError:
             log.warning("delivery: ignoring malformed channel %r", name)
             return
-        subscribers = list(self._subscribers.get(customer_id, ()))
-        if not subscribers:
+        if not self._local.subscriber_count(customer_id):
             return  # every process sees every frame: decode only those someone here waits for
         try:
             frame = json.loads(data)
         except ValueError:
             log.warning("delivery: ignoring malformed message on %r", name)
             return
-        for queue in subscribers:
-            try:
-                queue.put_nowait(frame)
-            except asyncio.QueueFull:
-                pass  # a stalled socket must not stall delivery; it re-reads the backlog on reconnect
+        self._local.deliver(customer_id, frame)
 
 
 # --- flags, rate limits, idempotency -------------------------------------------------------------

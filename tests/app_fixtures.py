@@ -150,6 +150,15 @@ def server_factory(tmp_path: Path, database_url: str, intent_model_dir: Path) ->
 
 
 @pytest.fixture
+def redis_url() -> str:
+    """The test Redis (``HELPLINE_TEST_REDIS_URL``, started by ``./dev test``)."""
+    url = os.environ.get("HELPLINE_TEST_REDIS_URL", "")
+    if not url:
+        pytest.skip("HELPLINE_TEST_REDIS_URL is not set (./dev test starts a redis-server and sets it)")
+    return url
+
+
+@pytest.fixture
 def server_url(server_factory: Any) -> str:
     """Base URL (``http://127.0.0.1:PORT``) of a running ``helpline serve`` on embedded defaults
     plus this test's database."""

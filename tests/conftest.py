@@ -159,6 +159,7 @@ from app_fixtures import (  # noqa: E402,F401  (fixtures are found by name)
     helpline_client,
     http,
     intent_model_dir,
+    redis_url,
     server_factory,
     server_url,
 )

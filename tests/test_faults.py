@@ -59,13 +59,6 @@ FAST_TAKEOVER = {  # a crashed holder blocks a ticket 2 s; the sweep looks every
 }
 
 
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("HELPLINE_TEST_REDIS_URL", "")
-    if not url:
-        pytest.skip("HELPLINE_TEST_REDIS_URL is not set (./dev test starts a redis-server and sets it)")
-    return url
-
 
 # --- helpers ---------------------------------------------------------------------------------------
 

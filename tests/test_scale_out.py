@@ -4,19 +4,11 @@ request, and a reply produced on one reaches the customer's socket on the other 
 from __future__ import annotations
 
 import asyncio
-import os
 
 import aiohttp
 import pytest
 from app_fixtures import ChatSocket
 
-
-@pytest.fixture
-def redis_url() -> str:
-    url = os.environ.get("HELPLINE_TEST_REDIS_URL", "")
-    if not url:
-        pytest.skip("HELPLINE_TEST_REDIS_URL is not set (./dev test starts a redis-server and sets it)")
-    return url
 
 
 async def test_reply_produced_on_b_reaches_the_socket_on_a_exactly_once(
