@@ -36,6 +36,8 @@ from config.settings import Settings
 from state.orders import OrderStore
 
 TIERS = ("guard", "deterministic", "retrieval", "reasoning", "human")
+RANKED_DEPTH = 5
+"""Knowledge-base candidates ranked and recorded per retrieval turn (``data["retrieved"]``)."""
 
 HANDOFF_REPLY = (
     "I'm passing this to a member of our support team now. They'll reply right here, and they "
@@ -235,7 +237,11 @@ class Router:
         )
 
     async def _retrieval(self, text: str, u: Understanding, base: dict[str, Any]) -> Decision:
-        passages = await self.knowledge.search(u.embedding, self.settings.retrieval_top_k)
+        # The eval harness scores retrieval at depth 5 (hit@5), so at least 5 candidates are ranked
+        # and recorded; the answer is composed from the top ``retrieval_top_k`` only.
+        ranked = await self.knowledge.search(u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH))
+        base["data"] = {"retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
+        passages = ranked[: self.settings.retrieval_top_k]
         kb_version = self.knowledge.version or ""
         answer = await asyncio.to_thread(
             compose_answer,

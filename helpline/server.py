@@ -1,7 +1,7 @@
 """The aiohttp application: every resource opened and closed in one ``cleanup_ctx`` each.
 
-``build_app(settings)`` assembles database -> models -> knowledge base -> order store -> router ->
-conversation service -> channels. Start-up finishes (schema checked, models loaded, knowledge base
+``build_app(settings)`` opens the runtime (:func:`helpline.runtime.open_runtime`) and starts the
+background sweep. Start-up finishes (schema checked, models loaded, knowledge base
 ingested when empty, unanswered messages rescheduled) before the server listens, so ``/healthz``
 answering 200 means ready.
 """
@@ -11,56 +11,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
-import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from aiohttp import web
 
-from bot.embeddings import Embedder
-from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train
-from bot.knowledge import KnowledgeBase
-from bot.router import Router
-from bot.sentiment import Sentiment
-from bot.understanding import Understander
-from channels.webchat import WebChatChannel
-from config.settings import AgentMode, Settings
+from config.settings import Settings
 from helpline import __version__
 from helpline.conversation import Conversations
-from state.db import Database, open_database
-from state.delivery import Delivery
-from state.hot import HotState, close_hot_state, open_hot_state, ready
-from state.locks import Locks
-from state.migrate import ensure_schema
-from state.orders import JsonOrderStore
+from helpline.runtime import Runtime, open_runtime
+from state.hot import ready
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("channels") / "static"))
-
-
-@dataclass
-class Runtime:
-    """Everything the running server holds; tests reach in through ``app[RUNTIME]``."""
-
-    settings: Settings
-    db: Database
-    embedder: Embedder
-    intents: dict[str, IntentSpec]
-    intent_model: IntentModel
-    knowledge: KnowledgeBase
-    orders: JsonOrderStore
-    router: Router
-    understander: Understander
-    conversations: Conversations
-    webchat: WebChatChannel
-    delivery: Delivery
-    locks: Locks
-    hot: HotState
-    schema_revision: str
-    started_at: float
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -69,55 +34,9 @@ RUNTIME = web.AppKey("runtime", Runtime)
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    url = settings.effective_database_url
-    revision = await ensure_schema(url, settings.migrate.value)
-    db = open_database(url)
-    hot: HotState | None = None
-    try:
-        hot = await open_hot_state(
-            settings.redis_url, lock_ttl_s=settings.lock_ttl_s, namespace=settings.redis_namespace
-        )
-        embedder = await asyncio.to_thread(Embedder.load)
-        intents = load_intents(settings.intents_file)
-        log.info("loading the intent model (trained on first start, a few seconds)")
-        intent_model = await asyncio.to_thread(
-            load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir
-        )
-        knowledge = KnowledgeBase(db, embedder)
-        await knowledge.load()
-        if knowledge.version is None:
-            log.info("knowledge base empty: ingesting %s", settings.kb_dir)
-            await knowledge.ingest(settings.kb_dir)
-        orders = await JsonOrderStore.load(settings.orders_file)
-        understander = Understander(embedder, intent_model, Sentiment())
-        router = Router(settings, intents, understander, knowledge, orders)
-        locks, delivery = hot.locks, hot.delivery
-        flags = hot.flags
-        outage_errors = hot.outage_errors
-
-        async def agent_mode() -> AgentMode:
-            # The run-time switch shared by all processes wins; an unreadable flag falls back to
-            # the configured AGENT_MODE rather than failing the customer's turn.
-            try:
-                shared = await flags.get_agent_mode()
-            except outage_errors:
-                log.warning("kill-switch flag unreadable; using AGENT_MODE=%s", settings.agent_mode.value)
-                shared = None
-            return AgentMode(shared) if shared else settings.agent_mode
-
-        conversations = Conversations(
-            settings, db, router, locks, delivery, agent_mode=agent_mode, outage_errors=outage_errors,
-            limiter=hot.limiter,
-        )
-        runtime = Runtime(
-            settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,
-            knowledge=knowledge, orders=orders, router=router, understander=understander,
-            conversations=conversations, delivery=delivery, locks=locks, hot=hot,
-            webchat=WebChatChannel(conversations, delivery),
-            schema_revision=revision, started_at=time.time(),
-        )
+    async with open_runtime(settings) as runtime:
         app[RUNTIME] = runtime
+        conversations = runtime.conversations
         resumed = await conversations.resume_pending()
         if resumed:
             log.info("resumed %d ticket(s) with unanswered messages", resumed)
@@ -126,10 +45,6 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
         await conversations.drain()
-    finally:
-        if hot is not None:
-            await close_hot_state(hot)
-        await db.dispose()
 
 
 async def _sweep_forever(conversations: Conversations, settings: Settings) -> None:

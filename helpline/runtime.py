@@ -1,0 +1,118 @@
+"""Open and close everything a running Helpline holds, in one place.
+
+``open_runtime(settings)`` assembles database -> hot state -> models -> knowledge base -> order store ->
+router -> conversation service -> channels, and closes them in reverse. The server
+(:mod:`helpline.server`) and the eval harness (``helpline eval``) both use it, so evaluated turns take
+exactly the code path live traffic takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from bot.embeddings import Embedder
+from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train
+from bot.knowledge import KnowledgeBase
+from bot.router import Router
+from bot.sentiment import Sentiment
+from bot.understanding import Understander
+from channels.webchat import WebChatChannel
+from config.settings import AgentMode, Settings
+from helpline.conversation import Conversations
+from state.db import Database, open_database
+from state.delivery import Delivery
+from state.hot import HotState, close_hot_state, open_hot_state
+from state.locks import Locks
+from state.migrate import ensure_schema
+from state.orders import JsonOrderStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    """Everything the running server holds; tests reach in through ``app[RUNTIME]``."""
+
+    settings: Settings
+    db: Database
+    embedder: Embedder
+    intents: dict[str, IntentSpec]
+    intent_model: IntentModel
+    knowledge: KnowledgeBase
+    orders: JsonOrderStore
+    router: Router
+    understander: Understander
+    conversations: Conversations
+    webchat: WebChatChannel
+    delivery: Delivery
+    locks: Locks
+    hot: HotState
+    schema_revision: str
+    started_at: float
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    """Yield a started :class:`Runtime` for ``settings``: schema checked or migrated (per
+    ``HELPLINE_MIGRATE``), models loaded (trained on first use), knowledge base ingested when empty.
+
+    Raises ``PendingMigrationsError`` (migrate=refuse), ``IntentConfigError`` (bad intents file),
+    ``OSError``/``ValueError`` for unreadable configuration, and the hot-state backend's connection
+    errors when Redis is configured but down. Background work (workers, sweeps) is not started here.
+    """
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    url = settings.effective_database_url
+    revision = await ensure_schema(url, settings.migrate.value)
+    db = open_database(url)
+    hot: HotState | None = None
+    try:
+        hot = await open_hot_state(
+            settings.redis_url, lock_ttl_s=settings.lock_ttl_s, namespace=settings.redis_namespace
+        )
+        embedder = await asyncio.to_thread(Embedder.load)
+        intents = load_intents(settings.intents_file)
+        log.info("loading the intent model (trained on first start, a few seconds)")
+        intent_model = await asyncio.to_thread(
+            load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir
+        )
+        knowledge = KnowledgeBase(db, embedder)
+        await knowledge.load()
+        if knowledge.version is None:
+            log.info("knowledge base empty: ingesting %s", settings.kb_dir)
+            await knowledge.ingest(settings.kb_dir)
+        orders = await JsonOrderStore.load(settings.orders_file)
+        understander = Understander(embedder, intent_model, Sentiment())
+        router = Router(settings, intents, understander, knowledge, orders)
+        flags = hot.flags
+        outage_errors = hot.outage_errors
+
+        async def agent_mode() -> AgentMode:
+            # The run-time switch shared by all processes wins; an unreadable flag falls back to
+            # the configured AGENT_MODE rather than failing the customer's turn.
+            try:
+                shared = await flags.get_agent_mode()
+            except outage_errors:
+                log.warning("kill-switch flag unreadable; using AGENT_MODE=%s", settings.agent_mode.value)
+                shared = None
+            return AgentMode(shared) if shared else settings.agent_mode
+
+        conversations = Conversations(
+            settings, db, router, hot.locks, hot.delivery, agent_mode=agent_mode,
+            outage_errors=outage_errors, limiter=hot.limiter,
+        )
+        yield Runtime(
+            settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,
+            knowledge=knowledge, orders=orders, router=router, understander=understander,
+            conversations=conversations, delivery=hot.delivery, locks=hot.locks, hot=hot,
+            webchat=WebChatChannel(conversations, hot.delivery),
+            schema_revision=revision, started_at=time.time(),
+        )
+    finally:
+        if hot is not None:
+            await close_hot_state(hot)
+        await db.dispose()
