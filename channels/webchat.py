@@ -37,6 +37,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from helpline.conversation import Conversations, Inbound, RateLimited, ServiceUnavailable
 from state.conversations import customer_last_seq, message_frame, messages_after, open_ticket
 from state.delivery import Delivery, Frame
+from state.models import Message
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,14 @@ class WebChatChannel:
         self.conversations = conversations
         self.delivery = delivery
         self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+
+    async def send(self, message: Message) -> str | None:
+        """Outbound sender (the outbox calls it): publish the message to the customer's open
+        sockets, on whichever process holds them. Raises the hot state's errors when the publish
+        fails (the outbox retries). No socket open: nothing to do, the customer reads the message
+        from the backlog at their next connect. Web chat has no provider message id: returns None."""
+        await self.delivery.publish(message.customer_id, message_frame(message))
+        return None
 
     async def close_all(self) -> None:
         """Close every open socket with 1001 (going away), at shutdown: a browser that keeps

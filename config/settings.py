@@ -108,13 +108,27 @@ class Settings(BaseSettings):
     )
     customer_rate_window_s: int = Field(60, ge=1, description="The rate window, in seconds.")
     history_turns: int = Field(20, ge=1, description="Most messages a turn reads from its ticket.")
-    sweep_interval_s: float = Field(
-        10.0, gt=0, description="How often each process looks for unanswered messages nobody works on."
+    sweep_interval_s: int = Field(
+        10, ge=1, le=60, description="Seconds between sweeps (a periodic job run by one process per "
+        "tick) for unanswered messages and unsent outbox entries nobody works on."
     )
     stale_after_s: float = Field(
         45.0, gt=0, description="An unanswered message older than this is picked up by the sweep "
         "(a crashed worker's lock has expired by then)."
     )
+    outbox_max_attempts: int = Field(
+        6, ge=1, description="Send attempts per outbound message before it is marked failed "
+        "(retries wait 2, 4, 8, ... s)."
+    )
+    outbox_lease_s: float = Field(
+        30.0, gt=0, description="A send attempt's claim on an outbox entry: a sender that died "
+        "holds it at most this long."
+    )
+    idempotency_ttl_s: int = Field(
+        86400, ge=1, description="How long an inbound provider message id is remembered in hot "
+        "state for the duplicate fast path (the database remembers it for ever)."
+    )
+    job_concurrency: int = Field(4, ge=1, description="Background jobs run at once per process.")
 
     # --- routing -------------------------------------------------------------------------------
     intents_file: Path = Field(CONFIG_DIR / "intents.yaml")
@@ -142,6 +156,80 @@ class Settings(BaseSettings):
         CONFIG_DIR / "orders.json",
         description="Order store: tau-bench-style orders.json (order_id -> order).",
     )
+
+    # --- escalation triggers (bot/escalation.py, bot/language.py) --------------------------------
+    fuzzy_match_cutoff: float = Field(
+        0.8, ge=0.5, le=1, description="difflib ratio at or above which a misspelt word (not an English "
+        "word itself) is read as a trigger word: 'humen' -> human, 'operater' -> operator. 1 = exact only."
+    )
+    sensitive_topics_file: Path | None = Field(
+        CONFIG_DIR / "sensitive_topics.yaml",
+        description="Sensitive topics (topic -> phrases) that always go to a person. Unset: none.",
+    )
+    conversation_sentiment_threshold: float = Field(
+        -0.35, ge=-1, le=0, description="Escalate when the exponentially weighted mean VADER compound "
+        "of the customer's turns since the last handoff (2 turns or more) is at or below this."
+    )
+    conversation_sentiment_alpha: float = Field(
+        0.5, gt=0, le=1, description="Weight of the newest turn in that mean (m = a*s + (1-a)*m_prev)."
+    )
+    negative_turns_limit: int = Field(
+        3, ge=0, description="Escalate after this many consecutive customer turns at or below "
+        "negative_turn_threshold (0: off; at least 2 otherwise)."
+    )
+    negative_turn_threshold: float = Field(
+        -0.25, ge=-1, le=0, description="VADER compound at or below which a turn counts as negative."
+    )
+    repeated_failure_limit: int = Field(
+        2, ge=0, description="Escalate when this many turns since the last handoff failed (the "
+        "customer said it did not help, a failure reason, an order not found, a slot asked twice); 0: off."
+    )
+    failure_reasons: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["low_confidence", "no_kb_match", "unknown_intent"],
+        description="Turn reasons (prefixes) that count as the bot failing when the turn did not "
+        "escalate (comma-separated).",
+    )
+    repeat_similarity: float = Field(
+        0.85, ge=0, le=1.01, description="Cosine similarity at or above which a customer message "
+        "repeats an earlier one of the ticket (same order ids and emails); above 1: off."
+    )
+    repeat_min_words: int = Field(3, ge=1, description="Shorter messages never count as repeats.")
+    repeat_ignore_intents: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["greeting", "thanks", "goodbye"],
+        description="Intents whose repetition is normal (comma-separated).",
+    )
+    supported_languages: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["en"],
+        description="ISO 639-1 codes the bot answers in; other languages go to a person tagged with "
+        "the language while no reasoning tier is configured (comma-separated).",
+    )
+    language_candidates: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["en", "de", "fr", "es", "it", "pt", "nl", "pl", "tr", "ru", "zh", "ja", "ar"],
+        description="ISO 639-1 codes the language detector chooses between (must include the "
+        "supported ones; comma-separated). Empty: no language detection.",
+    )
+    language_low_accuracy: bool = Field(
+        True, description="lingua's low-accuracy mode (trigrams): ~30 MB and 0.1 s to load; false: "
+        "high accuracy, ~370 MB and ~2.5 s for the 13 default candidates."
+    )
+    language_min_words: int = Field(
+        4, ge=1, description="Messages with fewer words of letters are never judged by language."
+    )
+    language_max_supported_confidence: float = Field(
+        0.05, ge=0, le=1, description="A message is in an unsupported language when the supported "
+        "languages together get at most this relative confidence."
+    )
+    language_max_english_share: float = Field(
+        0.6, ge=0, le=1, description="With English supported, a message whose share of English words "
+        "is at least this is never judged foreign (guards against the detector on short messages)."
+    )
+
+    @field_validator(
+        "failure_reasons", "repeat_ignore_intents", "supported_languages", "language_candidates", mode="before"
+    )
+    @classmethod
+    def _split_escalation_csv(cls, value: Any) -> Any:
+        return cls._split_csv(value)
 
     @field_validator("sensitive_intents", mode="before")
     @classmethod

@@ -15,16 +15,22 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from bot.entities import extract_entities
+from bot.escalation import PriorTurn
 from bot.handoff import HistoryLine, build_summary
 from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
 from config.settings import AgentMode, Settings
+from helpline.outbox import Outbox
 from state.conversations import (
     Accepted,
     FencedOut,
     accept_inbound,
     check_fence,
     claim_ticket,
+    find_duplicate,
     get_or_create_customer,
     message_frame,
     next_pending_inbound,
@@ -34,7 +40,7 @@ from state.conversations import (
 )
 from state.db import Database
 from state.delivery import Delivery
-from state.hot import RateLimiter
+from state.hot import Idempotency, RateLimiter
 from state.locks import Locks
 from state.models import Customer, Event, Message, Ticket, utcnow
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
@@ -77,18 +83,22 @@ class Conversations:
         router: Router,
         locks: Locks,
         delivery: Delivery,
+        outbox: Outbox,
         agent_mode: Callable[[], Awaitable[AgentMode]] | None = None,
         outage_errors: tuple[type[BaseException], ...] = (),
         limiter: RateLimiter | None = None,
+        idempotency: Idempotency | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.router = router
         self.locks = locks
         self.delivery = delivery
+        self.outbox = outbox
         self.agent_mode = agent_mode or self._configured_mode
         self.outage_errors = outage_errors
         self.limiter = limiter
+        self.idempotency = idempotency
         self._tasks: set[asyncio.Task[None]] = set()
         self._active: set[int] = set()  # tickets with a worker in this process
         self._again: set[int] = set()  # tickets whose worker must make one more pass
@@ -121,6 +131,9 @@ class Conversations:
                     f"more than {self.settings.customer_rate_limit} messages in "
                     f"{self.settings.customer_rate_window_s} s"
                 )
+            duplicate = await self._known_duplicate(inbound, customer_id)
+            if duplicate is not None:
+                return duplicate
             async with self.locks.hold(f"intake:{customer_id}"):
                 accepted = await accept_inbound(
                     self.db,
@@ -136,6 +149,19 @@ class Conversations:
             await self.delivery.publish(customer_id, message_frame(accepted.message))
             self.schedule(accepted.ticket.id)
         return accepted
+
+    async def _known_duplicate(self, inbound: Inbound, customer_id: int) -> Accepted | None:
+        """Fast path for redeliveries (webhook retries, a widget re-sending after a reconnect): an
+        idempotency claim on the provider message id (Redis ``SET NX EX`` when shared). A lost claim
+        only skips the intake lock when the original is already stored; the database's unique key
+        stays the authority, so a claim whose message never committed loses nothing."""
+        if inbound.provider_message_id is None or self.idempotency is None:
+            return None
+        key = f"inbound:{inbound.channel}:{customer_id}:{inbound.provider_message_id}"
+        if await self.idempotency.claim(key, self.settings.idempotency_ttl_s):
+            return None
+        async with self.db.sessions() as session:
+            return await find_duplicate(session, customer_id, inbound.channel, inbound.provider_message_id)
 
     def schedule(self, ticket_id: int) -> None:
         """Run the ticket's pending turns in the background (tracked so shutdown can wait).
@@ -218,6 +244,7 @@ class Conversations:
             assert ticket is not None and customer is not None
             state = TicketState(ticket.state)
             history = await recent_messages(session, ticket.id, self.settings.history_turns)
+            prior = await self._prior_turns(session, ticket.id, history, message)
         disabled = (await self.agent_mode()) is AgentMode.disabled
 
         decision: Decision | None
@@ -228,7 +255,7 @@ class Conversations:
                 tier="human", reason="kill_switch", reply=self.settings.disabled_reply, escalate=True
             )
         else:
-            await self.delivery.publish(customer.id, {"type": "typing", "on": True})
+            await self._typing(customer.id, on=True)
             decision = await self.router.route(
                 message.text,
                 TurnContext(
@@ -236,14 +263,34 @@ class Conversations:
                     ticket_state=state.value,
                     pending=ticket.pending,
                     customer_email=customer.email,
+                    prior=prior,
                 ),
             )
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
-        outbound = await self._commit_turn(message, decision, latency_ms, history, epoch)
-        if outbound is not None:
-            await self.delivery.publish(customer.id, message_frame(outbound))
+        await self._send(await self._commit_turn(message, decision, latency_ms, history, epoch))
         if decision is not None and not disabled:
-            await self.delivery.publish(customer.id, {"type": "typing", "on": False})
+            await self._typing(customer.id, on=False)
+
+    async def _prior_turns(
+        self, session: AsyncSession, ticket_id: int, history: list[Message], message: Message
+    ) -> tuple[PriorTurn, ...]:
+        """The customer's messages in ``history`` before ``message``, oldest first, each with the
+        decision its turn event recorded (for the conversation-level escalation triggers)."""
+        earlier = [
+            m for m in history
+            if m.direction == "inbound" and m.author == "customer" and m.seq < message.seq
+        ]
+        if not earlier:
+            return ()
+        rows = await session.execute(
+            select(Event.payload)
+            .where(Event.ticket_id == ticket_id, Event.kind == "turn")
+            .order_by(Event.id.desc())
+            .limit(self.settings.history_turns)
+        )
+        by_message = {p.get("message_id"): p for p in rows.scalars() if isinstance(p, dict)}
+        limit = self.settings.max_message_chars  # an oversized message was never understood either
+        return tuple(PriorTurn.from_event(m.text[:limit], by_message.get(m.id)) for m in earlier)
 
     async def _commit_turn(
         self,
@@ -252,7 +299,8 @@ class Conversations:
         latency_ms: float,
         history: list[Message],
         epoch: int | None,
-    ) -> Message | None:
+    ) -> tuple[Message, int] | None:
+        """Record the turn; returns the reply to send and its outbox entry id (None: no reply)."""
         now = utcnow()
         async with self.db.write() as session:
             stored = await session.get(Message, message.id, populate_existing=True)
@@ -317,6 +365,8 @@ class Conversations:
                 )
                 session.add(outbound)
                 await session.flush()
+                entry = self.outbox.add(session, outbound)
+                await session.flush()
 
             if TicketState(ticket.state) is TicketState.closed:
                 pass
@@ -349,7 +399,19 @@ class Conversations:
                     created_at=now,
                 )
             )
-        return outbound
+        return None if outbound is None else (outbound, entry.id)
+
+    async def _typing(self, customer_id: int, *, on: bool) -> None:
+        # A hint, not a message: a hot-state outage must not fail the turn over it.
+        try:
+            await self.delivery.publish(customer_id, {"type": "typing", "on": on})
+        except self.outage_errors:
+            pass
+
+    async def _send(self, reply: tuple[Message, int] | None) -> None:
+        if reply is not None:
+            message, entry_id = reply
+            await self.outbox.send_now(entry_id, message)
 
     def _summary(self, decision: Decision, history: list[Message], message: Message) -> str:
         lines = [HistoryLine(m.author, m.text) for m in history if m.id != message.id]
@@ -377,12 +439,11 @@ class Conversations:
         try:
             async with self.db.sessions() as session:
                 history = await recent_messages(session, message.ticket_id, self.settings.history_turns)
-            outbound = await self._commit_turn(message, decision, 0.0, history, epoch)
+            reply = await self._commit_turn(message, decision, 0.0, history, epoch)
         except FencedOut:
             raise
         except Exception:
             log.exception("could not record the failed turn for message %s", message.id)
             raise
-        if outbound is not None:
-            await self.delivery.publish(message.customer_id, message_frame(outbound))
+        await self._send(reply)
 

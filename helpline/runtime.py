@@ -1,7 +1,7 @@
 """Open and close everything a running Helpline holds, in one place.
 
 ``open_runtime(settings)`` assembles database -> hot state -> models -> knowledge base -> order store ->
-router -> conversation service -> channels, and closes them in reverse. The server
+router -> outbox -> conversation service -> channels -> job queue, and closes them in reverse. The server
 (:mod:`helpline.server`) and the eval harness (``helpline eval``) both use it, so evaluated turns take
 exactly the code path live traffic takes.
 """
@@ -15,15 +15,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import procrastinate
+
 from bot.embeddings import Embedder
 from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train
 from bot.knowledge import KnowledgeBase
 from bot.router import Router
 from bot.sentiment import Sentiment
 from bot.understanding import Understander
+from channels.webchat import CHANNEL as WEBCHAT
 from channels.webchat import WebChatChannel
 from config.settings import AgentMode, Settings
 from helpline.conversation import Conversations
+from helpline.jobs import build_job_app, defer_delivery
+from helpline.outbox import Outbox
 from state.db import Database, open_database
 from state.delivery import Delivery
 from state.hot import HotState, close_hot_state, open_hot_state
@@ -52,6 +57,8 @@ class Runtime:
     delivery: Delivery
     locks: Locks
     hot: HotState
+    outbox: Outbox
+    jobs: procrastinate.App
     schema_revision: str
     started_at: float
 
@@ -101,17 +108,25 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 shared = None
             return AgentMode(shared) if shared else settings.agent_mode
 
+        outbox = Outbox(
+            db, {}, lease_s=settings.outbox_lease_s, max_attempts=settings.outbox_max_attempts
+        )
         conversations = Conversations(
-            settings, db, router, hot.locks, hot.delivery, agent_mode=agent_mode,
-            outage_errors=outage_errors, limiter=hot.limiter,
+            settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=agent_mode,
+            outage_errors=outage_errors, limiter=hot.limiter, idempotency=hot.idempotency,
         )
-        yield Runtime(
-            settings=settings, db=db, embedder=embedder, intents=intents, intent_model=intent_model,
-            knowledge=knowledge, orders=orders, router=router, understander=understander,
-            conversations=conversations, delivery=hot.delivery, locks=hot.locks, hot=hot,
-            webchat=WebChatChannel(conversations, hot.delivery),
-            schema_revision=revision, started_at=time.time(),
-        )
+        webchat = WebChatChannel(conversations, hot.delivery)
+        outbox.register(WEBCHAT, webchat)
+        jobs = build_job_app(settings)
+        async with jobs.open_async():
+            outbox.retry = lambda entry_id: defer_delivery(jobs, entry_id, delay_s=1)
+            yield Runtime(
+                settings=settings, db=db, embedder=embedder, intents=intents,
+                intent_model=intent_model, knowledge=knowledge, orders=orders, router=router,
+                understander=understander, conversations=conversations, delivery=hot.delivery,
+                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, jobs=jobs,
+                schema_revision=revision, started_at=time.time(),
+            )
     finally:
         if hot is not None:
             await close_hot_state(hot)

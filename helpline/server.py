@@ -1,7 +1,7 @@
 """The aiohttp application: every resource opened and closed in one ``cleanup_ctx`` each.
 
-``build_app(settings)`` opens the runtime (:func:`helpline.runtime.open_runtime`) and starts the
-background sweep. Start-up finishes (schema checked, models loaded, knowledge base
+``build_app(settings)`` opens the runtime (:func:`helpline.runtime.open_runtime`) and runs a job
+worker in the event loop (:mod:`helpline.jobs`: outbox retries, sweeps). Start-up finishes (schema checked, models loaded, knowledge base
 ingested when empty, unanswered messages rescheduled) before the server listens, so ``/healthz``
 answering 200 means ready.
 """
@@ -19,7 +19,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from helpline import __version__
-from helpline.conversation import Conversations
+from helpline.jobs import run_worker
 from helpline.runtime import Runtime, open_runtime
 from state.hot import ready
 
@@ -40,23 +40,10 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         resumed = await conversations.resume_pending()
         if resumed:
             log.info("resumed %d ticket(s) with unanswered messages", resumed)
-        sweeper = asyncio.create_task(_sweep_forever(conversations, settings), name="sweeper")
-        yield
-        sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
-        await conversations.drain()
-
-
-async def _sweep_forever(conversations: Conversations, settings: Settings) -> None:
-    """Every ``sweep_interval_s``: pick up unanswered messages that no worker is on."""
-    while True:
-        await asyncio.sleep(settings.sweep_interval_s)
-        try:
-            found = await conversations.sweep(settings.stale_after_s)
-            if found:
-                log.warning("sweep picked up %d ticket(s) with stale unanswered messages", found)
-        except Exception:  # a database blip must not end the sweeper
-            log.exception("sweep failed; retrying in %.0f s", settings.sweep_interval_s)
+        context = {"conversations": conversations, "outbox": runtime.outbox}
+        async with run_worker(runtime.jobs, concurrency=settings.job_concurrency, context=context):
+            yield
+            await conversations.drain()
 
 
 async def healthz(request: web.Request) -> web.Response:

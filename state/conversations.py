@@ -127,6 +127,28 @@ async def open_ticket(session: AsyncSession, customer_id: int) -> Ticket | None:
     return row.scalar_one_or_none()
 
 
+async def find_duplicate(
+    session: AsyncSession, customer_id: int, channel: str, provider_message_id: str
+) -> Accepted | None:
+    """The stored inbound message with this provider message id from this customer on this channel,
+    as a duplicate :class:`Accepted`; None when there is none."""
+    existing = (
+        await session.execute(
+            select(Message).where(
+                Message.customer_id == customer_id,
+                Message.channel == channel,
+                Message.direction == "inbound",
+                Message.provider_message_id == provider_message_id,
+            )
+        )
+    ).scalar_one_or_none()
+    if existing is None:
+        return None
+    ticket = await session.get(Ticket, existing.ticket_id)
+    assert ticket is not None
+    return Accepted(existing, ticket, customer_id, duplicate=True, new_ticket=False)
+
+
 async def accept_inbound(
     db: Database,
     *,
@@ -169,20 +191,9 @@ async def _accept(
 ) -> Accepted:
     async with db.write() as session:
         if provider_message_id is not None:
-            existing = (
-                await session.execute(
-                    select(Message).where(
-                        Message.customer_id == customer_id,
-                        Message.channel == channel,
-                        Message.direction == "inbound",
-                        Message.provider_message_id == provider_message_id,
-                    )
-                )
-            ).scalar_one_or_none()
-            if existing is not None:
-                ticket = await session.get(Ticket, existing.ticket_id)
-                assert ticket is not None
-                return Accepted(existing, ticket, customer_id, duplicate=True, new_ticket=False)
+            duplicate = await find_duplicate(session, customer_id, channel, provider_message_id)
+            if duplicate is not None:
+                return duplicate
 
         seq = await next_seq(session, customer_id)
         ticket = await open_ticket(session, customer_id)

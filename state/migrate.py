@@ -32,10 +32,16 @@ MIGRATION_ONLY_INDEXES = frozenset({"ix_kb_chunks_embedding_hnsw"})
 """Indexes created by hand in migrations (pgvector HNSW) that the ORM models do not declare."""
 
 
+JOB_TABLE_PREFIX = "procrastinate_"
+
+
 def include_object(
     obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    """Autogenerate filter: never propose dropping the migration-only indexes."""
+    """Autogenerate filter: never propose dropping the migration-only indexes or the job queue's
+    tables (``procrastinate_*``, installed by migration 0003 from the pinned release's schema)."""
+    if type_ == "table" and name and name.startswith(JOB_TABLE_PREFIX):
+        return False
     return not (type_ == "index" and name in MIGRATION_ONLY_INDEXES)
 
 

@@ -189,6 +189,31 @@ class Message(Base):
     processed_at: Mapped[datetime | None] = mapped_column()
 
 
+class OutboxEntry(Base):
+    """An outbound message waiting to be sent (or sent) through its channel: the transactional outbox.
+
+    Written in the same transaction as the message it sends, so a committed reply is never lost:
+    the sender tries once right after commit, then the job queue (:mod:`helpline.jobs`) retries.
+    ``status``: ``pending`` (due), ``sending`` (claimed by a worker until ``lease_until``),
+    ``sent`` or ``failed`` (gave up after the configured attempts; visible to agents).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ix_outbox_status", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id"), unique=True)
+    channel: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_until: Mapped[datetime | None] = mapped_column()
+    attempted_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    provider_message_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+
+
 class Event(Base):
     """Append-only log of everything that happened on a ticket (transitions, turn decisions).
 

@@ -303,3 +303,32 @@ async def test_an_expired_resolved_ticket_with_unanswered_messages_is_not_closed
     async with rt.db.sessions() as session:
         for message_id in (pending.message.id, later.message.id):
             assert (await session.get(Message, message_id)).processed_at is not None
+
+
+async def test_a_redelivery_is_answered_from_the_idempotency_claim_without_the_intake_lock(
+    helpline_client,
+) -> None:
+    rt = runtime(helpline_client)
+    taken: list[str] = []
+    real_hold = rt.locks.hold
+
+    def counting_hold(key: str):
+        taken.append(key)
+        return real_hold(key)
+
+    rt.locks.hold = counting_hold
+    inbound = Inbound(channel="webchat", address="redelivery-1", text="hello", provider_message_id="cm-7")
+    first = await rt.conversations.receive(inbound)
+    intake_locks = [k for k in taken if k.startswith("intake:")]
+    again = await rt.conversations.receive(inbound)
+    assert (first.duplicate, again.duplicate) == (False, True)
+    assert again.message.id == first.message.id and again.ticket.id == first.ticket.id
+    assert [k for k in taken if k.startswith("intake:")] == intake_locks  # no second intake lock
+    # A claim whose message never committed (claimed, then the database write failed) is harmless:
+    # the next delivery finds no stored original and goes through intake normally.
+    assert await rt.hot.idempotency.claim(f"inbound:webchat:{first.customer_id}:cm-8", 60)
+    late = await rt.conversations.receive(
+        Inbound(channel="webchat", address="redelivery-1", text="still there?", provider_message_id="cm-8")
+    )
+    assert late.duplicate is False and late.message.text == "still there?"
+    await _wait_idle(rt)

@@ -53,7 +53,7 @@ NO_RATE_LIMIT = {  # the suite shares one Redis and customer ids restart with ea
 
 FAST_TAKEOVER = {  # a crashed holder blocks a ticket 2 s; the sweep looks every 0.5 s
     "HELPLINE_LOCK_TTL_S": "2",
-    "HELPLINE_SWEEP_INTERVAL_S": "0.5",
+    "HELPLINE_SWEEP_INTERVAL_S": "1",
     "HELPLINE_STALE_AFTER_S": "3",
     **NO_RATE_LIMIT,
 }

@@ -1,0 +1,147 @@
+"""Background work on a job queue: outbox retries and the periodic sweeps.
+
+Library: procrastinate (pinned in pyproject.toml). Why it: jobs live in PostgreSQL, the system of
+record, next to the rows they act on, so they are as durable as the data and need no second store to
+back up; deferring is one INSERT and workers wake on LISTEN/NOTIFY; it has retry strategies with
+backoff, queueing locks (one queued job per key), periodic tasks deferred once per tick across all
+processes, and heartbeats that expose jobs of a dead worker. Redis-backed queues (arq, saq) would make
+Redis, our cache-grade hot state, the keeper of work that must not be lost. On the embedded default
+(SQLite, one process) the same tasks run on procrastinate's in-memory connector; the durable record is
+still the database (outbox rows, unanswered messages), which the sweeps read at start and every tick.
+
+Every process runs a worker in its event loop (no separate worker process to deploy). Effects happen
+once because each task re-checks the database under a claim: an outbox entry is sent only by the
+worker that claimed it (:func:`state.outbox.claim`), and a ticket's turns only by its lock holder.
+
+Tasks (names as stored in ``procrastinate_jobs.task_name``):
+
+- ``deliver_outbound(entry_id)``: one send attempt; retried every ``2**n`` s (n = attempt) until
+  ``outbox_max_attempts``.
+- ``sweep`` (every ``sweep_interval_s``): schedules tickets whose messages wait unanswered for over
+  ``stale_after_s`` (a crashed worker's), and re-queues outbox entries nobody is sending.
+- ``retry_stalled_jobs`` (every minute): jobs whose worker stopped sending heartbeats are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import procrastinate
+from procrastinate.exceptions import AlreadyEnqueued
+from procrastinate.testing import InMemoryConnector
+from sqlalchemy.engine import make_url
+
+from config.settings import Settings
+from helpline.conversation import Conversations
+from helpline.outbox import Outbox
+from state import outbox as outbox_store
+
+log = logging.getLogger(__name__)
+
+DELIVER = "deliver_outbound"
+SWEEP = "sweep"
+RETRY_STALLED = "retry_stalled_jobs"
+QUEUE = "helpline"
+
+
+class SendFailed(RuntimeError):
+    """An outbox attempt failed and another is due (the job queue retries it)."""
+
+
+def connector_for(database_url: str) -> procrastinate.BaseConnector:
+    """Postgres URL -> jobs in that database (psycopg 3 pool); anything else -> in memory.
+
+    The SQLAlchemy URL (``postgresql+asyncpg://...``) is rewritten for libpq; its query options must
+    be libpq ones (``sslmode=...``).
+    """
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
+    return InMemoryConnector()
+
+
+def _cron_every(seconds: int) -> str:
+    if not 1 <= seconds <= 60:
+        raise ValueError(f"a periodic interval must be 1-60 s, got {seconds}")
+    return f"* * * * * */{seconds}"
+
+
+def build_job_app(settings: Settings) -> procrastinate.App:
+    """The job app for ``settings``, with Helpline's tasks registered. Open it with ``open_async``.
+
+    Tasks read what they act on from the worker's ``additional_context`` (``conversations``,
+    ``outbox``), which :func:`run_worker` passes.
+    """
+    app = procrastinate.App(connector=connector_for(settings.effective_database_url))
+    retry = procrastinate.RetryStrategy(
+        max_attempts=settings.outbox_max_attempts, exponential_wait=2, retry_exceptions={SendFailed}
+    )
+
+    @app.task(name=DELIVER, queue=QUEUE, retry=retry, pass_context=True)
+    async def deliver_outbound(context: procrastinate.JobContext, entry_id: int) -> None:
+        outbox: Outbox = context.additional_context["outbox"]
+        if await outbox.attempt(entry_id) is False:
+            raise SendFailed(f"outbox entry {entry_id}: send failed, will retry")
+
+    @app.periodic(cron=_cron_every(settings.sweep_interval_s))
+    @app.task(name=SWEEP, queue=QUEUE, pass_context=True)
+    async def sweep(context: procrastinate.JobContext, timestamp: int) -> None:
+        conversations: Conversations = context.additional_context["conversations"]
+        outbox: Outbox = context.additional_context["outbox"]
+        found = await conversations.sweep(settings.stale_after_s)
+        if found:
+            log.warning("sweep picked up %d ticket(s) with stale unanswered messages", found)
+        for entry_id in await outbox_store.due(outbox.db, older_than_s=settings.stale_after_s):
+            await defer_delivery(context.app, entry_id)
+
+    @app.periodic(cron="0 * * * * *")
+    @app.task(name=RETRY_STALLED, queue=QUEUE, pass_context=True)
+    async def retry_stalled_jobs(context: procrastinate.JobContext, timestamp: int) -> None:
+        manager = context.app.job_manager
+        for job in await manager.get_stalled_jobs():
+            log.warning("retrying job %s (%s): its worker stopped", job.id, job.task_name)
+            await manager.retry_job(job)
+
+    return app
+
+
+async def defer_delivery(app: procrastinate.App, entry_id: int, delay_s: int = 0) -> None:
+    """Queue a send attempt for outbox entry ``entry_id`` (at most one queued per entry)."""
+    try:
+        await app.configure_task(
+            DELIVER, queueing_lock=f"outbox-{entry_id}", schedule_in={"seconds": delay_s}
+        ).defer_async(entry_id=entry_id)
+    except AlreadyEnqueued:
+        pass
+
+
+@asynccontextmanager
+async def run_worker(
+    app: procrastinate.App, *, concurrency: int, context: dict[str, Any]
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a worker for Helpline's queue in this event loop until the block exits; on exit it
+    stops taking jobs and gives running ones up to 10 s to finish (unfinished: retried later)."""
+    task = asyncio.create_task(
+        app.run_worker_async(
+            queues=[QUEUE],
+            name=f"{socket.gethostname()}-{os.getpid()}",
+            concurrency=concurrency,
+            additional_context=context,
+            install_signal_handlers=False,
+            shutdown_graceful_timeout=10.0,
+            delete_jobs="successful",
+        ),
+        name="job-worker",
+    )
+    try:
+        yield task
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
