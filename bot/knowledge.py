@@ -1,17 +1,22 @@
-"""The knowledge base: Markdown articles -> chunks -> embeddings in the database -> cosine search.
+"""The knowledge base: documents -> chunks -> embeddings in the database -> hybrid search.
 
-Articles are ``*.md`` files (``config/kb`` by default) whose first line is ``# Title``; every ``##``
-section becomes one retrievable chunk (long sections are split on paragraphs). Chunk text is stored as
-plain sentences with the Markdown markup removed, so an answer can quote it verbatim.
+Sources (:func:`load_documents`): a folder of ``*.md`` articles (``config/kb`` by default; the file
+stem is the doc id, the first line ``# Title``), one long Markdown file such as a policy wiki (split
+into one document per heading, doc ids from the heading path), or a JSONL export of help-centre chunks
+(``doc_id``/``title``/``heading``/``text`` fields). Every ``##`` section of a document becomes one
+retrievable chunk (long sections are split on paragraphs). Chunk text is stored as plain sentences with
+the Markdown markup removed, so an answer can quote it verbatim.
 
-A knowledge-base *version* (``kb-`` + 12 hex) is a hash of the article contents, the chunker and the
+A knowledge-base *version* (``kb-`` + 12 hex) is a hash of the document contents, the chunker and the
 embedding model; ingesting the same content twice gives the same version and writes nothing new.
 Rows of one version are written in one transaction together with the ``meta.kb_version`` pointer, and
 older versions' rows are deleted in that same transaction, so readers see the old or the new knowledge
 base, never a mix.
 
-Search runs in SQL with pgvector on Postgres, and as a numpy dot product over an in-memory matrix on
-SQLite (the embedded default, whose ``sqlite3`` cannot load vector extensions).
+Dense search runs in SQL with pgvector on Postgres, and as a numpy dot product over an in-memory matrix
+on SQLite (the embedded default, whose ``sqlite3`` cannot load vector extensions). Given the question's
+text, search is hybrid: a TF-IDF similarity (:mod:`bot.lexical`, built in memory at load) is added to
+the cosine, which ranks passages that share the question's rare words higher.
 
 Must not: pick answers or apply thresholds (that is :mod:`bot.answers`), run the embedding model on
 the event loop, or create tables (the schema comes from Alembic migrations).
@@ -32,6 +37,8 @@ from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from bot.embeddings import DIM, MODEL_NAME, MODEL_SHA256
+from bot.jsonl import read_objects
+from bot.lexical import LexicalIndex
 from state.models import EmbeddingType, KbChunk, KbDocument, Meta, utcnow
 
 if TYPE_CHECKING:
@@ -44,17 +51,29 @@ META_KEY = "kb_version"
 MAX_CHUNK_CHARS = 800
 """Longer sections are split on paragraph boundaries into chunks of at most about this size."""
 
-CHUNKER_ID = "chunker-1"
+CHUNKER_ID = "chunker-2"
 """Part of the version hash: bump it whenever chunking or text cleaning changes, so that a changed
 chunker re-ingests unchanged articles instead of keeping rows cut the old way."""
 
 DEFAULT_MODEL_ID = f"{MODEL_NAME}@{MODEL_SHA256[:8]}"
 """The ``model_id`` of the default :class:`bot.embeddings.Embedder`."""
 
+LEXICAL_WEIGHT = 0.5
+"""Hybrid search: weight of the lexical similarity (:mod:`bot.lexical`, in [0, 1]) added to the
+cosine. Chosen on the tune half of the knowledge-base golden sets (``bench/kb_bench.py``): it ranks
+better than 0.3 and, unlike 0.7, keeps off-topic questions on the shipped articles well below the
+default answer threshold."""
+
+HYBRID_CANDIDATES = 20
+"""On Postgres, a hybrid search ranks the dense top-n and the lexical top-n chunks (n = this, or k
+if larger) by their fused score."""
+
 
 @dataclass(frozen=True)
 class Passage:
-    """A retrieved chunk. ``score`` is the cosine similarity to the query, in [-1, 1]."""
+    """A retrieved chunk. ``score`` is the cosine similarity to the query, in [-1, 1], plus
+    ``LEXICAL_WEIGHT`` x the lexical similarity when the search was hybrid (see
+    :meth:`KnowledgeBase.search`)."""
 
     doc_id: str
     title: str
@@ -77,41 +96,15 @@ class Chunk:
 # --- articles and chunking -------------------------------------------------------------------------
 
 
-def load_articles(path: Path) -> list[tuple[str, str, str]]:
-    """Read every ``*.md`` file directly in ``path``, sorted by doc id (the file stem).
-
-    Returns:
-        ``(doc_id, title, markdown)`` per article; ``doc_id`` is the file stem.
-    Raises:
-        ValueError: a file whose first non-blank line is not ``# Title`` or whose title is empty, or
-            no articles at all; the message names the file or folder.
-        FileNotFoundError: ``path`` is not a folder.
-    Blocking file I/O: call it from a worker thread in the server.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"knowledge-base folder not found: {path}")
-    articles: list[tuple[str, str, str]] = []
-    for file in sorted(path.glob("*.md"), key=lambda f: f.stem):
-        markdown = file.read_text(encoding="utf-8")
-        first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
-        if not first.startswith("# "):
-            raise ValueError(
-                f"{file}: an article must start with a '# Title' line (found {first[:60]!r})"
-            )
-        title = _plain(first[2:])
-        if not title:
-            raise ValueError(f"{file}: the '# ' title line is empty")
-        articles.append((file.stem, title, markdown))
-    if not articles:
-        raise ValueError(f"{path}: no *.md articles found")
-    return articles
-
-
 _LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _EMPHASIS = re.compile(r"(\*\*|__|\*|_|`)(?=\S)(.+?)(?<=\S)\1")
 _LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s+")
-_HTML_TAG = re.compile(r"</?[A-Za-z][^>]*>")
+# Only real HTML tags go: "<or>" in plain exported text is a word, not markup.
+_HTML_TAG = re.compile(
+    r"</?(?:a|abbr|b|br|code|del|div|em|h[1-6]|hr|i|img|ins|kbd|li|mark|ol|p|pre|s|small|span|strong"
+    r"|sub|sup|table|tbody|td|th|thead|tr|u|ul)\b[^>]*>",
+    re.IGNORECASE,
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -255,8 +248,318 @@ def kb_version(articles: Sequence[tuple[str, str, str]], model_id: str = DEFAULT
 
 
 def embedding_text(chunk: Chunk) -> str:
-    """What gets embedded for a chunk: the title and heading give short sections their topic."""
+    """What gets embedded for a chunk: the title and heading give short sections their topic.
+
+    A chunk of a document's introduction (heading == title, e.g. a wiki section split into its own
+    document, whose title is the heading path) names the title once.
+    """
+    if chunk.heading == chunk.title:
+        return f"{chunk.title}. {chunk.text}"
     return f"{chunk.title}: {chunk.heading}. {chunk.text}"
+
+
+# --- sources: a folder of articles, one long Markdown file, or JSONL chunks ---------------------------
+
+
+@dataclass(frozen=True)
+class Document:
+    """One knowledge-base document as loaded from a source, before chunking.
+
+    ``markdown`` starts with ``# {title}`` and is what gets chunked and hashed into the version;
+    ``source`` says where it came from (``refunds.md``, ``wiki.md#modify-pending-order``,
+    ``chunks.jsonl:12``) and is stored with the document.
+    """
+
+    doc_id: str
+    title: str
+    markdown: str
+    source: str
+
+
+MAX_DOC_ID_CHARS = 200
+"""Longest document id the database stores (``kb_documents.doc_id``)."""
+
+DOC_LEVELS = 3
+"""In a single Markdown file, headings of levels 1 to ``DOC_LEVELS`` start a new document; deeper
+headings stay inside their document (their words are kept as a sentence)."""
+
+JSONL_FIELDS: dict[str, tuple[str, ...]] = {
+    "doc_id": ("doc_id", "id"),
+    "text": ("text", "content", "body"),
+    "title": ("title",),
+    "heading": ("heading", "section"),
+}
+"""Fields read from each JSONL line (first name found wins); any other field is ignored."""
+
+
+def load_documents(path: Path) -> list[Document]:
+    """Load knowledge-base documents from ``path``, sorted by doc id.
+
+    ``path`` may be:
+
+    - a folder: every ``*.md`` file directly in it is one article (doc id = file stem; see
+      :func:`load_articles`);
+    - one ``.md`` file: a policy wiki, split into one document per heading (see
+      :func:`split_markdown_file`);
+    - one ``.jsonl`` file: exported help-centre chunks (see :func:`load_jsonl_chunks`).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: an unsupported file type, or a source error (the message names the file, and the
+            line and field for JSONL).
+    Blocking file I/O: call it from a worker thread in the server.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
+    if not path.exists():
+        raise FileNotFoundError(f"knowledge-base source not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in (".md", ".markdown"):
+        documents = split_markdown_file(path)
+    elif suffix == ".jsonl":
+        documents = load_jsonl_chunks(path)
+    else:
+        raise ValueError(
+            f"{path}: unsupported knowledge-base source (expected a folder of .md articles, "
+            "one .md file or one .jsonl file)"
+        )
+    return sorted(documents, key=lambda d: d.doc_id)
+
+
+def load_articles(path: Path) -> list[tuple[str, str, str]]:
+    """``(doc_id, title, markdown)`` of every document of ``path`` (any source :func:`load_documents`
+    accepts), sorted by doc id.
+
+    For a folder, every ``*.md`` file directly in it is one article whose doc id is the file stem.
+    Raises:
+        ValueError: a folder file whose first non-blank line is not ``# Title`` or whose title is
+            empty, or no articles at all; the message names the file or folder. Other sources: see
+            :func:`load_documents`.
+        FileNotFoundError: ``path`` does not exist.
+    Blocking file I/O: call it from a worker thread in the server.
+    """
+    return [(d.doc_id, d.title, d.markdown) for d in load_documents(path)]
+
+
+def _load_folder(path: Path) -> list[Document]:
+    documents: list[Document] = []
+    for file in sorted(path.glob("*.md"), key=lambda f: f.stem):
+        markdown = file.read_text(encoding="utf-8")
+        first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
+        if not first.startswith("# "):
+            raise ValueError(
+                f"{file}: an article must start with a '# Title' line (found {first[:60]!r})"
+            )
+        title = _plain(first[2:])
+        if not title:
+            raise ValueError(f"{file}: the '# ' title line is empty")
+        documents.append(Document(file.stem, title, markdown, file.name))
+    if not documents:
+        raise ValueError(f"{path}: no *.md articles found")
+    return documents
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def slugify(heading: str) -> str:
+    """A heading as a doc-id part: lower case, runs of anything but letters and digits -> ``-``.
+
+    ``"Modify pending order"`` -> ``"modify-pending-order"``; a heading with no letters or digits
+    gives ``"section"``.
+    """
+    slug = re.sub(r"[\W_]+", "-", _plain(heading).lower()).strip("-")
+    return slug or "section"
+
+
+def split_markdown_file(path: Path) -> list[Document]:
+    """Split one long Markdown file (a policy wiki) into one document per heading.
+
+    Every heading of level 1 to :data:`DOC_LEVELS` starts a document that holds the text up to the
+    next such heading; deeper headings stay inside it. A heading with no text of its own gives no
+    document. Doc ids are the slugs (:func:`slugify`) of the heading path joined by ``/``, e.g.
+    ``modify-pending-order/modify-payment``; when the file has exactly one level-1 heading it is the
+    wiki's title: its own text becomes the document ``slug(title)`` and it is left out of the other
+    paths. Ids depend only on the headings, so they are stable across runs and edits of the text; a
+    repeated path gets ``-2``, ``-3``... in file order. A document's title is its heading path joined
+    by `` > `` (the wiki title included), which also goes into every chunk's embedded text.
+
+    Raises:
+        ValueError: the file has no headings or no text under any heading (the message names it),
+            or a doc id longer than :data:`MAX_DOC_ID_CHARS`.
+    """
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").splitlines()
+    headings: list[tuple[int, int, str]] = []  # (line index, level, title)
+    fenced = False
+    for index, line in enumerate(lines):
+        if _FENCE.match(line):
+            fenced = not fenced
+            continue
+        match = None if fenced else _HEADING.match(line)
+        if match and len(match.group(1)) <= DOC_LEVELS and _plain(match.group(2)):
+            headings.append((index, len(match.group(1)), _plain(match.group(2))))
+    if not headings:
+        raise ValueError(f"{path}: no Markdown headings to split the file into documents")
+    single_title = sum(1 for _, level, _ in headings if level == 1) == 1
+
+    documents: list[Document] = []
+    seen: dict[str, int] = {}
+    stack: list[tuple[int, str]] = []  # (level, title) of the enclosing headings
+    stray = next((i for i, line in enumerate(lines[: headings[0][0]]) if line.strip()), None)
+    if stray is not None:
+        raise ValueError(
+            f"{path}: text before the first heading (line {stray + 1}): start the file with a heading"
+        )
+    for position, (start, level, title) in enumerate(headings):
+        end = headings[position + 1][0] if position + 1 < len(headings) else len(lines)
+        while stack and stack[-1][0] >= level:
+            stack.pop()
+        stack.append((level, title))
+        body = "\n".join(lines[start + 1 : end]).strip("\n")
+        if not body.strip():
+            continue
+        path_titles = [t for _, t in stack]
+        id_parts = [
+            slugify(t)
+            for lvl, t in stack
+            if not (single_title and lvl == 1 and len(stack) > 1)
+        ]
+        doc_id = "/".join(id_parts)
+        seen[doc_id] = seen.get(doc_id, 0) + 1
+        if seen[doc_id] > 1:
+            doc_id = f"{doc_id}-{seen[doc_id]}"
+        if len(doc_id) > MAX_DOC_ID_CHARS:
+            raise ValueError(
+                f"{path}:{start + 1}: doc id {doc_id[:60]!r}... is longer than "
+                f"{MAX_DOC_ID_CHARS} characters (shorten the headings)"
+            )
+        doc_title = " > ".join(path_titles)
+        documents.append(
+            Document(doc_id, doc_title, f"# {doc_title}\n\n{body}\n", f"{path.name}#{doc_id}")
+        )
+    if not documents:
+        raise ValueError(f"{path}: no text under any heading")
+    return documents
+
+
+def _jsonl_field(
+    record: dict[str, object], field: str, where: str, *, required: bool
+) -> str | None:
+    names = JSONL_FIELDS[field]
+    name = next((n for n in names if n in record), None)
+    if name is None:
+        if required:
+            also = f" (also accepted: {', '.join(repr(n) for n in names[1:])})" if names[1:] else ""
+            raise ValueError(f"{where}: field {names[0]!r} is missing{also}")
+        return None
+    value = record[name]
+    if isinstance(value, int) and not isinstance(value, bool) and field == "doc_id":
+        value = str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        if required:
+            raise ValueError(f"{where}: field {name!r} is empty")
+        return None
+    return value.strip()
+
+
+TITLE_LINE_CHARS = 120
+"""A JSONL chunk without a ``title`` takes its first line as the title when that line is at most this
+long and does not end like a sentence."""
+
+
+def _looks_like_title(line: str) -> bool:
+    line = line.strip()
+    return 0 < len(line) <= TITLE_LINE_CHARS and line[-1] not in ".!?:" and not _LIST_ITEM.match(line)
+
+
+def _plain_text_markdown(text_: str) -> str:
+    """Plain exported text as Markdown the chunker reads: every line its own paragraph (list items
+    stay list items), lines without end punctuation get a full stop so sentences do not run on."""
+    out: list[str] = []
+    for line in text_.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            continue
+        out.append(line.rstrip() if _LIST_ITEM.match(line) else _sentence(stripped))
+    return "\n\n".join(out)
+
+
+def load_jsonl_chunks(path: Path) -> list[Document]:
+    """Read exported help-centre chunks: one JSON object per line.
+
+    Fields (the first name listed that is present is used; other fields are ignored):
+
+    - ``doc_id`` (or ``id``): required, a string (or integer) without commas or line breaks, at most
+      :data:`MAX_DOC_ID_CHARS` characters; kept as is, so answers cite the help centre's own ids;
+    - ``text`` (or ``content``, ``body``): required, non-empty plain text; each line is a paragraph,
+      ``-``/``*`` lines are list items;
+    - ``title``: optional; when absent, the first line of a multi-line ``text`` is the title (and is
+      removed from the text) if it looks like one (at most :data:`TITLE_LINE_CHARS` characters, no
+      end punctuation, not a list item), else the doc id is;
+    - ``heading`` (or ``section``): optional heading of this chunk inside its document.
+
+    Lines with the same doc id are chunks of one document, kept in file order; they must agree on the
+    title. Blank lines are skipped.
+
+    Raises:
+        ValueError: naming the file, the line number and the field: broken JSON, a line that is not an
+            object, a missing, empty or non-string field, a doc id with a comma or line break, a title
+            that differs from an earlier line of the same document; or a file with no chunks.
+    """
+    path = Path(path)
+    order: list[str] = []
+    parts: dict[str, list[tuple[str | None, str]]] = {}
+    titles: dict[str, tuple[str, int]] = {}
+    first_line: dict[str, int] = {}
+    for number, where, record in read_objects(path):
+        doc_id = _jsonl_field(record, "doc_id", where, required=True)
+        body = _jsonl_field(record, "text", where, required=True)
+        assert doc_id is not None and body is not None
+        if "," in doc_id or "\n" in doc_id or len(doc_id) > MAX_DOC_ID_CHARS:
+            raise ValueError(
+                f"{where}: field 'doc_id' must have no commas or line breaks and at most "
+                f"{MAX_DOC_ID_CHARS} characters, got {doc_id[:60]!r}"
+            )
+        title = _jsonl_field(record, "title", where, required=False)
+        heading = _jsonl_field(record, "heading", where, required=False)
+        if title is None:
+            head, _, rest = body.partition("\n")
+            if doc_id not in titles and rest.strip() and _looks_like_title(head):
+                title, body = _plain(head), rest
+            else:
+                title = titles[doc_id][0] if doc_id in titles else doc_id
+        title = _plain(title)
+        if doc_id in titles and titles[doc_id][0] != title:
+            earlier, line = titles[doc_id]
+            raise ValueError(
+                f"{where}: field 'title' is {title!r} but line {line} gave document "
+                f"{doc_id!r} the title {earlier!r}"
+            )
+        if doc_id not in parts:
+            order.append(doc_id)
+            parts[doc_id] = []
+            titles[doc_id] = (title, number)
+            first_line[doc_id] = number
+        parts[doc_id].append((heading, _plain_text_markdown(body)))
+    if not order:
+        raise ValueError(f"{path}: no chunks found (one JSON object per line expected)")
+    documents = []
+    for doc_id in order:
+        title = titles[doc_id][0]
+        # A later chunk without a heading gets the title as its heading, so it stays its own
+        # section instead of running on from the chunk before it.
+        sections = [
+            f"## {heading or title}\n\n{body}" if heading or index else body
+            for index, (heading, body) in enumerate(parts[doc_id])
+        ]
+        markdown = f"# {title}\n\n" + "\n\n".join(sections) + "\n"
+        documents.append(Document(doc_id, title, markdown, f"{path.name}:{first_line[doc_id]}"))
+    return documents
 
 
 # --- the store -------------------------------------------------------------------------------------
@@ -265,7 +568,7 @@ def embedding_text(chunk: Chunk) -> str:
 @dataclass(frozen=True)
 class _Prepared:
     version: str
-    articles: list[tuple[str, str, str]]
+    documents: list[Document]
     chunks: list[Chunk]
     embeddings: np.ndarray
 
@@ -285,18 +588,22 @@ class KnowledgeBase:
         self.documents = 0
         self.chunks = 0
         self.search_calls = 0
-        self._matrix = np.zeros((0, DIM), dtype=np.float32)
+        self._matrix = np.zeros((0, DIM), dtype=np.float32)  # SQLite only: the chunk embeddings
         self._rows: list[tuple[str, str, str, str]] = []  # (doc_id, title, heading, text)
+        self._row_ids: list[int] = []  # kb_chunks.id of each row
+        self._lexical = LexicalIndex([])
         self._ingest_lock = asyncio.Lock()
 
     # --- reading -----------------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Read the active version from ``meta``; on SQLite also load its chunks and embeddings."""
+        """Read the active version from ``meta`` and its chunks' text (for lexical search); on
+        SQLite also their embeddings (searched in memory)."""
         async with self._db.sessions() as session:
             version = await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
-            documents = chunks = 0
+            documents = 0
             rows: list[tuple[str, str, str, str]] = []
+            row_ids: list[int] = []
             matrix = np.zeros((0, DIM), dtype=np.float32)
             if version is not None:
                 documents = int(
@@ -307,111 +614,137 @@ class KnowledgeBase:
                     )
                     or 0
                 )
-                if self._db.backend == "postgresql":
-                    chunks = int(
-                        await session.scalar(
-                            select(func.count()).select_from(KbChunk).where(
-                                KbChunk.kb_version == version
-                            )
-                        )
-                        or 0
+                in_memory = self._db.backend != "postgresql"
+                columns = [KbChunk.id, KbChunk.doc_id, KbDocument.title, KbChunk.heading, KbChunk.text]
+                if in_memory:
+                    columns.append(KbChunk.embedding)
+                result = await session.execute(
+                    select(*columns)
+                    .join(
+                        KbDocument,
+                        (KbDocument.kb_version == KbChunk.kb_version)
+                        & (KbDocument.doc_id == KbChunk.doc_id),
                     )
-                else:
-                    result = await session.execute(
-                        select(
-                            KbChunk.doc_id,
-                            KbDocument.title,
-                            KbChunk.heading,
-                            KbChunk.text,
-                            KbChunk.embedding,
-                        )
-                        .join(
-                            KbDocument,
-                            (KbDocument.kb_version == KbChunk.kb_version)
-                            & (KbDocument.doc_id == KbChunk.doc_id),
-                        )
-                        .where(KbChunk.kb_version == version)
-                        .order_by(KbChunk.doc_id, KbChunk.ordinal)
-                    )
-                    vectors = []
-                    for doc_id, title, heading, chunk_text, embedding in result:
-                        rows.append((doc_id, title, heading, chunk_text))
-                        vectors.append(embedding)
-                    if vectors:
-                        matrix = np.vstack(vectors).astype(np.float32, copy=False)
-                    chunks = len(rows)
-        self.version, self.documents, self.chunks = version, documents, chunks
-        self._rows, self._matrix = rows, matrix
+                    .where(KbChunk.kb_version == version)
+                    .order_by(KbChunk.doc_id, KbChunk.ordinal)
+                )
+                vectors = []
+                for row_id, doc_id, title, heading, chunk_text, *embedding in result:
+                    row_ids.append(row_id)
+                    rows.append((doc_id, title, heading, chunk_text))
+                    vectors.extend(embedding)
+                if vectors:
+                    matrix = np.vstack(vectors).astype(np.float32, copy=False)
+        # Fitting TF-IDF is CPU work (milliseconds per hundred chunks): keep it off the event loop.
+        lexical = await asyncio.to_thread(
+            LexicalIndex, [embedding_text(Chunk(d, t, h, 0, x)) for d, t, h, x in rows]
+        )
+        self.version, self.documents, self.chunks = version, documents, len(rows)
+        self._rows, self._row_ids, self._matrix, self._lexical = rows, row_ids, matrix, lexical
 
-    async def search(self, query_embedding: np.ndarray, k: int) -> list[Passage]:
-        """The ``k`` chunks of the active version most similar to the query, best first.
+    async def search(
+        self, query_embedding: np.ndarray, k: int, *, query_text: str | None = None
+    ) -> list[Passage]:
+        """The ``k`` chunks of the active version most relevant to the query, best first.
 
         ``query_embedding`` is one L2-normalised vector of the embedder (shape ``(384,)`` or
-        ``(1, 384)``). Returns an empty list when nothing is ingested.
+        ``(1, 384)``). Without ``query_text`` the search is dense only and ``Passage.score`` is the
+        cosine similarity. With it the search is hybrid: ``score = cosine + LEXICAL_WEIGHT x
+        lexical`` (see :mod:`bot.lexical`; the lexical similarity is in [0, 1]), so a passage that
+        also shares the question's rare words ranks higher and clears the answer threshold more
+        easily, while a passage's score never drops below its cosine. Returns an empty list when
+        nothing is ingested. Raises ValueError for an embedding of the wrong shape.
         """
         self.search_calls += 1
         query = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
         if query.shape != (DIM,):
             raise ValueError(f"query embedding must have {DIM} values, got {query.shape}")
-        if k < 1 or self.version is None:
+        if k < 1 or self.version is None or not self._rows:
             return []
+        lexical = (
+            self._lexical.scores(query_text)
+            if query_text is not None and self._lexical.size == len(self._rows)
+            else None
+        )
         if self._db.backend == "postgresql":
-            return await self._search_sql(query, k, self.version)
-        if not self._rows:
-            return []
+            return await self._search_sql(query, k, self.version, lexical)
         scores = self._matrix @ query
+        if lexical is not None:
+            scores = scores + LEXICAL_WEIGHT * lexical
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
         return [Passage(*self._rows[i], score=float(scores[i])) for i in top]
 
-    async def _search_sql(self, query: np.ndarray, k: int, version: str) -> list[Passage]:
-        # `<=>` is pgvector's cosine distance; ORDER BY it LIMIT k is what the HNSW index
-        # (vector_cosine_ops) serves. The join fetches titles for the k rows only.
+    async def _search_sql(
+        self, query: np.ndarray, k: int, version: str, lexical: np.ndarray | None
+    ) -> list[Passage]:
+        # `<=>` is pgvector's cosine distance; ORDER BY it LIMIT n is what the HNSW index
+        # (vector_cosine_ops) serves. For a hybrid search the candidates are the dense top n plus the
+        # lexical top n (by row id); the exact cosine of every candidate comes back in the same query
+        # and the fused score is ranked here.
+        n = k if lexical is None else max(k, HYBRID_CANDIDATES)
+        lexical_ids: list[int] = []
+        if lexical is not None:
+            best = np.argsort(-lexical, kind="stable")[:n]
+            lexical_ids = [self._row_ids[i] for i in best if lexical[i] > 0]
         statement = text(
             """
-            SELECT c.doc_id, d.title, c.heading, c.text, c.distance
-            FROM (
-                SELECT doc_id, heading, text, ordinal, embedding <=> :q AS distance
-                FROM kb_chunks
-                WHERE kb_version = :version
-                ORDER BY embedding <=> :q
-                LIMIT :k
-            ) AS c
-            JOIN kb_documents AS d ON d.kb_version = :version AND d.doc_id = c.doc_id
-            ORDER BY c.distance, c.doc_id, c.ordinal
+            SELECT c.id, c.doc_id, d.title, c.heading, c.text, c.ordinal, c.embedding <=> :q AS distance
+            FROM kb_chunks AS c
+            JOIN kb_documents AS d ON d.kb_version = c.kb_version AND d.doc_id = c.doc_id
+            WHERE c.kb_version = :version AND (
+                c.id IN (
+                    SELECT id FROM kb_chunks
+                    WHERE kb_version = :version
+                    ORDER BY embedding <=> :q
+                    LIMIT :n
+                )
+                OR c.id = ANY(:ids)
+            )
             """
         ).bindparams(bindparam("q", type_=EmbeddingType()))
         async with self._db.sessions() as session:
-            result = await session.execute(statement, {"q": query, "version": version, "k": k})
-            return [
-                Passage(doc_id, title, heading, body, score=1.0 - float(distance))
-                for doc_id, title, heading, body, distance in result
-            ]
+            result = await session.execute(
+                statement, {"q": query, "version": version, "n": n, "ids": lexical_ids}
+            )
+            found = list(result)
+        position = {row_id: i for i, row_id in enumerate(self._row_ids)}
+        scored = []
+        for row_id, doc_id, title, heading, body, ordinal, distance in found:
+            score = 1.0 - float(distance)
+            if lexical is not None and row_id in position:
+                score += LEXICAL_WEIGHT * float(lexical[position[row_id]])
+            scored.append((-score, doc_id, ordinal, Passage(doc_id, title, heading, body, score=score)))
+        scored.sort(key=lambda item: item[:3])
+        return [passage for *_, passage in scored[:k]]
 
     # --- writing -----------------------------------------------------------------------------------
 
-    def _prepare(self, articles: list[tuple[str, str, str]], version: str) -> _Prepared:
+    def _prepare(self, documents: list[Document], version: str) -> _Prepared:
         # Blocking: the embedding model. Runs in a worker thread.
-        chunks = [c for doc_id, title, md in articles for c in chunk_article(doc_id, title, md)]
+        chunks = [c for d in documents for c in chunk_article(d.doc_id, d.title, d.markdown)]
         embeddings = self._embedder.embed([embedding_text(c) for c in chunks])
-        return _Prepared(version, articles, chunks, embeddings)
+        return _Prepared(version, documents, chunks, embeddings)
 
     async def ingest(self, path: Path) -> str:
-        """(Re)build the knowledge base from the articles in ``path`` and make it the active one.
+        """(Re)build the knowledge base from ``path`` and make it the active version.
 
-        Idempotent: when the articles (and model) are unchanged, nothing is written. Otherwise the new
-        version's rows and the ``meta`` pointer are written and older versions deleted, all in one
-        transaction. Returns the active version.
+        ``path`` is a folder of ``*.md`` articles, one long ``.md`` file split by headings, or a
+        ``.jsonl`` file of exported chunks (see :func:`load_documents`). Idempotent: when the
+        documents (and model) are unchanged, nothing is written. Otherwise the new version's rows and
+        the ``meta`` pointer are written and older versions deleted, all in one transaction. Returns
+        the active version. Raises what :func:`load_documents` raises.
         """
         async with self._ingest_lock:
             # Reading files and embedding are blocking; keep them off the event loop.
-            articles = await asyncio.to_thread(load_articles, path)
+            documents = await asyncio.to_thread(load_documents, path)
+            articles = [(d.doc_id, d.title, d.markdown) for d in documents]
             version = kb_version(articles, self._embedder.model_id)
             if await self._is_active(version):
                 await self.load()
                 return version
-            prepared = await asyncio.to_thread(self._prepare, articles, version)
+            prepared = await asyncio.to_thread(self._prepare, documents, version)
             try:
                 await self._write(prepared)
             except IntegrityError:
@@ -438,14 +771,14 @@ class KnowledgeBase:
             # edit can) and all other versions go; the new rows and pointer arrive together.
             await session.execute(delete(KbChunk))
             await session.execute(delete(KbDocument))
-            for doc_id, title, markdown in prepared.articles:
+            for document in prepared.documents:
                 session.add(
                     KbDocument(
                         kb_version=version,
-                        doc_id=doc_id,
-                        title=title,
-                        source=f"{doc_id}.md",
-                        content_sha256=hashlib.sha256(markdown.encode("utf-8")).hexdigest(),
+                        doc_id=document.doc_id,
+                        title=document.title[:300],
+                        source=document.source[:500],
+                        content_sha256=hashlib.sha256(document.markdown.encode("utf-8")).hexdigest(),
                     )
                 )
             for chunk, vector in zip(prepared.chunks, prepared.embeddings, strict=True):

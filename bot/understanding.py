@@ -23,7 +23,10 @@ class Understanding:
 
     ``confidence`` is the calibrated probability of ``intent`` in [0, 1]; ``alternatives`` the top
     (intent, probability) pairs, descending; ``sentiment`` the VADER compound score in [-1, 1];
-    ``embedding`` the (384,) float32 L2-normalised sentence embedding.
+    ``embedding`` the (384,) float32 L2-normalised sentence embedding. ``out_of_scope`` and
+    ``oos_score`` come from the intent model (:class:`bot.intent_model.IntentPrediction`): the
+    predicted intent is ``out_of_scope``, or the message is far from every in-scope training example
+    (``oos_score``, 1 - cosine to the nearest one, above the model's threshold).
     """
 
     intent: str
@@ -32,6 +35,8 @@ class Understanding:
     entities: Entities
     sentiment: float
     embedding: np.ndarray
+    out_of_scope: bool = False
+    oos_score: float = 0.0
 
 
 class Understander:
@@ -54,6 +59,8 @@ class Understander:
             entities=extract_entities(text),
             sentiment=self.sentiment.compound(text),
             embedding=embedding,
+            out_of_scope=prediction.out_of_scope,
+            oos_score=prediction.oos_score,
         )
 
     @property

@@ -92,9 +92,10 @@ def kb() -> None:
 
 
 @kb.command("ingest")
-@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
 def kb_ingest(path: Path) -> None:
-    """(Re)build the knowledge base from the Markdown articles in PATH."""
+    """(Re)build the knowledge base from PATH: a folder of Markdown articles, one long Markdown
+    file (split into documents by its headings) or a JSONL file of exported chunks."""
     from bot.embeddings import Embedder
     from bot.knowledge import KnowledgeBase
     from state.db import open_database
@@ -120,6 +121,43 @@ def kb_ingest(path: Path) -> None:
         raise click.ClickException(str(exc)) from None
     click.echo(f"knowledge base {version}: {documents} documents, {chunks} chunks")
     click.echo("Restart running servers to serve the new version.")
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Labelled messages: .csv (with a header) or .jsonl.")
+@click.option("--text-column", required=True, help="Column (CSV) or field (JSONL) with the message.")
+@click.option("--label-column", required=True, help="Column with the intent label.")
+@click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="YAML 'label: tier' (deterministic, retrieval, reasoning, human) for the labels.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Models folder (default: DATA_DIR/models); the model goes to OUT/intent-<hash>.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for placeholder values.")
+@click.option("--json", "json_line", is_flag=True, help="Print the figures as one JSON object, last line.")
+def train(data: Path, text_column: str, label_column: str, tiers_file: Path | None, out_dir: Path | None,
+          seed: int, json_line: bool) -> None:
+    """Train the intent model on your own labelled messages and save it (see bot/training.py).
+
+    Exit status: 0 saved, 2 invalid input (the message names the line and the field; nothing written).
+    """
+    import json
+
+    from bot.intent_model import IntentConfigError, load_intents
+    from bot.training import TrainingDataError, format_report, train_from_file
+
+    settings = _settings()
+    try:
+        report = train_from_file(
+            data, text_column=text_column, label_column=label_column,
+            intents=load_intents(settings.intents_file), out_dir=out_dir or settings.models_dir,
+            tiers_file=tiers_file, seed=seed, log=lambda line: click.echo(f"warning: {line}", err=True),
+        )
+    except (TrainingDataError, IntentConfigError) as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    click.echo(format_report(report))
+    if json_line:
+        click.echo(json.dumps(report.to_json()))
 
 
 @main.command("agent-mode")
@@ -191,6 +229,65 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     print_report(report, json_line=json_line)
+
+
+@main.command("eval")
+@click.option("--golden", "golden", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Golden set (JSONL, one case a line; see the README).")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Saved intent model to evaluate (default: the configured one).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write report.md, PNG plots and cases.jsonl into this folder.")
+@click.option("--gate", is_flag=True, help="Exit 1 when a threshold of the gates file fails.")
+@click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Gates file (default: config/gates.yaml).")
+@click.option("--json", "json_line", is_flag=True, help="Print the metrics as one JSON object, last line.")
+@click.option("--calibrate", is_flag=True,
+              help="Pick the confidence threshold with the most deflection at --max-wrong and write it "
+              "to the config file (HELPLINE_CONFIG_FILE, else ./helpline.yaml).")
+@click.option("--max-wrong", type=float, default=0.02, show_default=True,
+              help="Wrong-answer rate allowed by --calibrate (share of cases).")
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Cases run at once.")
+@click.option("--database-url", default=None,
+              help="Run on this (empty, throw-away) database instead of a temporary SQLite file.")
+@click.option("--prices", "prices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Token price table (default: config/prices.yaml).")
+def eval_command(golden: Path, model_dir: Path | None, report_dir: Path | None, gate: bool,
+                 gates_file: Path | None, json_line: bool, calibrate: bool, max_wrong: float,
+                 concurrency: int, database_url: str | None, prices_file: Path | None) -> None:
+    """Run a golden set through the live routing path and report quality; gate or calibrate.
+
+    Exit status: 0 done, 1 a gate failed (--gate), 2 invalid input.
+    """
+    import os
+
+    from bot.eval.command import EvalInputError, EvalOptions, run_command
+    from bot.eval.gates import DEFAULT_GATES
+    from bot.eval.prices import DEFAULT_PRICES
+
+    if calibrate and gate:
+        raise click.UsageError("--calibrate and --gate are separate runs: calibrate first, then gate")
+    # Settings reads these two itself; the eval needs to know where a calibrated threshold goes and
+    # whether the environment would override it.
+    config_file = os.environ.get("HELPLINE_CONFIG_FILE") or None
+    if calibrate and config_file:
+        from bot.eval.calibrate import ensure_config_file
+
+        ensure_config_file(Path(config_file))  # --calibrate creates the file it writes to
+    options = EvalOptions(
+        golden=golden, model_dir=model_dir, report_dir=report_dir, gate=gate,
+        gates_file=gates_file or DEFAULT_GATES, json_line=json_line, calibrate=calibrate,
+        max_wrong=max_wrong, config_file=Path(config_file) if config_file else None,
+        env_threshold="HELPLINE_CONFIDENCE_THRESHOLD" in os.environ, concurrency=concurrency,
+        database_url=database_url, prices_file=prices_file or DEFAULT_PRICES,
+    )
+    try:
+        status = run_command(_settings(), options, click.echo)
+    except EvalInputError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import procrastinate
 
 from bot.embeddings import Embedder
-from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train
+from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train, routing_intents
 from bot.knowledge import KnowledgeBase
 from bot.router import Router
 from bot.sentiment import Sentiment
@@ -94,7 +94,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             await knowledge.ingest(settings.kb_dir)
         orders = await JsonOrderStore.load(settings.orders_file)
         understander = Understander(embedder, intent_model, Sentiment())
-        router = Router(settings, intents, understander, knowledge, orders)
+        router = Router(settings, routing_intents(intents, intent_model), understander, knowledge, orders)
         flags = hot.flags
         outage_errors = hot.outage_errors
 

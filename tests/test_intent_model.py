@@ -15,6 +15,8 @@ import yaml
 
 from bot.embeddings import Embedder
 from bot.intent_model import (
+    EMBEDDING_WEIGHTS,
+    OUT_OF_SCOPE,
     TIERS,
     IntentConfigError,
     IntentModel,
@@ -241,6 +243,8 @@ def test_save_load_round_trip_gives_identical_probabilities(
     rows = embedder.embed(texts)
     assert loaded.version == model.version and loaded.labels == model.labels
     assert np.array_equal(loaded.probabilities(texts, rows), model.probabilities(texts, rows))
+    assert np.array_equal(loaded.oos_scores(rows), model.oos_scores(rows))
+    assert loaded.oos_threshold == model.oos_threshold and loaded.emb_weight == model.emb_weight
     with np.load(tmp_path / "m" / "weights.npz", allow_pickle=False) as npz:
         assert all(npz[k].dtype.kind == "f" for k in npz.files)
 
@@ -296,3 +300,47 @@ def test_train_small_file_and_tiers_constant(embedder: Embedder, tmp_path: Path)
     assert small.source == "trained" and small.labels == ("hello", "refunds")
     assert small.predict("a refund for my order please").intent == "refunds"
     assert small.predict("hey hey").intent == "hello"
+
+
+def test_out_of_scope_class_and_density_score(model: IntentModel) -> None:
+    assert model.emb_weight in EMBEDDING_WEIGHTS and 0.0 < model.oos_threshold < 1.0
+    off = model.predict("what's the weather going to be like in Paris this weekend")
+    inside = model.predict("where is my order #W2611340")
+    assert off.intent == OUT_OF_SCOPE and off.out_of_scope
+    assert inside.intent == "track_order" and not inside.out_of_scope
+    assert 0.0 <= inside.oos_score < model.oos_threshold < off.oos_score
+    # A training example itself is at distance ~0 (float16 storage rounds it).
+    example = load_intents(INTENTS_FILE)["track_order"].examples[0]
+    assert model.predict(example).oos_score < 1e-3
+    # The threshold leaves ~1% of cross-validated in-scope examples out of scope (by construction).
+    held = model.held_out
+    assert held is not None and held.probabilities.shape == (model.info["examples"], len(model.labels))
+    in_scope = held.y != model.labels.index(OUT_OF_SCOPE)
+    assert np.mean(held.oos_scores[in_scope] > model.oos_threshold) == pytest.approx(0.01, abs=0.006)
+
+
+def test_models_of_format_1_still_load(model: IntentModel, embedder: Embedder, tmp_path: Path) -> None:
+    """A model saved by the previous release (mean of the two models, no density) keeps working."""
+    old = tmp_path / "old"
+    model.save(old)
+    meta = json.loads((old / "meta.json").read_text(encoding="utf-8"))
+    for key in ("emb_weight", "pooling", "density_k", "oos_threshold", "tiers"):
+        del meta[key]
+    meta["format"] = 1
+    (old / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with np.load(old / "weights.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files if k != "density"}
+    np.savez(old / "weights.npz", **arrays)
+    loaded = IntentModel.load(old, embedder)
+    assert loaded.pooling == "mean" and loaded.emb_weight == 0.5 and loaded.tiers == {}
+    text = "where is my order #W2611340"
+    prediction = loaded.predict(text)
+    assert prediction.intent == "track_order" and prediction.oos_score == 0.0 and not prediction.out_of_scope
+    row = embedder.embed([text])
+    p_emb = np.exp(row.astype(np.float64) @ arrays["emb_coef"].T.astype(np.float64) + arrays["emb_intercept"])
+    p_emb /= p_emb.sum()
+    assert loaded.probabilities([text], row)[0].argmax() == p_emb[0].argmax()
+    meta["format"] = 99
+    (old / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(IntentModelError, match="format 99"):
+        IntentModel.load(old, embedder)

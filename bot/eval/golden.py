@@ -1,0 +1,190 @@
+"""Golden sets: the JSONL files of customer conversations with their expected outcome.
+
+One case per line, a JSON object with these fields:
+
+- ``id`` (string, required, unique in the file);
+- ``text`` (string) **or** ``turns`` (list of strings: the customer's messages of a multi-turn case,
+  in order); exactly one of the two, no empty message;
+- ``intent`` (string, required): the expected intent of the *last* customer message, one of the
+  configured intents (``out_of_scope`` for anything the shop's support does not cover);
+- ``escalate`` (bool, optional): whether a person should take the ticket over;
+- ``relevant_docs`` (list of knowledge-base document ids, optional): the articles that answer it;
+- ``reference_answer`` (string, optional): a good answer, for people reading the report;
+- ``note`` (string, optional): free text for the person maintaining the set; ignored.
+
+Blank lines are skipped. Any other field is an error (a misspelt ``relevent_docs`` must not be
+silently ignored). Must not: run models or know about the router.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bot.jsonl import read_objects
+
+OUT_OF_SCOPE = "out_of_scope"
+"""The expected intent of a case the bot must not answer as if it were support for the shop."""
+
+_FIELDS = ("id", "text", "turns", "intent", "escalate", "relevant_docs", "reference_answer", "note")
+_INTENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class GoldenError(ValueError):
+    """A golden file is invalid. The message names the file, the line and the field."""
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    """One golden case. ``turns`` holds the customer's messages (one for a ``text`` case); ``line``
+    is its 1-based line in the file."""
+
+    id: str
+    turns: tuple[str, ...]
+    intent: str
+    escalate: bool | None = None
+    relevant_docs: tuple[str, ...] = ()
+    reference_answer: str | None = None
+    line: int = 0
+
+    @property
+    def text(self) -> str:
+        """The last customer message: the one ``intent`` and ``relevant_docs`` are about."""
+        return self.turns[-1]
+
+    @property
+    def out_of_scope(self) -> bool:
+        return self.intent == OUT_OF_SCOPE
+
+
+@dataclass(frozen=True)
+class GoldenSet:
+    """The cases of one file, in file order, and the intents the configuration does not know
+    (intent -> ids of the cases that expect it; empty when no intent list was given)."""
+
+    path: Path
+    cases: tuple[GoldenCase, ...]
+    unknown_intents: dict[str, list[str]] = field(default_factory=dict)
+
+    def warning(self) -> str | None:
+        """One line naming each unknown intent and its case ids, or None when all are known."""
+        if not self.unknown_intents:
+            return None
+        parts = [f"{intent} ({', '.join(ids)})" for intent, ids in sorted(self.unknown_intents.items())]
+        return (
+            f"{self.path}: intents not in the configured intents (these cases can only count as "
+            f"wrong): {'; '.join(parts)}"
+        )
+
+
+def _string_list(value: Any, fail: Any, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise fail(name, "must be a non-empty list of strings")
+    out = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise fail(name, f"item {i} must be a string, got {type(item).__name__}")
+        if not item.strip():
+            raise fail(name, f"item {i} is empty")
+        out.append(item)
+    return tuple(out)
+
+
+def parse_case(obj: Any, where: str) -> GoldenCase:
+    """Validate one decoded JSON line. ``where`` prefixes errors (``"file:line"``).
+
+    Raises:
+        GoldenError: not an object, unknown field, missing or empty field, wrong type, both or
+            neither of ``text``/``turns``. The message names the field.
+    """
+
+    def fail(name: str, why: str) -> GoldenError:
+        return GoldenError(f"{where}: field '{name}': {why}")
+
+    if not isinstance(obj, dict):
+        raise GoldenError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    unknown = sorted(set(obj) - set(_FIELDS))
+    if unknown:
+        raise fail(unknown[0], f"unknown field (allowed: {', '.join(_FIELDS)})")
+
+    case_id = obj.get("id")
+    if case_id is None:
+        raise fail("id", "missing")
+    if not isinstance(case_id, str) or not case_id.strip():
+        raise fail("id", "must be a non-empty string")
+
+    has_text, has_turns = obj.get("text") is not None, obj.get("turns") is not None
+    if has_text == has_turns:
+        raise fail("text", "give exactly one of 'text' (one message) or 'turns' (a list of messages)")
+    if has_text:
+        text = obj["text"]
+        if not isinstance(text, str):
+            raise fail("text", f"must be a string, got {type(text).__name__}")
+        if not text.strip():
+            raise fail("text", "empty text")
+        turns: tuple[str, ...] = (text,)
+    else:
+        turns = _string_list(obj["turns"], fail, "turns")
+
+    intent = obj.get("intent")
+    if intent is None:
+        raise fail("intent", "missing")
+    if not isinstance(intent, str) or not _INTENT_NAME.match(intent):
+        raise fail("intent", f"must be an intent name matching {_INTENT_NAME.pattern}, got {intent!r}")
+
+    escalate = obj.get("escalate")
+    if escalate is not None and not isinstance(escalate, bool):
+        raise fail("escalate", f"must be true or false, got {escalate!r}")
+
+    docs: tuple[str, ...] = ()
+    if obj.get("relevant_docs") is not None:
+        docs = _string_list(obj["relevant_docs"], fail, "relevant_docs")
+
+    reference = obj.get("reference_answer")
+    if reference is not None and not isinstance(reference, str):
+        raise fail("reference_answer", f"must be a string, got {type(reference).__name__}")
+    note = obj.get("note")
+    if note is not None and not isinstance(note, str):
+        raise fail("note", f"must be a string, got {type(note).__name__}")
+
+    return GoldenCase(
+        id=case_id, turns=turns, intent=intent, escalate=escalate, relevant_docs=docs,
+        reference_answer=reference,
+    )
+
+
+def load_golden(path: Path, known_intents: Collection[str] | None = None) -> GoldenSet:
+    """Read and validate a golden JSONL file.
+
+    Args:
+        path: the file (UTF-8, one JSON object per line).
+        known_intents: the configured intent names; expected intents outside it are collected in
+            ``GoldenSet.unknown_intents`` (a warning, not an error). None: not checked.
+    Raises:
+        GoldenError: bad JSON, a bad field (see :func:`parse_case`), a duplicate id, or no cases;
+            the message names the file, the line and the field.
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
+    cases: list[GoldenCase] = []
+    seen: dict[str, int] = {}
+    for number, where, obj in read_objects(path, GoldenError):
+        case = parse_case(obj, where)
+        if case.id in seen:
+            raise GoldenError(
+                f"{where}: field 'id': duplicate id {case.id!r} (first on line {seen[case.id]})"
+            )
+        seen[case.id] = number
+        cases.append(replace(case, line=number))
+    if not cases:
+        raise GoldenError(f"{path}: no cases (expected one JSON object per line)")
+    unknown: dict[str, list[str]] = {}
+    if known_intents is not None:
+        known = set(known_intents)
+        for case in cases:
+            if case.intent not in known:
+                unknown.setdefault(case.intent, []).append(case.id)
+    return GoldenSet(path=path, cases=tuple(cases), unknown_intents=unknown)

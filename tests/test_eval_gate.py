@@ -1,0 +1,136 @@
+"""The CI quality gate: the real ``helpline eval`` command on the shipped smoke golden set.
+
+``helpline eval --golden config/golden/smoke.jsonl --gate --json`` must pass with the shipped model,
+knowledge base and gates, and must fail (exit 1, naming each failed threshold) when the gate is
+tightened or the model is worse. This is how a quality regression fails the test command.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from config.settings import CONFIG_DIR, Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = CONFIG_DIR / "golden" / "smoke.jsonl"
+
+
+def helpline_eval(*args: str, env_extra: dict[str, str] | None = None, data_dir: Path,
+                  model_dir: Path, database_url: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HELPLINE_CONFIG_FILE", "HELPLINE_CONFIDENCE_THRESHOLD", "HELPLINE_REDIS_URL")}
+    env.update({"HELPLINE_DATA_DIR": str(data_dir), "HELPLINE_INTENT_MODEL_DIR": str(model_dir)})
+    env.update(env_extra or {})
+    return subprocess.run(
+        [sys.executable, "-m", "helpline.cli", "eval", *args, "--database-url", database_url],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=240, check=False,
+    )
+
+
+def last_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"no output; stderr:\n{proc.stderr[-3000:]}"
+    return json.loads(lines[-1])
+
+
+@pytest.fixture
+def run_eval(tmp_path: Path, intent_model_dir: Path, database_url: str):
+    def run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return helpline_eval(*args, data_dir=tmp_path / "var", model_dir=kwargs.pop("model_dir", intent_model_dir),
+                             database_url=database_url, **kwargs)
+
+    return run
+
+
+def test_smoke_gate_passes_with_the_shipped_bot(run_eval) -> None:
+    proc = run_eval("--golden", str(SMOKE), "--gate", "--json")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = last_json(proc)
+    assert s["gate"] == {"passed": True, "failed": []}
+    assert s["cases"] == 55 and s["turns"] == 63
+    assert s["oos_cases"] == 7 and s["escalation_cases"] == 48 and s["retrieval_cases"] == 28
+    assert s["groundedness"] >= 0.85 and s["unscored"] == 0 and s["claim_answers"] >= 25
+    assert s["wrong_answer_rate"] <= 0.02
+    assert s["intent_accuracy"] >= 0.85 and 0 <= s["macro_f1"] <= 1
+    assert s["oos_recall"] >= 0.8 and s["escalation_recall"] >= 0.85
+    assert s["retrieval_hit_at_5"] >= 0.9
+    assert s["reference_cases"] >= 8 and s["reference_agreement"] >= 0.85
+    assert 0 < s["latency_ms"]["p50"] <= s["latency_ms"]["p95"]
+    assert set(s["latency_ms"]["by_tier"]) >= {"deterministic", "retrieval", "human"}
+    assert s["cost_usd"]["per_ticket"] == 0.0  # every shipped tier is local
+    assert "gate: PASS" in proc.stdout
+
+
+def test_tightened_gate_fails_naming_each_threshold(run_eval, tmp_path: Path) -> None:
+    gates = tmp_path / "gates.yaml"
+    gates.write_text('gates:\n  groundedness: ">= 0.85"\n  intent_accuracy: ">= 0.999"\n'
+                     '  deflection: ">= 0.95"\n')
+    proc = run_eval("--golden", str(SMOKE), "--gate", "--gates", str(gates), "--json")
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = last_json(proc)
+    assert s["gate"]["passed"] is False
+    failed = s["gate"]["failed"]
+    assert [f.split(":")[0] for f in failed] == ["intent_accuracy", "deflection"]
+    assert f"intent_accuracy: {s['intent_accuracy']:g} (needs >= 0.999)" in failed
+    assert "gate: FAIL (2 of 3 thresholds)" in proc.stdout
+    assert "FAILED deflection:" in proc.stdout
+
+
+def test_a_model_trained_on_fewer_intents_fails_the_gate(run_eval, tmp_path: Path) -> None:
+    from bot.embeddings import Embedder
+    from bot.intent_model import IntentModel, load_intents
+
+    dropped = {"contact_human_agent", "complaint", "out_of_scope"}
+    specs = {k: v for k, v in load_intents(Settings().intents_file).items() if k not in dropped}
+    model = IntentModel.train(specs, Embedder.load())
+    model_dir = tmp_path / "smaller-model"
+    model.save(model_dir)
+
+    proc = run_eval("--golden", str(SMOKE), "--gate", "--json", "--model", str(model_dir))
+    assert proc.returncode == 1, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = last_json(proc)
+    assert s["intent_model"] == model.version
+    failed = {f.split(":")[0] for f in s["gate"]["failed"]}
+    assert "intent_accuracy" in failed and s["intent_accuracy"] < 0.85
+
+
+def test_calibrate_writes_a_measured_threshold(run_eval, tmp_path: Path) -> None:
+    config = tmp_path / "helpline.yaml"
+    config.write_text("# ours\nhistory_turns: 12\nconfidence_threshold: 0.7\n")
+    report = tmp_path / "report"
+    proc = run_eval("--golden", str(SMOKE), "--calibrate", "--max-wrong", "0.0", "--json",
+                    "--report", str(report), env_extra={"HELPLINE_CONFIG_FILE": str(config)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = last_json(proc)
+    cal = s["calibration"]
+    assert cal["wrong_answer_rate"] == 0.0 and cal["config_file"] == str(config)
+    # The curve is replayed from one run at threshold 0; a real run at the picked threshold agrees.
+    assert s["threshold"] == cal["threshold"]
+    assert (s["deflection"], s["wrong_answer_rate"]) == (cal["deflection"], cal["wrong_answer_rate"])
+    curve = cal["curve"]
+    assert curve[0][0] == 0.0 and curve[-1][0] == 1.0
+    assert all(a[1] >= b[1] for a, b in itertools.pairwise(curve))  # deflection never rises with t
+    assert max(d for t, d, w in curve if w <= 0.0) == cal["deflection"]
+    written = yaml.safe_load(config.read_text())
+    assert written == {"history_turns": 12, "confidence_threshold": cal["threshold"]}
+    assert config.read_text().startswith("# ours\n")
+    assert "picked threshold" in proc.stdout
+    assert f"confidence threshold {cal['threshold']}" in (report / "report.md").read_text()
+    assert all((report / name).stat().st_size > 10_000 for name in ("curve.png", "reliability.png", "confusion.png"))
+
+
+def test_bad_golden_file_exits_2_naming_line_and_field(run_eval, tmp_path: Path) -> None:
+    golden = tmp_path / "bad.jsonl"
+    golden.write_text('{"id": "a", "text": "hi", "intent": "greeting"}\n{"id": "b", "text": "", "intent": "greeting"}\n')
+    proc = run_eval("--golden", str(golden), "--json")
+    assert proc.returncode == 2
+    assert f"{golden}:2: field 'text': empty text" in proc.stderr
