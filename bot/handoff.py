@@ -7,13 +7,19 @@ work with the kill switch on and cost nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 REASONS = {
     "explicit_request": "the customer asked for a person",
-    "sensitive_intent": "sensitive topic",
+    "sensitive_intent": "the request is of a sensitive kind",
+    "sensitive_topic": "the message touches a sensitive topic",
     "negative_sentiment": "the customer is upset",
+    "conversation_sentiment": "the customer has been upset over several messages",
+    "repeated_message": "the customer repeated a question the assistant had not answered",
+    "repeated_failure": "the assistant could not help twice",
+    "unsupported_language": "the customer wrote in a language the assistant does not answer in",
     "kill_switch": "the assistant is switched off (AGENT_MODE=disabled)",
     "internal_error": "the assistant failed on this message",
 }
@@ -55,10 +61,18 @@ def build_summary(
     order_ids: Sequence[str],
     emails: Sequence[str],
     history: Sequence[HistoryLine],
+    evidence: Mapping[str, Any] | None = None,
     max_customer_lines: int = 3,
 ) -> str:
-    """Plain-text summary, one fact per line, most useful first. ``history`` is oldest first."""
+    """Plain-text summary, one fact per line, most useful first. ``history`` is oldest first;
+    ``evidence`` is the escalation trigger's data (``language``, ``topic``), printed for the agent
+    queue's routing."""
     lines = [f"Escalated because {_describe_reason(reason)}."]
+    evidence = evidence or {}
+    if evidence.get("language"):
+        lines.append(f"Language: {evidence['language']} (ISO 639-1).")
+    if evidence.get("topic"):
+        lines.append(f"Sensitive topic: {evidence['topic']}.")
     if intent:
         conf = f" (confidence {confidence:.2f})" if confidence is not None else ""
         lines.append(f"Likely intent: {intent}{conf}.")

@@ -4,14 +4,17 @@ Order of checks, every turn:
 
 1. guard: empty or oversized input gets a clear reply (tier ``guard``), no model runs;
 2. understand: intent + calibrated confidence, entities (order id, email), sentiment;
-3. escalation triggers: an explicit request for a person, a sensitive intent, strongly negative
-   sentiment -> ``human``;
+3. escalation triggers (:mod:`bot.escalation`): an unsupported language, an explicit request for a
+   person, a sensitive topic or intent, negative sentiment in this message or over the conversation,
+   a repeated message, repeated failure -> ``human``;
 4. slot filling: a value the bot asked for (an order number) completes the pending intent;
 5. confidence below the threshold -> ``reasoning`` when a provider is configured, else ``human``;
 6. the intent's tier from ``config/intents.yaml``:
    ``deterministic`` (a handler function or a canned reply, no model), ``retrieval`` (an answer
    composed from knowledge-base passages, never below the similarity threshold), ``reasoning``
-   (an LLM with tools; without one the turn goes to ``human``), ``human``.
+   (an LLM with tools; without one the turn goes to ``human``), ``human``;
+7. a turn the tiers failed (an order not found, a slot asked twice, ...) that makes
+   ``repeated_failure_limit`` failures since the last handoff goes to ``human`` instead.
 
 The router only decides; it does not touch tickets, messages or channels (see
 ``helpline.conversation``), and knows nothing of any provider's wire format.
@@ -20,14 +23,14 @@ The router only decides; it does not touch tickets, messages or channels (see
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.actions import ActionContext, run_handler
 from bot.answers import compose_answer
 from bot.embeddings import CachedEmbedder
+from bot.escalation import Escalation, PriorTurn, Trigger
 from bot.guard import check_input
 from bot.intent_model import IntentSpec
 from bot.knowledge import KnowledgeBase
@@ -44,27 +47,19 @@ HANDOFF_REPLY = (
     "can see our conversation, so you won't need to repeat anything."
 )
 
-# An explicit request for a person is honoured even when the intent model is unsure: customers who
-# ask for a human and get another bot answer are the angriest customers.
-_HUMAN_REQUEST = re.compile(
-    r"\b(?:(?:talk|speak|chat)\s+(?:to|with)\s+(?:a\s+|an\s+|some\s*one\s+|your\s+)?"
-    r"(?:real\s+|live\s+|actual\s+)?(?:human|person|agent|representative|rep|someone|somebody|operator|manager)"
-    r"|(?:real|live|actual)\s+(?:human|person|agent)"
-    r"|human\s+(?:agent|being|please)"
-    r"|(?:customer\s+service\s+)?representative\s+please"
-    r"|get\s+me\s+(?:a\s+)?(?:human|person|agent|manager))\b",
-    re.IGNORECASE,
-)
-
-
 @dataclass(frozen=True)
 class TurnContext:
-    """What the router may know about the ticket: no database handles, no channel details."""
+    """What the router may know about the ticket: no database handles, no channel details.
+
+    ``prior``: the ticket's earlier customer turns, oldest first (the conversation-level escalation
+    triggers read them), at most ``history_turns`` messages back.
+    """
 
     ticket_id: int
     ticket_state: str
     pending: Mapping[str, Any] | None = None
     customer_email: str | None = None
+    prior: tuple[PriorTurn, ...] = ()
 
 
 @dataclass
@@ -133,6 +128,10 @@ class Router:
         self.orders = orders
         # Answers are quoted from knowledge-base sentences, which recur across questions.
         self.sentence_embedder = CachedEmbedder(understander.embedder)
+        # Earlier customer messages are embedded through the same cache, so each only once.
+        self.escalation = Escalation.from_settings(
+            settings, self.sentence_embedder.embed, understander.sentiment.compound
+        )
 
     @property
     def reasoning_available(self) -> bool:
@@ -156,10 +155,20 @@ class Router:
             kb_version=self.knowledge.version,
         )
 
-        trigger = self._escalation_trigger(text, u)
+        trigger = await asyncio.to_thread(
+            self.escalation.check, text, u, ctx.prior, reasoning_available=self.reasoning_available
+        )
         if trigger is not None:
-            return Decision(tier="human", reason=trigger, reply=HANDOFF_REPLY, escalate=True, **base)
+            return Decision(
+                tier="human", reason=trigger.reason, reply=trigger.reply(HANDOFF_REPLY), escalate=True,
+                data=dict(trigger.data), **base,
+            )
+        decision = await self._tiers(text, u, ctx, base)
+        outcome = PriorTurn.from_event(text, decision.event_payload())
+        failed = self.escalation.after_tiers(text, outcome, ctx.prior)
+        return decision if failed is None else self._hand_over(decision, failed)
 
+    async def _tiers(self, text: str, u: Understanding, ctx: TurnContext, base: dict[str, Any]) -> Decision:
         if ctx.pending and self._fills_pending(ctx.pending, u):
             spec = self.intents.get(str(ctx.pending.get("intent")))
             if spec is not None and spec.handler:
@@ -184,16 +193,13 @@ class Router:
 
     # --- steps ------------------------------------------------------------------------------------
 
-    def _escalation_trigger(self, text: str, u: Understanding) -> str | None:
-        if u.intent == "contact_human_agent" and u.confidence >= self.settings.confidence_threshold:
-            return "explicit_request"
-        if _HUMAN_REQUEST.search(text):
-            return "explicit_request"
-        if u.intent in self.settings.sensitive_intents and u.confidence >= 0.5:
-            return "sensitive_intent"
-        if u.sentiment <= self.settings.anger_threshold:
-            return "negative_sentiment"
-        return None
+    @staticmethod
+    def _hand_over(decision: Decision, trigger: Trigger) -> Decision:
+        # The tiers' facts (intent, lookups, retrieval ranking) stay on record; the reply is the handoff.
+        return replace(
+            decision, tier="human", reason=trigger.reason, reply=trigger.reply(HANDOFF_REPLY),
+            escalate=True, resolve=False, pending=None, data={**decision.data, **trigger.data},
+        )
 
     @staticmethod
     def _fills_pending(pending: Mapping[str, Any], u: Understanding) -> bool:
@@ -239,7 +245,9 @@ class Router:
     async def _retrieval(self, text: str, u: Understanding, base: dict[str, Any]) -> Decision:
         # The eval harness scores retrieval at depth 5 (hit@5), so at least 5 candidates are ranked
         # and recorded; the answer is composed from the top ``retrieval_top_k`` only.
-        ranked = await self.knowledge.search(u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH))
+        ranked = await self.knowledge.search(
+            u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=text
+        )
         base["data"] = {"retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
         passages = ranked[: self.settings.retrieval_top_k]
         kb_version = self.knowledge.version or ""

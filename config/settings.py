@@ -146,12 +146,16 @@ class Settings(BaseSettings):
         description="Intents that always go to a human.",
     )
     retrieval_threshold: float = Field(
-        0.40, ge=-1, le=1, description="Cosine similarity below which the KB answer is not given."
+        0.40, ge=-1, le=1.5, description="Relevance below which no KB answer is given: cosine similarity "
+        "plus 0.5 x the lexical (TF-IDF) similarity of the hybrid search."
     )
     retrieval_top_k: int = Field(3, ge=1, le=20)
 
     # --- knowledge base and orders -------------------------------------------------------------
-    kb_dir: Path = Field(CONFIG_DIR / "kb", description="Markdown articles ingested at first start.")
+    kb_dir: Path = Field(
+        CONFIG_DIR / "kb", description="Knowledge-base source ingested when the knowledge base is empty: a "
+        "folder of Markdown articles, one Markdown file (split by headings) or a JSONL file of chunks."
+    )
     orders_file: Path = Field(
         CONFIG_DIR / "orders.json",
         description="Order store: tau-bench-style orders.json (order_id -> order).",
@@ -181,13 +185,16 @@ class Settings(BaseSettings):
         -0.25, ge=-1, le=0, description="VADER compound at or below which a turn counts as negative."
     )
     repeated_failure_limit: int = Field(
-        2, ge=0, description="Escalate when this many turns since the last handoff failed (the "
-        "customer said it did not help, a failure reason, an order not found, a slot asked twice); 0: off."
+        2, ge=0, description="Escalate when this many turns since the last handoff failed (see "
+        "failure_reasons); 0: off."
     )
     failure_reasons: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["low_confidence", "no_kb_match", "unknown_intent"],
-        description="Turn reasons (prefixes) that count as the bot failing when the turn did not "
-        "escalate (comma-separated).",
+        default_factory=lambda: [
+            "customer_said_not_helped", "order_not_found", "asked_slot_again",
+            "low_confidence", "no_kb_match", "unknown_intent",
+        ],
+        description="What counts as the bot failing a turn (comma-separated): customer_said_not_helped, "
+        "order_not_found, asked_slot_again, and prefixes of the reasons of turns that did not escalate.",
     )
     repeat_similarity: float = Field(
         0.85, ge=0, le=1.01, description="Cosine similarity at or above which a customer message "
@@ -204,13 +211,16 @@ class Settings(BaseSettings):
         "the language while no reasoning tier is configured (comma-separated).",
     )
     language_candidates: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["en", "de", "fr", "es", "it", "pt", "nl", "pl", "tr", "ru", "zh", "ja", "ar"],
+        default_factory=lambda: [
+            "en", "de", "fr", "es", "it", "pt", "nl", "pl", "sv", "da", "nb", "fi", "tr", "ru", "uk", "ar",
+            "he", "zh", "ja", "ko", "hi", "vi", "id", "ro", "cs", "hu", "el",
+        ],
         description="ISO 639-1 codes the language detector chooses between (must include the "
         "supported ones; comma-separated). Empty: no language detection.",
     )
     language_low_accuracy: bool = Field(
-        True, description="lingua's low-accuracy mode (trigrams): ~30 MB and 0.1 s to load; false: "
-        "high accuracy, ~370 MB and ~2.5 s for the 13 default candidates."
+        True, description="lingua's low-accuracy mode (trigrams): ~60 MB and 0.1 s to load for the 27 "
+        "default candidates; false: high accuracy, ~650 MB and ~1.7 s."
     )
     language_min_words: int = Field(
         4, ge=1, description="Messages with fewer words of letters are never judged by language."

@@ -431,6 +431,7 @@ class Conversations:
             order_ids=order_ids,
             emails=emails,
             history=lines,
+            evidence=decision.data,
         )
 
     async def _fail_turn(self, message: Message, epoch: int | None) -> None:

@@ -224,7 +224,9 @@ class CaseRunner:
             outcome.ranking_source = "recorded"
             return
         embedding = (await asyncio.to_thread(self.embedder.embed, [outcome.case.text]))[0]
-        passages = await self.runtime.knowledge.search(embedding, RANKING_DEPTH)
+        passages = await self.runtime.knowledge.search(
+            embedding, RANKING_DEPTH, query_text=outcome.case.text
+        )
         outcome.ranking = _distinct([p.doc_id for p in passages])
         outcome.ranking_source = "searched"
 
