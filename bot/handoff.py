@@ -38,6 +38,8 @@ def _describe_reason(reason: str) -> str:
         return REASONS[reason]
     if reason.startswith("low_confidence"):
         return "the assistant was not confident what the customer wants"
+    if reason.startswith("out_of_scope"):
+        return "the request is unlike anything the assistant was trained on"
     if reason.startswith("no_kb_match"):
         return "no knowledge-base article answers the question"
     if reason.startswith("needs_reasoning"):

@@ -8,7 +8,8 @@ Order of checks, every turn:
    person, a sensitive topic or intent, negative sentiment in this message or over the conversation,
    a repeated message, repeated failure -> ``human``;
 4. slot filling: a value the bot asked for (an order number) completes the pending intent;
-5. confidence below the threshold -> ``reasoning`` when a provider is configured, else ``human``;
+5. out of scope by the density score (far from every training example; ``data["out_of_scope"]``), or
+   confidence below the threshold -> ``reasoning`` when a provider is configured, else ``human``;
 6. the intent's tier from ``config/intents.yaml``:
    ``deterministic`` (a handler function or a canned reply, no model), ``retrieval`` (an answer
    composed from knowledge-base passages, never below the similarity threshold), ``reasoning``
@@ -32,7 +33,7 @@ from bot.answers import compose_answer
 from bot.embeddings import CachedEmbedder
 from bot.escalation import Escalation, PriorTurn, Trigger
 from bot.guard import check_input
-from bot.intent_model import IntentSpec
+from bot.intent_model import OUT_OF_SCOPE, IntentSpec
 from bot.knowledge import KnowledgeBase
 from bot.understanding import Understander, Understanding
 from config.settings import Settings
@@ -174,6 +175,13 @@ class Router:
             if spec is not None and spec.handler:
                 base["intent"] = spec.name
                 return await self._deterministic(spec, u, ctx, base, reason="slot_filled")
+
+        if u.out_of_scope and u.intent != OUT_OF_SCOPE:
+            # Far from every example the model was trained on (its density score is above the
+            # threshold fitted at training): whatever intent is nearest, this is not a request the
+            # bot knows. The out_of_scope class itself takes the intent's own tier below.
+            base["data"] = {"out_of_scope": True, "oos_score": round(u.oos_score, 4)}
+            return self._beyond_local(base, reason="out_of_scope")
 
         if u.confidence < self.settings.confidence_threshold:
             return self._beyond_local(base, reason="low_confidence")

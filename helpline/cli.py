@@ -33,8 +33,9 @@ def main(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not verbose:  # Alembic narrates every plugin it loads at INFO
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    if not verbose:  # Alembic and procrastinate narrate every plugin, task and job at INFO
+        for chatty in ("alembic", "procrastinate"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 @main.command()

@@ -122,3 +122,26 @@ async def test_order_lookups_are_capped_per_message(router) -> None:
     assert all(i in decision.reply for i in ids[:3])
     assert not any(i in decision.reply for i in ids[3:])
     assert "3 orders per message" in decision.reply
+
+
+async def test_a_message_far_from_every_training_example_goes_to_a_person(router, demo_order) -> None:
+    """The density score flags a message unlike anything the model was trained on, even when an
+    in-scope intent wins the vote (teams whose data has no out_of_scope label rely on this)."""
+    model = router.understander.intent_model
+    confident = await router.route("what is your refund policy?", CTX)
+    assert confident.tier == "retrieval"
+    saved = model.oos_threshold
+    model.oos_threshold = -1.0  # every message now counts as far from the training data
+    try:
+        flagged = await router.route("what is your refund policy?", CTX)
+        assert (flagged.tier, flagged.reason, flagged.escalate) == ("human", "out_of_scope_no_reasoning_tier", True)
+        assert flagged.intent == "check_refund_policy"  # the nearest intent stays on record
+        assert flagged.data["out_of_scope"] is True and flagged.data["oos_score"] > -1.0
+        # A value the bot asked for is not judged by its distance to the training data.
+        filled = await router.route(
+            demo_order.order_id,
+            TurnContext(ticket_id=1, ticket_state="bot", pending={"intent": "track_order", "slot": "order_id"}),
+        )
+        assert filled.reason == "slot_filled"
+    finally:
+        model.oos_threshold = saved
