@@ -37,7 +37,7 @@ from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from bot.embeddings import DIM, MODEL_NAME, MODEL_SHA256
-from bot.jsonl import read_objects
+from bot.jsonl import read_objects, read_utf8
 from bot.lexical import LexicalIndex
 from state.models import EmbeddingType, KbChunk, KbDocument, Meta, utcnow
 
@@ -345,7 +345,7 @@ def load_articles(path: Path) -> list[tuple[str, str, str]]:
 def _load_folder(path: Path) -> list[Document]:
     documents: list[Document] = []
     for file in sorted(path.glob("*.md"), key=lambda f: f.stem):
-        markdown = file.read_text(encoding="utf-8")
+        markdown = read_utf8(file)
         first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
         if not first.startswith("# "):
             raise ValueError(
@@ -391,7 +391,7 @@ def split_markdown_file(path: Path) -> list[Document]:
             or a doc id longer than :data:`MAX_DOC_ID_CHARS`.
     """
     path = Path(path)
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = read_utf8(path).splitlines()
     headings: list[tuple[int, int, str]] = []  # (line index, level, title)
     fenced = False
     for index, line in enumerate(lines):
@@ -641,6 +641,11 @@ class KnowledgeBase:
         )
         self.version, self.documents, self.chunks = version, documents, len(rows)
         self._rows, self._row_ids, self._matrix, self._lexical = rows, row_ids, matrix, lexical
+
+    @property
+    def doc_ids(self) -> frozenset[str]:
+        """Ids of the documents of the active version (those with at least one chunk)."""
+        return frozenset(row[0] for row in self._rows)
 
     async def search(
         self, query_embedding: np.ndarray, k: int, *, query_text: str | None = None

@@ -13,7 +13,7 @@ predicted once by a model fitted on the other four fifths (stratified by label).
 
 Labels: any non-empty string; ``out_of_scope`` or ``oos`` (any case) train the out-of-scope class.
 Each label's tier comes from ``--tiers`` (YAML ``label: tier``) or else from the intents file; labels
-with neither are listed in the report (the router sends them to a person, reason ``unknown_intent``).
+with neither are listed in the report (the router sends them to a person, reason ``unknown_intent_no_reasoning_tier``).
 
 Must not: touch the database or the network, or write anything before the input is fully checked.
 """
@@ -308,6 +308,7 @@ def train_from_file(
     out_dir: Path,
     tiers_file: Path | None = None,
     seed: int = 0,
+    add_config_examples: bool = False,
     embedder: Embedder | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -322,6 +323,9 @@ def train_from_file(
         out_dir: the models folder; the model goes to ``out_dir/<version>``.
         tiers_file: optional YAML ``label: tier``.
         seed: placeholder filling seed (part of the version).
+        add_config_examples: also train every intent of ``intents`` that has no row in the data on its
+            examples from the intents file (small talk, handoff and out-of-scope intents a team's
+            ticket export rarely holds); they are part of the data version.
         embedder: reused when given (tests, benchmarks); loaded otherwise.
         progress: show tqdm bars on stderr.
         log: called with each warning line as it arises (the CLI echoes them to stderr).
@@ -332,6 +336,11 @@ def train_from_file(
     from tqdm import tqdm
 
     rows = load_training_rows(data, text_column, label_column)
+    in_data = {r.label for r in rows}
+    missing = [name for name in intents if name not in in_data]
+    if add_config_examples:
+        rows += [TrainingRow(0, example, name) for name in missing for example in intents[name].examples]
+        missing = []
     tiers_given = load_tiers(tiers_file, intents) if tiers_file is not None else {}
     counts = Counter(r.label for r in rows)
     few = [f"{label!r} has {n}" for label, n in counts.items() if n < CV_FOLDS]
@@ -350,6 +359,10 @@ def train_from_file(
         if log is not None:
             log(line)
 
+    if missing:
+        warn(f"{len(missing)} intent(s) of the intents file have no rows, so the model never predicts them "
+             f"(add rows, or --add-config-examples to train them on the intents file's examples): "
+             f"{', '.join(missing)}")
     unused = sorted(set(tiers_given) - set(counts))
     if unused:
         warn(f"tiers file labels not in the data (ignored): {', '.join(unused)}")
@@ -359,7 +372,7 @@ def train_from_file(
     if unknown:
         listed = ", ".join(f"{label} ({n} rows)" for label, n in unknown.items())
         warn(f"{len(unknown)} label(s) have no tier (not in the intents file, not in --tiers); the router "
-             f"sends them to a person (reason unknown_intent): {listed}")
+             f"sends them to a person (reason unknown_intent_no_reasoning_tier): {listed}")
 
     embedder = embedder or Embedder.load()
     version = data_version(rows, tiers, seed, embedder.model_id)

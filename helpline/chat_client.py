@@ -43,6 +43,10 @@ class _Unreachable(Exception):
     """The server could not be reached, or is not a Helpline server."""
 
 
+class _Refused(Exception):
+    """The server answered and refused the hello (e.g. a malformed --session id)."""
+
+
 def ws_url(base_url: str) -> str:
     """``http(s)://HOST[/prefix]`` -> ``ws(s)://HOST[/prefix]/ws/chat`` (ws URLs pass through)."""
     raw = base_url.strip() or DEFAULT_URL
@@ -157,6 +161,9 @@ class _Client:
             except _Unreachable as exc:
                 self.err.line(f"cannot reach Helpline at {self.url}: {exc}")
                 return 2
+            except _Refused as exc:
+                self.err.line(f"Helpline at {self.url}: {exc}")
+                return 2
             lines = _start_stdin_reader(self.stdin, asyncio.get_running_loop())
             receiver = asyncio.create_task(self._receive_forever(http))
             try:
@@ -188,6 +195,9 @@ class _Client:
         except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError) as exc:
             await ws.close()
             raise _Unreachable("no welcome from the server") from exc
+        if welcome is not None and welcome.get("type") == "error":
+            await ws.close()
+            raise _Refused(f"the server refused the session: {welcome.get('message') or welcome.get('code')}")
         if welcome is None or welcome.get("type") != "welcome":
             await ws.close()
             raise _Unreachable(f"unexpected first frame {welcome!r}")

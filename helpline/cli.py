@@ -43,13 +43,20 @@ def main(verbose: bool) -> None:
 @click.option("--port", default=None, type=int, help="Port (default HELPLINE_PORT or 8080).")
 def serve(host: str | None, port: int | None) -> None:
     """Run the server (web chat at http://HOST:PORT/)."""
+    from bot.embeddings import ModelIntegrityError
+    from bot.escalation import TopicConfigError
+    from bot.intent_model import IntentConfigError, IntentModelError
     from helpline.server import serve as run_server
-    from state.migrate import PendingMigrationsError
+    from state.hot import HotStateUnavailable
+    from state.migrate import PendingMigrationsError, UnknownRevisionError
 
     settings = _settings(host=host, port=port)
     try:
         run_server(settings)
-    except PendingMigrationsError as exc:
+    except (
+        PendingMigrationsError, UnknownRevisionError, IntentModelError, IntentConfigError,
+        TopicConfigError, ModelIntegrityError, HotStateUnavailable,
+    ) as exc:  # a configuration problem: say what, no traceback
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # typically: the port is taken
         raise click.ClickException(f"cannot serve on {settings.host}:{settings.port}: {exc.strerror or exc}") from None
@@ -118,8 +125,9 @@ def kb_ingest(path: Path) -> None:
 
     try:
         version, documents, chunks = asyncio.run(run())
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ValueError as exc:  # invalid input, named by file, line and field: exit 2 like train/eval
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(2)
     click.echo(f"knowledge base {version}: {documents} documents, {chunks} chunks")
     click.echo("Restart running servers to serve the new version.")
 
@@ -134,9 +142,11 @@ def kb_ingest(path: Path) -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Models folder (default: DATA_DIR/models); the model goes to OUT/intent-<hash>.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for placeholder values.")
+@click.option("--add-config-examples", is_flag=True,
+              help="Also train the intents-file intents missing from the data on their examples there.")
 @click.option("--json", "json_line", is_flag=True, help="Print the figures as one JSON object, last line.")
 def train(data: Path, text_column: str, label_column: str, tiers_file: Path | None, out_dir: Path | None,
-          seed: int, json_line: bool) -> None:
+          seed: int, add_config_examples: bool, json_line: bool) -> None:
     """Train the intent model on your own labelled messages and save it (see bot/training.py).
 
     Exit status: 0 saved, 2 invalid input (the message names the line and the field; nothing written).
@@ -151,7 +161,7 @@ def train(data: Path, text_column: str, label_column: str, tiers_file: Path | No
         report = train_from_file(
             data, text_column=text_column, label_column=label_column,
             intents=load_intents(settings.intents_file), out_dir=out_dir or settings.models_dir,
-            tiers_file=tiers_file, seed=seed, log=lambda line: click.echo(f"warning: {line}", err=True),
+            tiers_file=tiers_file, seed=seed, add_config_examples=add_config_examples, log=lambda line: click.echo(f"warning: {line}", err=True),
         )
     except (TrainingDataError, IntentConfigError) as exc:
         click.echo(f"Error: {exc}", err=True)

@@ -83,7 +83,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         embedder = await asyncio.to_thread(Embedder.load)
         intents = load_intents(settings.intents_file)
-        log.info("loading the intent model (trained on first start, a few seconds)")
+        if settings.intent_model_dir is not None:
+            log.info("loading the intent model from %s", settings.intent_model_dir)
+        else:
+            log.info("loading the intent model (trained on first start, a few seconds)")
         intent_model = await asyncio.to_thread(
             load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir
         )

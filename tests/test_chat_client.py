@@ -158,6 +158,16 @@ async def test_unreachable_server_exits_2(capsys: pytest.CaptureFixture[str]) ->
     assert f"cannot reach Helpline at {url}: " in capsys.readouterr().err
 
 
+async def test_a_refused_session_id_is_reported_as_refused_not_unreachable(server_url: str) -> None:
+    err = io.StringIO()
+    code = await run_chat(server_url, session_id="bad", stdin=io.StringIO("hi\n"), stdout=io.StringIO(), stderr=err)
+    assert code == 2
+    assert err.getvalue() == (
+        f"Helpline at {server_url}: the server refused the session: "
+        "session_id must be null or 8-128 characters of [A-Za-z0-9_-]\n"
+    )
+
+
 async def test_not_a_helpline_server_exits_2(server_url: str) -> None:
     err = io.StringIO()
     code = await run_chat(server_url + "/nowhere", stdin=io.StringIO(""), stdout=io.StringIO(), stderr=err)

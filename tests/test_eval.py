@@ -395,7 +395,7 @@ def test_curve_on_constructed_cases() -> None:
 def test_pick_threshold_maximises_deflection_under_the_target() -> None:
     points = calibrate.curve(_CONSTRUCTED)
     assert calibrate.pick_threshold(points, 0.2).threshold == 0.6
-    assert calibrate.pick_threshold(points, 0.5).threshold == 0.0  # ties: lowest threshold
+    assert calibrate.pick_threshold(points, 0.5).threshold == 0.5  # ties: the highest (safest) threshold
     assert calibrate.pick_threshold(points, 0.0).threshold == 0.9
     with pytest.raises(ValueError):
         calibrate.pick_threshold([p for p in points if p.wrong], 0.0)
@@ -490,20 +490,26 @@ def test_report_writes_markdown_plots_and_cases(tmp_path: Path) -> None:
 # --- end to end through the real runtime ---------------------------------------------------------
 
 
-async def test_cases_run_through_the_live_path(database_url: str, intent_model_dir: Path, tmp_path: Path) -> None:
+async def test_cases_run_through_the_live_path(
+    database_url: str, intent_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cases = [
         GoldenCase("greet", ("hi",), "greeting", escalate=False),
         GoldenCase("slot", ("where is my order?", "it's #W5976205"), "track_order", escalate=False),
         GoldenCase("refund", ("how long does a refund take?",), "check_refund_policy", escalate=False,
                    relevant_docs=("refunds",)),
         GoldenCase("oos", ("what's the capital of australia?",), "out_of_scope", relevant_docs=("contact",)),
-        GoldenCase("human", ("I want to talk to a real person",), "contact_human_agent", escalate=True),
+        GoldenCase("human", ("I want to talk to a real person",), "contact_human_agent", escalate=True,
+                   relevant_docs=("contact-us-typo",)),
     ]
     base = Settings(data_dir=tmp_path / "unused")
     with eval_settings(base, model_dir=intent_model_dir, database_url=database_url) as settings:
         assert settings.data_dir != base.data_dir and settings.redis_url is None
         run = await evaluate(cases, settings, concurrency=3)
     greet, slot, refund, oos, human = run.outcomes
+    assert f"warning: relevant_docs not in knowledge base {run.kb_version}: contact-us-typo (cases human)" in (
+        capsys.readouterr().err
+    )
     assert run.threshold == base.confidence_threshold and run.kb_version and run.kb_version.startswith("kb-")
 
     assert (greet.last.tier, greet.predicted, greet.automated, greet.answers) == ("deterministic", "greeting", True, [])

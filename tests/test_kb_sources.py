@@ -291,7 +291,12 @@ def test_kb_ingest_command_accepts_a_file(tmp_path: Path, monkeypatch: pytest.Mo
     assert "1 documents, 1 chunks" in result.output
     bad = _jsonl(tmp_path / "bad.jsonl", {"doc_id": "a"})
     result = CliRunner().invoke(cli, ["kb", "ingest", str(bad)])
-    assert result.exit_code == 1 and "bad.jsonl:1: field 'text' is missing" in result.output
+    assert result.exit_code == 2 and "bad.jsonl:1: field 'text' is missing" in result.output
+    latin1 = tmp_path / "policy.md"
+    latin1.write_bytes("# Returns\n\nRefunds take 5 days.\nCaf\xe9 orders are final.\n".encode("latin-1"))
+    result = CliRunner().invoke(cli, ["kb", "ingest", str(latin1)])
+    assert result.exit_code == 2, result.output
+    assert f"{latin1}:4: not valid UTF-8 (byte 35: b'\\xe9')" in result.output
 
 
 # --- real data: tau-bench retail wiki and ABCD guidelines, with our golden questions ---------------

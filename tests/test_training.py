@@ -329,3 +329,29 @@ def test_cli_trains_lists_unknown_labels_and_prints_json(tmp_path: Path, monkeyp
     assert f"HELPLINE_INTENT_MODEL_DIR={model_dir}" in result.stdout
     assert 0.0 <= figures["accuracy"] <= 1.0 and figures["model_bytes"] > 10_000
     assert yaml.safe_load((model_dir / "meta.json").read_text(encoding="utf-8"))["labels"][2] == OUT_OF_SCOPE
+
+
+def test_intents_missing_from_the_data_are_named_or_trained_from_the_intents_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, intents: dict
+) -> None:
+    data = _write_jsonl(tmp_path / "small.jsonl", _small_rows())
+    monkeypatch.setenv("HELPLINE_DATA_DIR", str(tmp_path / "var"))
+    args = ["train", "--data", str(data), "--text-column", "message", "--label-column", "label", "--json"]
+    in_data = {canonical_label(row["label"]) for row in _small_rows()}
+    missing = [name for name in intents if name not in in_data]
+    assert "greeting" in missing and "contact_human_agent" in missing
+
+    plain = CliRunner().invoke(cli, args)
+    assert plain.exit_code == 0, plain.output
+    assert f"warning: {len(missing)} intent(s) of the intents file have no rows" in plain.stderr
+    assert ", ".join(missing) in plain.stderr
+    assert json.loads(plain.stdout.strip().splitlines()[-1])["rows"] == 30
+
+    merged = CliRunner().invoke(cli, [*args, "--add-config-examples"])
+    assert merged.exit_code == 0, merged.output
+    assert "have no rows" not in merged.stderr
+    figures = json.loads(merged.stdout.strip().splitlines()[-1])
+    assert figures["rows"] == 30 + sum(len(intents[name].examples) for name in missing)
+    assert figures["labels"] == len(in_data | set(missing))
+    model = IntentModel.load(Path(figures["model_dir"]), Embedder.load())
+    assert model.predict("hello there, good morning!").intent == "greeting"

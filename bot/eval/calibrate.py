@@ -91,12 +91,13 @@ def curve(cases: Sequence[CaseAtZero], thresholds: Iterable[float] | None = None
 
 def pick_threshold(points: Sequence[CurvePoint], max_wrong: float) -> CurvePoint:
     """The point with the highest deflection among those with ``wrong_answer_rate <= max_wrong``;
-    on a tie the lowest threshold. Raises ``ValueError`` when no point meets the target (a curve
+    on a tie the highest threshold: the golden set cannot tell the tied thresholds apart, and the
+    higher one hands more of the unseen, less confident traffic to a person. Raises ``ValueError`` when no point meets the target (a curve
     that includes threshold 1 always has one unless some answer is wrong at every threshold)."""
     allowed = [p for p in points if p.wrong_answer_rate <= max_wrong + 1e-12]
     if not allowed:
         raise ValueError(f"no threshold keeps the wrong-answer rate at or under {max_wrong}")
-    return max(allowed, key=lambda p: (p.deflection, -p.threshold))
+    return max(allowed, key=lambda p: (p.deflection, p.threshold))
 
 
 def live_threshold(picked: float) -> float:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -260,6 +261,20 @@ async def run_cases(
         await runtime.conversations.drain()
 
 
+def _warn_unknown_docs(cases: Sequence[GoldenCase], known: frozenset[str], version: str | None) -> None:
+    """List ``relevant_docs`` the knowledge base does not have (a typo or another knowledge base):
+    those cases can never score a retrieval hit, which would look like a retrieval failure."""
+    unknown: dict[str, list[str]] = {}
+    for case in cases:
+        for doc in case.relevant_docs:
+            if doc not in known:
+                unknown.setdefault(doc, []).append(case.id)
+    if unknown:
+        listed = "; ".join(f"{doc} (cases {', '.join(ids[:5])}{' ...' if len(ids) > 5 else ''})"
+                           for doc, ids in sorted(unknown.items()))
+        print(f"warning: relevant_docs not in knowledge base {version}: {listed}", file=sys.stderr)
+
+
 async def evaluate(
     cases: Sequence[GoldenCase],
     settings: Settings,
@@ -275,6 +290,7 @@ async def evaluate(
     async with open_runtime(settings) as runtime:
         # Replies go through the outbox like every channel's; the eval channel collects them.
         runtime.outbox.register(EVAL_CHANNEL, EvalSender())
+        _warn_unknown_docs(cases, runtime.knowledge.doc_ids, runtime.knowledge.version)
         started = time.perf_counter()
         outcomes = await run_cases(runtime, cases, concurrency=concurrency, progress=progress)
         wall = time.perf_counter() - started
