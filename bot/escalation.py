@@ -25,7 +25,32 @@ from the stored messages and turn events by the conversation service) since the 
 escalated or resolved, or a human owned it (:func:`since_last_handoff`): after a person hands the
 ticket back, old failures and old anger do not send it straight back.
 
-Must not: touch tickets, messages or the database, or reply; it only decides whether and why.
+Two kinds of message get a fixed reply from :meth:`Escalation.reply_instead` instead of the tiers, with
+no escalation (reason in :data:`REPLY_REASONS`, ``data={"matched": words}``, the text a module constant):
+
+============================  ===============================================================================
+``asked_if_bot``              the whole message asks whether the customer is talking to a bot or a person
+                              ("are you a real person?", "am I talking to a bot?", see :func:`asks_if_bot`):
+                              :data:`ASKED_IF_BOT_REPLY` says honestly that it is an automated assistant and
+                              how to reach a person. For such a question the intent model's
+                              ``contact_human_agent`` is not a request (the rules have read the message); a
+                              rule match ("are you a bot? let me talk to a human") still escalates.
+``customer_said_not_helped``  the customer says the last answer did not help (:data:`NOT_HELPED`) and the
+                              message holds no new request: the predicted intent is small talk
+                              (:data:`SMALL_TALK_INTENTS`, whose canned replies would be "You're welcome!" or a
+                              goodbye that resolves the ticket) or ``out_of_scope``, or the model is unsure
+                              (below ``confidence_threshold``, or density-flagged out of scope), and no order
+                              id or email is named. :data:`NOT_HELPED_REPLY` apologises and asks for the
+                              request in other words. "that didn't help, where is my order #W2611340?" (a
+                              confident ``track_order``) goes to the tiers as usual.
+============================  ===============================================================================
+
+A complaint still counts as a failure (when ``customer_said_not_helped`` is in ``failure_reasons``),
+whatever answers it: the apology is the first failure, the next failure escalates with
+``repeated_failure``, and at the limit :meth:`Escalation.check` escalates before a reply is considered.
+
+Must not: touch tickets, messages or the database; it only decides whether and why (and holds the
+texts of its two fixed replies).
 """
 
 from __future__ import annotations
@@ -44,6 +69,7 @@ import numpy as np
 import yaml
 
 from bot.entities import extract_entities
+from bot.intent_model import OUT_OF_SCOPE
 from bot.language import LanguageGate, english_words, handoff_notice
 
 if TYPE_CHECKING:
@@ -63,6 +89,19 @@ REASONS = (
 """Every reason this module can give, in the order :meth:`Escalation.check` tries them."""
 
 SENSITIVE_INTENT_MIN_CONFIDENCE = 0.5
+
+REPLY_REASONS = ("asked_if_bot", "customer_said_not_helped")
+"""Reasons of :meth:`Escalation.reply_instead`: a fixed reply from the bot, no escalation."""
+
+ASKED_IF_BOT_REPLY = (
+    "I'm Helpline's automated assistant. If you'd like a person, just say so and I'll pass you to our team."
+)
+NOT_HELPED_REPLY = (
+    "I'm sorry that didn't help. Could you tell me in other words what you need? If it's about an "
+    "order, please include the order number."
+)
+SMALL_TALK_INTENTS = frozenset({"greeting", "thanks", "goodbye"})
+"""Intents answered with a canned reply (``config/intents.yaml``): never the answer to a complaint."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +153,16 @@ class Trigger:
     def reply(self, handoff: str) -> str:
         """The customer-facing reply: ``handoff``, preceded by the notice when there is one."""
         return f"{self.notice}\n\n{handoff}" if self.notice else handoff
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A fixed reply the bot sends instead of running the tiers, without escalating: ``reason`` (one of
+    :data:`REPLY_REASONS`) and ``data`` for the turn event (``{"matched": words}``), ``text`` to send."""
+
+    reason: str
+    text: str
+    data: Mapping[str, Any] = field(default_factory=dict)
 
 
 # --- words ---------------------------------------------------------------------------------------
@@ -475,6 +524,8 @@ def _short_request(tokens: Sequence[str]) -> str | None:
     words = [t for t in tokens if t != BOUNDARY]
     if not words or len(words) > SHORT_MAX_TOKENS:
         return None
+    if _is_question_about_bot(words):
+        return None  # "is this a human?", "are you an agent?": asking what answers, see asks_if_bot
     people = [i for i, t in enumerate(words) if t in PERSON and _is_staff(words, i)]
     if people and all(t in SHORT_FILLERS or t in PERSON for t in words):
         return " ".join(words)
@@ -506,6 +557,61 @@ def explicit_request(tokens: Sequence[str]) -> str | None:
         if found:
             return found
     return _short_request(tokens)
+
+
+# --- a question whether the customer is talking to a bot -------------------------------------------
+
+# Words that may open a message or a clause around the question: "hi, are you a bot? just curious".
+ASIDE = frozenset({
+    "hi", "hello", "hey", "hiya", "yo", "ok", "okay", "so", "wait", "and", "honestly", "seriously",
+    "really", "lol", "um", "hmm", "just", "quick", "question", "actually", "also", "btw", "curious",
+    "asking", "wondering", "out", "of", "curiosity", "sorry", "please", "thanks", "thank", "you",
+})
+# What may stand in the rest of the question besides the person or bot words: "am i TALKING TO A REAL
+# human", "is this AN automated REPLY", "are you a bot OR NOT". Anything else ("is this product made
+# by a machine", "is it a human who packs the orders") means the message is about something else.
+BOT_QUESTION_WORDS = TALK | REAL | frozenset({
+    "to", "with", "a", "an", "the", "actually", "really", "even", "just", "only", "still", "right",
+    "or", "not", "kind", "sort", "of", "customer", "support", "service", "reply", "replies",
+    "response", "responses", "answer", "answers", "message", "messages", "system", "too", "here",
+    "now", "i", "am", "me",
+})
+WHAT_ANSWERS = BOT_WORDS | frozenset({"chatgpt", "gpt", "llm"})
+"""Words for a bot in such a question, besides person words ("am I talking to chatgpt?")."""
+
+
+def _bot_question(clause: Sequence[str]) -> bool:
+    """Is ``clause`` (after up to two :data:`ASIDE` words) "are you / is this / am I ..." followed only
+    by :data:`BOT_QUESTION_WORDS` and at least one person or bot word ("are you real" counts too)?"""
+    for k in range(min(3, len(clause) - 1)):
+        if k and clause[k - 1] not in ASIDE:
+            return False
+        if tuple(clause[k : k + 2]) not in QUESTION_ABOUT_BOT:
+            continue
+        rest = clause[k + 2 :]
+        people = [i for i, t in enumerate(rest) if t in WHAT_ANSWERS or _is_staff(rest, i)]
+        if not rest or any(t not in BOT_QUESTION_WORDS and i not in people for i, t in enumerate(rest)):
+            return False
+        return bool(people) or clause[k + 1] == "you" and all(t in REAL for t in rest)
+    return False
+
+
+def asks_if_bot(tokens: Sequence[str]) -> str | None:
+    """The question, when the whole message asks whether the customer is talking to a bot or a person,
+    else None. ``tokens``: from :meth:`Speller.tokens`.
+
+    One clause must be such a question ("are you a real person?", "am I talking to a bot?", "is this a
+    human?", "r u human", "is this an automated reply", "are you real?") and every other clause only
+    asides ("hi", "just curious"). A question with a request next to it ("are you a bot? where is my
+    order") or about something else ("is this product made by a machine?", "is this a human error?") is
+    not one. Rules for requests come first: :func:`explicit_request` decides "is there a human I can
+    talk to" before this is asked.
+    """
+    clauses = _clauses(tokens)
+    questions = [c for c in clauses if _bot_question(c)]
+    if not questions or any(c not in questions and not all(t in ASIDE for t in c) for c in clauses):
+        return None
+    return " ".join(questions[0])
 
 
 # --- sensitive topics ------------------------------------------------------------------------------
@@ -831,6 +937,8 @@ class Escalation:
         matched = explicit_request(tokens)
         if matched:
             return Trigger("explicit_request", {"matched": matched})
+        if asks_if_bot(tokens):
+            return None  # "are you a real person?": a question the bot answers (reply_instead)
         if u.intent == "contact_human_agent" and u.confidence >= self.settings.confidence_threshold:
             return Trigger("explicit_request", {"matched": None, "intent_confidence": round(u.confidence, 4)})
         return None
@@ -908,6 +1016,31 @@ class Escalation:
             outcome, stretch[-1] if stretch else None, self.settings.failure_reasons, self.speller.tokens(text)
         )
         return self.repeated_failure(stretch, why) if why else None
+
+    def reply_instead(self, text: str, u: Understanding) -> Reply | None:
+        """The fixed reply for a turn no trigger sent to a person (ask after :meth:`check` returned None),
+        or None to let the tiers answer: ``asked_if_bot`` when the whole message asks whether the
+        customer is talking to a bot (:func:`asks_if_bot`); ``customer_said_not_helped`` when the
+        customer says the last answer did not help and the message holds no new request (see the
+        module docstring). Cheap: the speller's corrections are cached by :meth:`check`."""
+        tokens = self.speller.tokens(text)
+        question = asks_if_bot(tokens)
+        if question:
+            return Reply("asked_if_bot", ASKED_IF_BOT_REPLY, {"matched": question})
+        complaint = says_not_helped(tokens)
+        if complaint and not self._holds_request(u):
+            return Reply("customer_said_not_helped", NOT_HELPED_REPLY, {"matched": complaint})
+        return None
+
+    def _holds_request(self, u: Understanding) -> bool:
+        # A request the tiers can act on: an order id or email, or a confident intent that is not small
+        # talk and not out of scope.
+        if u.entities.order_ids or u.entities.emails:
+            return True
+        return not (
+            u.intent in SMALL_TALK_INTENTS or u.intent == OUT_OF_SCOPE or u.out_of_scope
+            or u.confidence < self.settings.confidence_threshold
+        )
 
     def _failures(self, stretch: Sequence[PriorTurn]) -> list[str]:
         out = []

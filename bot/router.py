@@ -6,7 +6,9 @@ Order of checks, every turn:
 2. understand: intent + calibrated confidence, entities (order id, email), sentiment;
 3. escalation triggers (:mod:`bot.escalation`): an unsupported language, an explicit request for a
    person, a sensitive topic or intent, negative sentiment in this message or over the conversation,
-   a repeated message, repeated failure -> ``human``;
+   a repeated message, repeated failure -> ``human``; then a fixed reply instead of the tiers for
+   "are you a bot?" (``asked_if_bot``) and "that didn't help" with no new request
+   (``customer_said_not_helped``);
 4. slot filling: a value the bot asked for (an order number) completes the pending intent;
 5. out of scope by the density score (far from every training example; ``data["out_of_scope"]``), or
    confidence below the threshold -> ``reasoning`` when a provider is configured, else ``human``;
@@ -164,7 +166,10 @@ class Router:
                 tier="human", reason=trigger.reason, reply=trigger.reply(HANDOFF_REPLY), escalate=True,
                 data=dict(trigger.data), **base,
             )
-        decision = await self._tiers(text, u, ctx, base)
+        instead = self.escalation.reply_instead(text, u)  # "are you a bot?", "that didn't help"
+        decision = await self._tiers(text, u, ctx, base) if instead is None else Decision(
+            tier="deterministic", reason=instead.reason, reply=instead.text, data=dict(instead.data), **base
+        )
         outcome = PriorTurn.from_event(text, decision.event_payload())
         failed = self.escalation.after_tiers(text, outcome, ctx.prior)
         return decision if failed is None else self._hand_over(decision, failed)

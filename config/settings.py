@@ -197,7 +197,7 @@ class Settings(BaseSettings):
         "order_not_found, asked_slot_again, and prefixes of the reasons of turns that did not escalate.",
     )
     repeat_similarity: float = Field(
-        0.85, ge=0, le=1.01, description="Cosine similarity at or above which a customer message "
+        0.85, ge=0, le=2.0, description="Cosine similarity at or above which a customer message "
         "repeats an earlier one of the ticket (same order ids and emails); above 1: off."
     )
     repeat_min_words: int = Field(3, ge=1, description="Shorter messages never count as repeats.")

@@ -10,17 +10,22 @@ import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 from shared_data import shared_data_dir
 from sqlalchemy import select
 
 from bot.embeddings import Embedder
 from bot.entities import extract_entities
 from bot.escalation import (
+    ASKED_IF_BOT_REPLY,
+    NOT_HELPED_REPLY,
     REASONS,
+    REPLY_REASONS,
     Escalation,
     PriorTurn,
     TopicConfigError,
     Topics,
+    asks_if_bot,
     conversation_sentiment,
     explicit_request,
     repeated_message,
@@ -28,7 +33,7 @@ from bot.escalation import (
     since_last_handoff,
 )
 from bot.language import HANDOFF_NOTICES, LanguageGate
-from bot.router import HANDOFF_REPLY
+from bot.router import HANDOFF_REPLY, TurnContext
 from bot.sentiment import Sentiment
 from bot.understanding import Understanding
 from config.settings import Settings
@@ -341,6 +346,119 @@ def test_two_failures_escalate(escalation: Escalation, embedder, sentiment) -> N
     assert esc.after_tiers("that didn't help", outcome, (unsure,)).data["why"] == ["low_confidence", "customer_said_not_helped"]
 
 
+# --- replies instead of the tiers: "that didn't help", "are you a bot?" ---------------------------
+
+ANSWERED = PriorTurn("how long does a refund take?", 0.0, "retrieval", "answered")
+
+
+@pytest.fixture
+async def router(helpline_client):
+    """The real application's router (real intent model, knowledge base and demo order store)."""
+    return helpline_client.server.app[RUNTIME].router
+
+
+def after(*prior: PriorTurn) -> TurnContext:
+    return TurnContext(ticket_id=1, ticket_state="bot", prior=prior)
+
+
+@pytest.mark.parametrize("text,intent,confidence,replied", [
+    ("that didn't help", "thanks", 0.81, True),  # small talk: "You're welcome!" would be wrong
+    ("that's not it", "goodbye", 0.9, True),  # a goodbye would resolve the ticket
+    ("I already told you", "out_of_scope", 0.68, True),
+    ("still not working", "registration_problems", 0.4, True),  # unsure: ask, do not guess
+    ("that didn't help, where is my order", "track_order", 0.95, False),  # a new request: the tiers
+    ("that didn't help, my email is ann@example.com", "thanks", 0.81, False),  # names an email
+    ("thanks, that helped", "thanks", 0.99, False),  # not a complaint
+])
+def test_a_complaint_without_a_new_request_gets_an_apology(
+    escalation: Escalation, embedder, sentiment, text: str, intent: str, confidence: float, replied: bool
+) -> None:
+    reply = escalation.reply_instead(text, understood(text, embedder, sentiment, intent, confidence))
+    if replied:
+        assert reply is not None and reply.reason == "customer_said_not_helped" and reply.text == NOT_HELPED_REPLY
+        assert reply.data["matched"]
+    else:
+        assert reply is None
+
+
+@pytest.mark.parametrize("text", ["that didn't help", "I already told you", "you're not understanding",
+                                  "no help at all", "ur not helping", "wrong answer"])
+async def test_after_an_answer_a_complaint_gets_an_apology_not_small_talk(router, text: str) -> None:
+    decision = await router.route(text, after(ANSWERED))
+    assert (decision.tier, decision.reason, decision.reply) == ("deterministic", "customer_said_not_helped", NOT_HELPED_REPLY), decision
+    assert decision.escalate is False and decision.resolve is False
+    # The second failure goes to a person, as before.
+    apologised = PriorTurn.from_event(text, decision.event_payload())
+    second = await router.route("still not working", after(ANSWERED, apologised))
+    assert (second.tier, second.reason, second.escalate) == ("human", "repeated_failure", True)
+    assert second.data["why"] == ["customer_said_not_helped", "customer_said_not_helped"]
+
+
+async def test_a_complaint_with_a_new_request_is_answered_by_the_tiers(router, helpline_client) -> None:
+    orders = helpline_client.server.app[RUNTIME].orders
+    order = next(o for o in orders._orders.values() if o.tracking_ids)
+    decision = await router.route(f"that didn't help, where is my order {order.order_id}?", after(ANSWERED))
+    assert (decision.tier, decision.intent, decision.reason, decision.escalate) == (
+        "deterministic", "track_order", "answered", False
+    ), decision
+    assert order.order_id in decision.reply
+    thanks = await router.route("thanks, that helped", after(ANSWERED))
+    assert (thanks.reason, thanks.intent, thanks.reply) == ("answered", "thanks", router.intents["thanks"].reply)
+
+
+ASKS_IF_BOT = [
+    "are you a real person?", "am I talking to a bot?", "is this a human?", "are you human", "r u a bot",
+    "ARE YOU A BOT???", "are you a robot?", "is this an automated reply?", "am i chatting with a real human?",
+    "are you real?", "is this a real person or a bot", "hi, are you a bot?", "am i speaking to a human",
+    "are you an AI?", "are u a human being", "so am i talking to a real person or not", "is that a bot",
+    "is this a real person I'm talking to?", "are you a bot? just curious", "am I talking to chatgpt?",
+]
+NOT_ASKING_IF_BOT = [
+    "I want a real person", "is there a human?", "is this a human error?", "is this product made by a machine",
+    "are you a bot? where is my order", "is it a human who packs the orders", "is this real?",
+    "are you open on sunday", "is this the right email", "are you sure", "is this a real leather bag",
+    "are you a bot? agent please", "are you a real person? let me talk to a human", "am i eligible for a refund",
+]
+
+
+@pytest.mark.parametrize("text", ASKS_IF_BOT)
+def test_questions_whether_it_is_a_bot_are_recognised(escalation: Escalation, text: str) -> None:
+    tokens = escalation.speller.tokens(text)
+    assert asks_if_bot(tokens) and explicit_request(tokens) is None, (text, tokens)
+
+
+@pytest.mark.parametrize("text", NOT_ASKING_IF_BOT)
+def test_what_is_not_a_question_whether_it_is_a_bot(escalation: Escalation, text: str) -> None:
+    assert asks_if_bot(escalation.speller.tokens(text)) is None, text
+
+
+def test_the_intent_model_does_not_turn_a_question_about_the_bot_into_a_handoff(
+    escalation: Escalation, embedder, sentiment
+) -> None:
+    u = understood("are you a real person?", embedder, sentiment, intent="contact_human_agent", confidence=0.99)
+    assert escalation.check("are you a real person?", u, (), reasoning_available=False) is None
+    reply = escalation.reply_instead("are you a real person?", u)
+    assert (reply.reason, reply.text, dict(reply.data)) == ("asked_if_bot", ASKED_IF_BOT_REPLY, {"matched": "are you a real person"})
+    # Next to a request the model still decides; a request the rules read always escalates.
+    u = understood("are you a bot? agent please", embedder, sentiment, intent="contact_human_agent", confidence=0.99)
+    assert escalation.check("are you a bot? agent please", u, (), reasoning_available=False).reason == "explicit_request"
+    assert set(REPLY_REASONS).isdisjoint(REASONS)
+
+
+@pytest.mark.parametrize("text", ASKS_IF_BOT)
+async def test_asked_if_it_is_a_bot_it_says_so_and_does_not_escalate(router, text: str) -> None:
+    decision = await router.route(text, after())
+    assert (decision.tier, decision.reason, decision.reply, decision.escalate) == (
+        "deterministic", "asked_if_bot", ASKED_IF_BOT_REPLY, False
+    ), decision
+
+
+@pytest.mark.parametrize("text", ["I want a real person", "are you a real person? let me talk to a human"])
+async def test_asking_for_a_real_person_still_escalates(router, text: str) -> None:
+    decision = await router.route(text, after())
+    assert (decision.tier, decision.reason, decision.escalate) == ("human", "explicit_request", True), decision
+
+
 def test_a_repeated_message_escalates(escalation: Escalation, embedder, sentiment) -> None:
     first = PriorTurn("how long does a refund take?", 0.0, "retrieval", "answered")
     for text in ("how long does a refund take", "HOW LONG DOES A REFUND TAKE??", "i said how long does a refund take"):
@@ -365,6 +483,18 @@ def test_what_is_not_a_repeat(embedder) -> None:
     assert rep("how do I change my email address", ["how do i reset my password"]) is None
     assert rep("ok thanks", ["ok thanks"]) is None  # too short to count
     assert rep("where is my order", []) is None
+
+
+def test_repeat_similarity_above_1_switches_the_trigger_off(escalation: Escalation, embedder, sentiment) -> None:
+    text = "how long does a refund take?"
+    u = understood(text, embedder, sentiment, intent="check_refund_policy")
+    assert escalation.repeated_message(text, u, (ANSWERED,)).data["similarity"] >= 0.99
+    for off in (1.01, 1.5, 2.0):
+        esc = Escalation.from_settings(SETTINGS.model_copy(update={"repeat_similarity": off}), embedder.embed, sentiment.compound)
+        assert esc.repeated_message(text, u, (ANSWERED,)) is None, off
+    assert Settings(repeat_similarity=1.5).repeat_similarity == 1.5
+    with pytest.raises(ValidationError, match="repeat_similarity"):
+        Settings(repeat_similarity=2.5)
 
 
 def test_small_talk_may_repeat(escalation: Escalation, embedder, sentiment) -> None:
@@ -547,3 +677,44 @@ async def test_a_ticket_handed_back_by_a_person_starts_a_fresh_count(helpline_cl
     assert turns[-1]["reason"] == "answered" and turns[-1]["escalated"] is False, turns[-1]
     assert turns[-1]["data"]["not_found"] == ["#W7654321"]
 
+
+async def _outbound(rt, ticket: Ticket) -> list[str]:
+    async with rt.db.sessions() as session:
+        sent = (await session.execute(
+            select(Message).where(Message.ticket_id == ticket.id, Message.direction == "outbound").order_by(Message.id)
+        )).scalars().all()
+    return [m.text for m in sent]
+
+
+async def test_that_didnt_help_gets_an_apology_then_a_person(helpline_client) -> None:
+    rt = helpline_client.server.app[RUNTIME]
+    ticket, turns = await _converse(rt, "esc-e2e-not-helped", [
+        "how long does a refund take?", "that didn't help", "still not working",
+    ])
+    assert [(t["tier"], t["reason"], t["escalated"]) for t in turns] == [
+        ("retrieval", "answered", False),
+        ("deterministic", "customer_said_not_helped", False),
+        ("human", "repeated_failure", True),
+    ], turns
+    assert turns[1]["resolved"] is False and turns[1]["data"] == {"matched": "didnt help"}
+    assert turns[2]["data"]["why"] == ["customer_said_not_helped", "customer_said_not_helped"]
+    sent = await _outbound(rt, ticket)
+    assert sent[1] == NOT_HELPED_REPLY and sent[2] == HANDOFF_REPLY
+    assert ticket.state == "escalated" and ticket.escalation_reason == "repeated_failure"
+
+
+async def test_thanks_after_an_answer_still_gets_the_thanks_reply(helpline_client) -> None:
+    rt = helpline_client.server.app[RUNTIME]
+    ticket, turns = await _converse(rt, "esc-e2e-thanks", ["how long does a refund take?", "thanks, that helped"])
+    assert [(t["reason"], t["intent"], t["escalated"]) for t in turns[1:]] == [("answered", "thanks", False)], turns
+    assert (await _outbound(rt, ticket))[1] == rt.router.intents["thanks"].reply
+    assert ticket.state != "escalated"
+
+
+async def test_are_you_a_real_person_gets_an_honest_answer(helpline_client) -> None:
+    rt = helpline_client.server.app[RUNTIME]
+    ticket, turns = await _converse(rt, "esc-e2e-bot", ["are you a real person?", "ok, I want a real person"])
+    assert [(t["reason"], t["escalated"]) for t in turns] == [("asked_if_bot", False), ("explicit_request", True)], turns
+    assert turns[0]["intent"] == "contact_human_agent"  # what the model said stays on record
+    assert (await _outbound(rt, ticket))[:2] == [ASKED_IF_BOT_REPLY, HANDOFF_REPLY]
+    assert ticket.state == "escalated" and ticket.escalation_reason == "explicit_request"
