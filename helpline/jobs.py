@@ -54,16 +54,24 @@ class SendFailed(RuntimeError):
     """An outbox attempt failed and another is due (the job queue retries it)."""
 
 
-def connector_for(database_url: str) -> procrastinate.BaseConnector:
+WORKER_CONNECTIONS = 4
+"""Connections a worker holds besides its jobs: LISTEN, job fetching, the periodic deferrer, heartbeats."""
+
+
+def connector_for(database_url: str, job_concurrency: int) -> procrastinate.BaseConnector:
     """Postgres URL -> jobs in that database (psycopg 3 pool); anything else -> in memory.
 
-    The SQLAlchemy URL (``postgresql+asyncpg://...``) is rewritten for libpq; its query options must
-    be libpq ones (``sslmode=...``).
+    The pool has room for ``job_concurrency`` running jobs plus the worker's own connections: a pool
+    smaller than that makes the worker's tasks wait (30 s each) for a connection. The SQLAlchemy URL
+    (``postgresql+asyncpg://...``) is rewritten for libpq; its query options must be libpq ones
+    (``sslmode=...``).
     """
     url = make_url(database_url)
     if url.get_backend_name() == "postgresql":
         conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
-        return procrastinate.PsycopgConnector(conninfo=conninfo, min_size=1, max_size=4)
+        return procrastinate.PsycopgConnector(
+            conninfo=conninfo, min_size=1, max_size=job_concurrency + WORKER_CONNECTIONS
+        )
     return InMemoryConnector()
 
 
@@ -79,7 +87,7 @@ def build_job_app(settings: Settings) -> procrastinate.App:
     Tasks read what they act on from the worker's ``additional_context`` (``conversations``,
     ``outbox``), which :func:`run_worker` passes.
     """
-    app = procrastinate.App(connector=connector_for(settings.effective_database_url))
+    app = procrastinate.App(connector=connector_for(settings.effective_database_url, settings.job_concurrency))
     retry = procrastinate.RetryStrategy(
         max_attempts=settings.outbox_max_attempts, exponential_wait=2, retry_exceptions={SendFailed}
     )

@@ -30,6 +30,7 @@ STATIC_DIR = Path(str(resources.files("channels") / "static"))
 
 SETTINGS = web.AppKey("settings", Settings)
 RUNTIME = web.AppKey("runtime", Runtime)
+JOB_WORKER = web.AppKey("job_worker", asyncio.Task)
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
@@ -41,7 +42,8 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         if resumed:
             log.info("resumed %d ticket(s) with unanswered messages", resumed)
         context = {"conversations": conversations, "outbox": runtime.outbox}
-        async with run_worker(runtime.jobs, concurrency=settings.job_concurrency, context=context):
+        async with run_worker(runtime.jobs, concurrency=settings.job_concurrency, context=context) as worker:
+            app[JOB_WORKER] = worker
             yield
             await conversations.drain()
 
@@ -103,6 +105,20 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
     return await request.app[RUNTIME].webchat.handle(request)
 
 
+async def _stop_job_worker(app: web.Application) -> None:
+    # On shutdown aiohttp waits (up to its shutdown timeout) for every task started after start-up
+    # before it runs the cleanup that would stop the worker; the worker's and the connection pool's
+    # tasks never end by themselves, so stop both first. Running jobs get the worker's graceful
+    # timeout. Turns still in flight finish later, in cleanup (they need no job queue).
+    worker = app.get(JOB_WORKER)
+    if worker is not None:
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+    rt = app.get(RUNTIME)
+    if rt is not None:  # the job queue's connection pool runs tasks of its own (closing twice is safe)
+        await rt.jobs.connector.close_async()
+
+
 async def _close_sockets(app: web.Application) -> None:
     rt = app.get(RUNTIME)
     if rt is not None:
@@ -115,6 +131,7 @@ def build_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime)
     app.on_shutdown.append(_close_sockets)
+    app.on_shutdown.append(_stop_job_worker)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -54,7 +54,9 @@ async def helpline_client(aiohttp_client: Any, app_settings: Settings) -> Any:
     """An aiohttp ``TestClient`` on the real application (started: schema, models, KB loaded)."""
     from helpline.server import build_app
 
-    return await aiohttp_client(build_app(app_settings))
+    # aiohttp waits up to its shutdown timeout (60 s) for tasks started after start-up (the job
+    # queue's connection pool on Postgres) before cleanup closes them; tests need not wait.
+    return await aiohttp_client(build_app(app_settings), server_kwargs={"shutdown_timeout": 1.0})
 
 
 def free_port() -> int:

@@ -84,7 +84,7 @@ async def test_fifty_messages_at_once_are_stored_and_answered_in_order_one_at_a_
 
 async def test_kill_switch_runs_no_model_and_escalates(aiohttp_client, app_settings: Settings) -> None:
     settings = app_settings.model_copy(update={"agent_mode": AgentMode.disabled, "disabled_reply": "We are closed."})
-    client = await aiohttp_client(build_app(settings))
+    client = await aiohttp_client(build_app(settings), server_kwargs={"shutdown_timeout": 1.0})
     rt = runtime(client)
     embeds_at_start = rt.embedder.calls
     searches_at_start = rt.knowledge.search_calls
@@ -197,7 +197,7 @@ async def test_message_stored_before_a_crash_is_answered_after_restart(aiohttp_c
     )
     await db.dispose()
 
-    client = await aiohttp_client(build_app(app_settings))
+    client = await aiohttp_client(build_app(app_settings), server_kwargs={"shutdown_timeout": 1.0})
     rt = runtime(client)
     await _wait_idle(rt)
     async with rt.db.sessions() as session:

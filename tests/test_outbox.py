@@ -48,7 +48,7 @@ async def client(aiohttp_client, app_settings: Settings):
         # still lets the 1 s sweep take its entry over.
         update={"sweep_interval_s": 1, "stale_after_s": 60.0, "outbox_lease_s": 1.0, "outbox_max_attempts": 3}
     )
-    return await aiohttp_client(build_app(settings))
+    return await aiohttp_client(build_app(settings), server_kwargs={"shutdown_timeout": 1.0})
 
 
 async def _entries(rt) -> list[OutboxEntry]:
