@@ -50,13 +50,13 @@ def app_settings(tmp_path: Path, database_url: str, intent_model_dir: Path) -> S
 
 
 @pytest.fixture
-async def helpline_client(aiohttp_client: Any, app_settings: Settings) -> Any:
+async def helpline_client(app_settings: Settings, aiohttp_client: Any) -> Any:
     """An aiohttp ``TestClient`` on the real application (started: schema, models, KB loaded)."""
     from helpline.server import build_app
 
-    # aiohttp waits up to its shutdown timeout (60 s) for tasks started after start-up (the job
-    # queue's connection pool on Postgres) before cleanup closes them; tests need not wait.
-    return await aiohttp_client(build_app(app_settings), server_kwargs={"shutdown_timeout": 1.0})
+    # app_settings (and so its database) is requested before aiohttp_client, so the app is torn
+    # down before the database is dropped: the other order leaves shutdown waiting on a missing DB.
+    return await aiohttp_client(build_app(app_settings))
 
 
 def free_port() -> int:

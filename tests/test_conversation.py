@@ -82,9 +82,9 @@ async def test_fifty_messages_at_once_are_stored_and_answered_in_order_one_at_a_
     assert len(rt.locks) == 0  # no lock left behind
 
 
-async def test_kill_switch_runs_no_model_and_escalates(aiohttp_client, app_settings: Settings) -> None:
+async def test_kill_switch_runs_no_model_and_escalates(app_settings: Settings, aiohttp_client) -> None:
     settings = app_settings.model_copy(update={"agent_mode": AgentMode.disabled, "disabled_reply": "We are closed."})
-    client = await aiohttp_client(build_app(settings), server_kwargs={"shutdown_timeout": 1.0})
+    client = await aiohttp_client(build_app(settings))
     rt = runtime(client)
     embeds_at_start = rt.embedder.calls
     searches_at_start = rt.knowledge.search_calls
@@ -182,7 +182,7 @@ async def test_resolved_ticket_reopens_within_window_and_not_after(helpline_clie
     assert old.state == "closed"
 
 
-async def test_message_stored_before_a_crash_is_answered_after_restart(aiohttp_client, app_settings: Settings) -> None:
+async def test_message_stored_before_a_crash_is_answered_after_restart(app_settings: Settings, aiohttp_client) -> None:
     from state.conversations import accept_inbound, get_or_create_customer
     from state.db import open_database
     from state.migrate import upgrade
@@ -197,7 +197,7 @@ async def test_message_stored_before_a_crash_is_answered_after_restart(aiohttp_c
     )
     await db.dispose()
 
-    client = await aiohttp_client(build_app(app_settings), server_kwargs={"shutdown_timeout": 1.0})
+    client = await aiohttp_client(build_app(app_settings))
     rt = runtime(client)
     await _wait_idle(rt)
     async with rt.db.sessions() as session:
@@ -272,14 +272,17 @@ async def test_sweep_picks_up_a_stale_message_nobody_works_on(helpline_client) -
     stale = await accept_inbound(
         rt.db, customer_id=customer.id, channel="webchat", text="hello",
         provider_message_id="sweep-1", reopen_window=timedelta(days=7),
-        now=utcnow() - timedelta(seconds=120),
+        now=utcnow() - timedelta(seconds=30),
     )
+    # Younger than the app's own periodic sweep threshold (stale_after_s, 45 s), so only the calls
+    # below can pick it up.
+    assert rt.settings.stale_after_s > 30
     assert await rt.conversations.sweep(stale_after_s=3600) == 0  # not stale enough yet
-    assert await rt.conversations.sweep(stale_after_s=60) == 1
+    assert await rt.conversations.sweep(stale_after_s=20) == 1
     await _wait_idle(rt)
     async with rt.db.sessions() as session:
         assert (await session.get(Message, stale.message.id)).processed_at is not None
-    assert await rt.conversations.sweep(stale_after_s=60) == 0
+    assert await rt.conversations.sweep(stale_after_s=20) == 0
 
 
 async def test_an_expired_resolved_ticket_with_unanswered_messages_is_not_closed_under_them(helpline_client) -> None:

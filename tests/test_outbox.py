@@ -42,13 +42,13 @@ class FlakyProvider:
 
 
 @pytest.fixture
-async def client(aiohttp_client, app_settings: Settings):
+async def client(app_settings: Settings, aiohttp_client):
     settings = app_settings.model_copy(
         # Pending entries are left to their retry jobs (stale after 60 s); a dead sender's lease (1 s)
         # still lets the 1 s sweep take its entry over.
         update={"sweep_interval_s": 1, "stale_after_s": 60.0, "outbox_lease_s": 1.0, "outbox_max_attempts": 3}
     )
-    return await aiohttp_client(build_app(settings), server_kwargs={"shutdown_timeout": 1.0})
+    return await aiohttp_client(build_app(settings))
 
 
 async def _entries(rt) -> list[OutboxEntry]:
