@@ -1,7 +1,7 @@
 """Write a golden set (JSONL, the format of ``helpline eval``) from the Bitext test file.
 
 Each sampled row becomes one case ``{"id": "bitext-ROW", "text": ..., "intent": ...}`` with every
-``{{Placeholder}}`` filled by :func:`helpline.placeholders.fill_placeholders` (fixed seed), so the text
+``{{Placeholder}}`` filled by :func:`bot.placeholders.fill_placeholders` (fixed seed), so the text
 looks like what customers type. Bitext has no escalation labels, documents or reference answers: those
 metrics are not measured on this set.
 
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from helpline.placeholders import fill_placeholders  # noqa: E402
+from bot.placeholders import fill_placeholders  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bitext" / "llm_27k_instructions_test.csv"
 

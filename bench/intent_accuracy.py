@@ -2,7 +2,7 @@
 
 The model is trained only on ``config/intents.yaml`` (our own examples) and scored on
 ``shared/data/bitext/llm_27k_instructions_test.csv`` (5,332 rows, 27 intents) with every
-``{{Placeholder}}`` filled by :func:`helpline.placeholders.fill_placeholders` (fixed seed). Our extra
+``{{Placeholder}}`` filled by :func:`bot.placeholders.fill_placeholders` (fixed seed). Our extra
 intents (greeting, legal_threat, out_of_scope, ...) have no Bitext rows; a prediction of one of them
 counts as wrong, which is what the router would do with it too (send it elsewhere).
 
@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bot.embeddings import Embedder  # noqa: E402
 from bot.intent_model import load_or_train  # noqa: E402
 from config.settings import CONFIG_DIR  # noqa: E402
-from helpline.placeholders import fill_placeholders  # noqa: E402
+from bot.placeholders import fill_placeholders  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "bitext" / "llm_27k_instructions_test.csv"
 SEED = 20261129

@@ -92,7 +92,7 @@ from replay_latency import (
     write_result,
 )
 
-from helpline.placeholders import fill_placeholders
+from bot.placeholders import fill_placeholders
 from helpline.replay import chat_url
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "data" / "bitext" / "llm_27k_instructions_test.csv"

@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: make the checkout importable without installing it
     sys.path.insert(0, str(ROOT))
 
+from config.files import DataFileError, read_message_rows  # noqa: E402
 from helpline.replay import (  # noqa: E402
     ReplayInputError,
     ReplayReport,
     load_label_map,
-    load_rows,
     print_report,
     run_replay,
 )
@@ -274,10 +274,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rows < 1 or args.concurrency < 1:
         parser.error("--rows and --concurrency must be at least 1")
     try:  # fail on a bad file or column now, not after a server start that may take minutes
-        load_rows(args.dataset, args.text_column, args.label_column)
+        read_message_rows(args.dataset, args.text_column, args.label_column, purpose="replay")
         if args.label_map is not None:
             load_label_map(args.label_map)
-    except ReplayInputError as exc:
+    except (DataFileError, ReplayInputError) as exc:
         parser.error(str(exc))
     return args
 

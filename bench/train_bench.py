@@ -73,7 +73,7 @@ from bot.intent_model import (  # noqa: E402
 )
 from bot.training import embed_with_progress, load_training_rows, train_from_file  # noqa: E402
 from config.settings import CONFIG_DIR  # noqa: E402
-from helpline.placeholders import fill_placeholders  # noqa: E402
+from bot.placeholders import fill_placeholders  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "bitext"
 RESULTS = ROOT / "bench" / "results"

@@ -37,8 +37,8 @@ from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.exc import IntegrityError
 
 from bot.embeddings import DIM, MODEL_NAME, MODEL_SHA256
-from bot.jsonl import read_objects, read_utf8
 from bot.lexical import LexicalIndex
+from config.files import read_objects, read_utf8
 from state.models import EmbeddingType, KbChunk, KbDocument, Meta, utcnow
 
 if TYPE_CHECKING:

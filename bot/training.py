@@ -2,7 +2,7 @@
 
 Reads a CSV or JSONL file of (text, label) rows, checks it strictly (any bad row is an error naming its
 line and field, and nothing is written), fills Bitext-style ``{{Placeholder}}`` slots with realistic
-values (:func:`helpline.placeholders.fill_placeholders`, seeded), embeds the texts with a progress bar,
+values (:func:`bot.placeholders.fill_placeholders`, seeded), embeds the texts with a progress bar,
 fits :meth:`bot.intent_model.IntentModel.train_examples` (5 cross-validation fits, then one on every
 row, with a second progress bar), and saves the model as ``OUT/intent-<hash>``: the hash covers the
 rows, the tiers, the seed, the embedding model and the training code, like the model trained from
@@ -44,8 +44,8 @@ from bot.intent_model import (
     model_version,
     save_versioned,
 )
-from helpline.placeholders import fill_placeholders
-from helpline.replay import ReplayInputError, load_rows
+from bot.placeholders import fill_placeholders
+from config.files import MESSAGE_TABLE_SUFFIXES, DataFileError, read_message_rows
 
 EMBED_CHUNK = 512
 """Texts per embedding call: one progress-bar step (the embedder batches them by 64 inside)."""
@@ -192,15 +192,12 @@ def load_training_rows(path: Path, text_column: str, label_column: str) -> list[
             are named, with the total count.
     """
     path = Path(path)
-    if not path.is_file():
-        raise TrainingDataError(f"{path}: no such file")
-    if path.suffix.lower() not in (".csv", ".jsonl", ".ndjson"):
-        raise TrainingDataError(f"{path}: unknown file type {path.suffix!r}; expected .csv or .jsonl")
-    _check_encoding(path)
+    if path.is_file() and path.suffix.lower() in MESSAGE_TABLE_SUFFIXES:
+        _check_encoding(path)  # names the field too, which the generic reader cannot
     try:
-        loaded, bad = load_rows(path, text_column, label_column)
-    except ReplayInputError as exc:
-        raise TrainingDataError(str(exc).replace("no rows to replay", "no rows to train on")) from None
+        loaded, bad = read_message_rows(path, text_column, label_column, purpose="train on")
+    except DataFileError as exc:
+        raise TrainingDataError(str(exc)) from None
     rows: list[TrainingRow] = []
     for row in loaded:
         if row.label is None:

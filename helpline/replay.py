@@ -12,7 +12,6 @@ measures is what goes over the wire, so it works the same against a local or a d
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
 import random
 import sys
@@ -30,7 +29,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from helpline.placeholders import fill_placeholders
+from bot.placeholders import fill_placeholders
+from config.files import DataFileError, MessageRow, read_message_rows
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_S = 30.0
@@ -43,13 +43,6 @@ _SHOWN_PROBLEMS = 5
 class ReplayInputError(ValueError):
     """The input file, the columns or the options cannot be replayed; the message says why.
     The CLI turns it into a usage error (exit code 2)."""
-
-
-@dataclass(frozen=True)
-class ReplayRow:
-    line: int  # line of the file where the row starts (1 = first line, the CSV header included)
-    text: str
-    label: str | None
 
 
 @dataclass(frozen=True)
@@ -98,107 +91,6 @@ class ReplayReport:
 
 
 # --- input ------------------------------------------------------------------------------------------
-
-
-def load_rows(
-    path: Path, text_column: str, label_column: str | None = None
-) -> tuple[list[ReplayRow], list[str]]:
-    """Rows to replay and the bad rows (``"line N: why"``). Raises ReplayInputError when the file
-    cannot be read at all or lacks a column."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if not path.is_file():
-        raise ReplayInputError(f"{path}: no such file")
-    if suffix == ".csv":
-        rows, bad = _load_csv(path, text_column, label_column)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows, bad = _load_jsonl(path, text_column, label_column)
-    else:
-        raise ReplayInputError(f"{path}: unknown file type {suffix!r}; expected .csv or .jsonl")
-    if not rows:
-        why = f"; bad rows: {'; '.join(bad[:_SHOWN_PROBLEMS])}" if bad else ""
-        raise ReplayInputError(f"{path}: no rows to replay{why}")
-    return rows, bad
-
-
-def _missing_column(path: Path, kind: str, column: str, available: list[str]) -> ReplayInputError:
-    listed = ", ".join(available) if available else "(none)"
-    return ReplayInputError(f"{path}: no {kind} column {column!r}; available columns: {listed}")
-
-
-def _row(
-    line: int, record: dict[Any, Any], text_column: str, label_column: str | None
-) -> ReplayRow | str:
-    """A row, or why the record is bad."""
-    text = record.get(text_column)
-    if text is None:
-        return f"line {line}: no value in column {text_column!r}"
-    if not isinstance(text, str):
-        return f"line {line}: {text_column!r} is not text ({type(text).__name__})"
-    if not text.strip():
-        return f"line {line}: empty {text_column!r}"
-    label = record.get(label_column) if label_column else None
-    label = str(label).strip() if label is not None and str(label).strip() else None
-    return ReplayRow(line=line, text=text, label=label)
-
-
-def _load_csv(
-    path: Path, text_column: str, label_column: str | None
-) -> tuple[list[ReplayRow], list[str]]:
-    rows: list[ReplayRow] = []
-    bad: list[str] = []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = list(reader.fieldnames or [])
-        for kind, column in (("text", text_column), ("label", label_column)):
-            if column is not None and column not in header:
-                raise _missing_column(path, kind, column, header)
-        end = reader.line_num  # a quoted field may span lines: a row starts after the last one ended
-        while True:
-            try:
-                record = next(reader)
-            except StopIteration:
-                break
-            except csv.Error as exc:
-                bad.append(f"line {end + 1}: {exc}")
-                end = reader.line_num
-                continue
-            start, end = end + 1, reader.line_num
-            if None in record:  # more fields than the header: the row is misaligned
-                bad.append(f"line {start}: {len(header) + len(record[None])} fields, header has {len(header)}")
-                continue
-            row = _row(start, record, text_column, label_column)
-            (rows if isinstance(row, ReplayRow) else bad).append(row)  # type: ignore[arg-type]
-    return rows, bad
-
-
-def _load_jsonl(
-    path: Path, text_column: str, label_column: str | None
-) -> tuple[list[ReplayRow], list[str]]:
-    rows: list[ReplayRow] = []
-    bad: list[str] = []
-    seen: dict[str, None] = {}  # every key met, in first-seen order, for the error message
-    with path.open(encoding="utf-8-sig") as fh:
-        for line, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError as exc:
-                bad.append(f"line {line}: not valid JSON ({exc.args[0] if exc.args else exc})")
-                continue
-            if not isinstance(record, dict):
-                bad.append(f"line {line}: not a JSON object")
-                continue
-            seen.update(dict.fromkeys(record))
-            row = _row(line, record, text_column, label_column)
-            (rows if isinstance(row, ReplayRow) else bad).append(row)  # type: ignore[arg-type]
-    # JSONL has no header: a column is missing when no record has it; a record without it is bad.
-    if seen:
-        for kind, column in (("text", text_column), ("label", label_column)):
-            if column is not None and column not in seen:
-                raise _missing_column(path, kind, column, list(seen))
-    return rows, bad
 
 
 def load_label_map(path: Path) -> dict[str, str]:
@@ -341,7 +233,12 @@ async def run_replay(
         raise ReplayInputError("--label-map needs --label-column")
     ws_url = chat_url(url)
     # File reading is blocking: keep it off the event loop.
-    rows, bad_rows = await asyncio.to_thread(load_rows, Path(path), text_column, label_column)
+    try:
+        rows, bad_rows = await asyncio.to_thread(
+            read_message_rows, Path(path), text_column, label_column, purpose="replay"
+        )
+    except DataFileError as exc:
+        raise ReplayInputError(str(exc)) from None
     mapping = await asyncio.to_thread(load_label_map, label_map) if label_map is not None else {}
 
     # Shuffle always (source files are often sorted by intent) and fill placeholders in that order
@@ -382,7 +279,7 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def summarise(
-    rows: list[ReplayRow],
+    rows: list[MessageRow],
     results: list[TurnResult],
     label_map: dict[str, str] | None = None,
     *,

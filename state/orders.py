@@ -13,13 +13,14 @@ This module must not write orders, call the network on a lookup, or know about t
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Protocol, runtime_checkable
+
+from config.files import read_json_object
 
 __all__ = [
     "Fulfillment",
@@ -156,11 +157,11 @@ class JsonOrderStore:
         and ``ValueError`` naming the file (and the order or user id) for invalid JSON, a wrong shape,
         a malformed record, an id :func:`normalise_order_id` rejects, or two keys for one order."""
         orders = Path(orders)
-        raw_orders = _read_json_object(orders)
+        raw_orders = read_json_object(orders)
         emails: dict[str, str] = {}
         if users is not None:
             users = Path(users)
-            for user_id, user in _read_json_object(users).items():
+            for user_id, user in read_json_object(users).items():
                 if not isinstance(user, dict):
                     raise ValueError(f"{users}: user {user_id!r} is not an object")
                 email = user.get("email")
@@ -197,17 +198,6 @@ class JsonOrderStore:
     async def count(self) -> int:
         """See :meth:`OrderStore.count`."""
         return len(self._orders)
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: invalid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object keyed by id, got {type(data).__name__}")
-    return data
 
 
 def _str(value: Any, what: str) -> str:

@@ -268,10 +268,10 @@ def test_bad_key_and_duplicate_ids(tmp_path: Path) -> None:
 def test_invalid_json_and_wrong_shape(tmp_path: Path) -> None:
     path = tmp_path / "orders.json"
     path.write_text("{not json", encoding="utf-8")
-    with pytest.raises(ValueError, match="orders.json: invalid JSON"):
+    with pytest.raises(ValueError, match="orders.json: not valid JSON"):
         JsonOrderStore.from_files(path)
     path = _write(tmp_path, [GOOD])
-    with pytest.raises(ValueError, match="expected a JSON object keyed by id, got list"):
+    with pytest.raises(ValueError, match="orders.json: expected a JSON object, got list"):
         JsonOrderStore.from_files(path)
     with pytest.raises(FileNotFoundError):
         JsonOrderStore.from_files(tmp_path / "missing.json")

@@ -75,14 +75,20 @@ async def _receive(rt, text: str, address: str = "+15550100") -> None:
     await rt.conversations.receive(Inbound(channel=CHANNEL, address=address, text=text))
 
 
-async def test_a_reply_is_sent_once_with_its_outbox_entry(client) -> None:
+async def _reply_through(client, provider: FlakyProvider, text: str, until: str) -> OutboxEntry:
+    """A customer on CHANNEL (sent through ``provider``) says ``text``; returns the reply's outbox
+    entry once it has status ``until``."""
     rt = client.server.app[RUNTIME]
-    provider = FlakyProvider(failures=0)
     rt.outbox.register(CHANNEL, provider)
-    await _receive(rt, "do you ship to Canada?")
-
-    await _until(_first_entry_is(rt, store.SENT))
+    await _receive(rt, text)
+    await _until(_first_entry_is(rt, until), timeout=60)
     [entry] = await _entries(rt)
+    return entry
+
+
+async def test_a_reply_is_sent_once_with_its_outbox_entry(client) -> None:
+    provider = FlakyProvider(failures=0)
+    entry = await _reply_through(client, provider, "do you ship to Canada?", until=store.SENT)
     assert (entry.channel, entry.attempts, entry.last_error) == (CHANNEL, 1, None)
     assert provider.delivered == [entry.message_id]
     assert entry.provider_message_id == f"SM{entry.message_id:032d}"
@@ -90,13 +96,8 @@ async def test_a_reply_is_sent_once_with_its_outbox_entry(client) -> None:
 
 
 async def test_a_failing_provider_is_retried_with_backoff_then_sent_once(client) -> None:
-    rt = client.server.app[RUNTIME]
     provider = FlakyProvider(failures=2)
-    rt.outbox.register(CHANNEL, provider)
-    await _receive(rt, "how long does a refund take?")
-
-    await _until(_first_entry_is(rt, store.SENT), timeout=60)
-    [entry] = await _entries(rt)
+    entry = await _reply_through(client, provider, "how long does a refund take?", until=store.SENT)
     assert entry.attempts == 3
     assert provider.delivered == [entry.message_id]
     assert [m for m, _ in provider.calls] == [entry.message_id] * 3
@@ -106,14 +107,10 @@ async def test_a_failing_provider_is_retried_with_backoff_then_sent_once(client)
 
 
 async def test_the_outbox_gives_up_after_max_attempts_and_keeps_the_error(client) -> None:
-    rt = client.server.app[RUNTIME]
     provider = FlakyProvider(failures=100)
-    rt.outbox.register(CHANNEL, provider)
-    await _receive(rt, "hello")
-
-    await _until(_first_entry_is(rt, store.FAILED), timeout=60)
+    entry = await _reply_through(client, provider, "hello", until=store.FAILED)
     await asyncio.sleep(3)  # no further attempts after giving up
-    [entry] = await _entries(rt)
+    entry = await store.get(client.server.app[RUNTIME].db, entry.id)
     assert entry.attempts == 3 == len(provider.calls)
     assert entry.last_error == "ProviderDown: provider unreachable (call 3)"
     assert provider.delivered == []

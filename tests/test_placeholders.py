@@ -1,4 +1,4 @@
-"""helpline.placeholders: Bitext {{Slots}} become realistic values, never braces."""
+"""bot.placeholders: Bitext {{Slots}} become realistic values, never braces."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import csv
 import random
 import re
 
-from helpline.placeholders import fill_placeholders
+from bot.placeholders import fill_placeholders
 from shared_data import shared_data_dir  # tests/ is on sys.path (rootdir conftest)
 
 SLOT = re.compile(r"\{\{[^{}]*\}\}")

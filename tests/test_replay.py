@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from config.files import MessageRow
 from helpline.replay import (
     ReplayInputError,
-    ReplayRow,
     TurnResult,
     chat_url,
-    load_rows,
     print_report,
     run_replay,
     summarise,
@@ -177,28 +176,6 @@ async def test_limit_is_a_seeded_prefix(start_server, tmp_path: Path) -> None:
     assert sent[0] != sent[3]
 
 
-@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
-def test_missing_column_names_it_and_lists_the_others(tmp_path: Path, suffix: str) -> None:
-    data = tmp_path / f"rows.{suffix}"
-    if suffix == "csv":
-        data.write_text("instruction,intent\nhello,greet\n", encoding="utf-8")
-    else:
-        data.write_text(json.dumps({"instruction": "hello", "intent": "greet"}) + "\n", encoding="utf-8")
-    with pytest.raises(ReplayInputError) as caught:
-        load_rows(data, "utterance")
-    assert "'utterance'" in str(caught.value) and "instruction, intent" in str(caught.value)
-    with pytest.raises(ReplayInputError, match="label column 'label'"):
-        load_rows(data, "instruction", "label")
-
-
-def test_csv_bad_rows_keep_their_line_numbers(tmp_path: Path) -> None:
-    data = tmp_path / "rows.csv"
-    data.write_text('text,label\n"two\nlines",a\n,b\nok,c,extra\nfine,d\n', encoding="utf-8")
-    rows, bad = load_rows(data, "text", "label")
-    assert [(row.line, row.text) for row in rows] == [(2, "two\nlines"), (6, "fine")]
-    assert [b.split(":")[0] for b in bad] == ["line 4", "line 5"]
-
-
 async def test_silent_server_times_out_as_errors(start_server, tmp_path: Path) -> None:
     url, _ = await start_server("silent")
     report = await run_replay(
@@ -235,7 +212,7 @@ async def test_unreachable_server_all_rows_are_errors(tmp_path: Path) -> None:
 
 def test_percentiles_are_numpy_linear() -> None:
     latencies = [float(v) for v in range(1, 101)]
-    rows = [ReplayRow(line=i + 2, text="x", label=None) for i in range(101)]
+    rows = [MessageRow(line=i + 2, text="x", label=None) for i in range(101)]
     results = [TurnResult(latency_ms=v, tier="retrieval") for v in latencies] + [TurnResult(error="timeout")]
     report = summarise(rows, results)
     expected = np.percentile(latencies, [50, 95, 99])

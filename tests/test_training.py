@@ -33,7 +33,7 @@ from bot.training import (
 )
 from config.settings import CONFIG_DIR, Settings
 from helpline.cli import main as cli
-from helpline.placeholders import fill_placeholders
+from bot.placeholders import fill_placeholders
 
 INTENTS_FILE = CONFIG_DIR / "intents.yaml"
 SAMPLE_EVERY = 40  # every 40th Bitext train row: about 540 rows, 20 per intent

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bot.jsonl import read_objects
+from config.files import read_objects
 
 OUT_OF_SCOPE = "out_of_scope"
 """The expected intent of a case the bot must not answer as if it were support for the shop."""

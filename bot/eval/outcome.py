@@ -75,8 +75,7 @@ class TurnRecord:
 
     @property
     def confidence(self) -> float | None:
-        value = self.payload.get("confidence")
-        return None if value is None else float(value)
+        return self._number("confidence")
 
     @property
     def flagged_out_of_scope(self) -> bool:
@@ -94,7 +93,10 @@ class TurnRecord:
 
     @property
     def latency_ms(self) -> float | None:
-        value = self.payload.get("latency_ms")
+        return self._number("latency_ms")
+
+    def _number(self, key: str) -> float | None:
+        value = self.payload.get(key)
         return None if value is None else float(value)
 
     @property
