@@ -99,17 +99,19 @@ class ServerProcess:
         with urllib.request.urlopen(self.url + "/healthz", timeout=5) as resp:
             return json.loads(resp.read())
 
-    def stop(self, sig: str = "term") -> int | None:
+    def stop(self, sig: str = "term", timeout: float = 20.0) -> int | None:
+        """Send SIGTERM (or SIGKILL) and wait; the exit code. Raises RuntimeError (with the log)
+        when the process is still running after ``timeout`` seconds (it is then killed)."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.kill() if sig == "kill" else self.proc.terminate()
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=20)
-                raise RuntimeError(f"server ignored SIGTERM for 20 s:\n{self.log()}") from None
+                raise RuntimeError(f"server ignored SIGTERM for {timeout} s:\n{self.log()}") from None
         code = self.proc.returncode
         self.proc = None
         return code
