@@ -20,6 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from filelock import FileLock
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import SchemaItem
 
@@ -33,6 +34,8 @@ MIGRATION_ONLY_INDEXES = frozenset({"ix_kb_chunks_embedding_hnsw"})
 
 
 JOB_TABLE_PREFIX = "procrastinate_"
+MIGRATE_LOCK_TIMEOUT_S = 120.0
+"""How long a process waits for another one migrating the same SQLite file."""
 
 
 def include_object(
@@ -126,13 +129,21 @@ async def current_revision(url: str) -> str | None:
 
 
 def _upgrade_blocking(url: str, revision: str) -> None:
-    command.upgrade(alembic_config(url), revision)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        # Processes starting at once on a new file would both create the tables ("already exists").
+        with FileLock(f"{parsed.database}.migrate-lock", timeout=MIGRATE_LOCK_TIMEOUT_S):
+            command.upgrade(alembic_config(url), revision)
+    else:
+        command.upgrade(alembic_config(url), revision)
 
 
 async def upgrade(url: str, revision: str = "head") -> None:
     """Apply migrations up to ``revision``. A no-op when the database is already there.
 
-    Safe to call from several processes at once on Postgres (an advisory lock serialises them).
+    Safe to call from several processes at once: an advisory lock serialises them on Postgres, a
+    lock file next to the database (``<file>.migrate-lock``, the ``filelock`` library) on SQLite.
+    Raises ``filelock.Timeout`` when another process holds the SQLite lock for over 120 s.
     """
     await asyncio.to_thread(_upgrade_blocking, url, revision)
 
