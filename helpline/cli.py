@@ -112,24 +112,29 @@ def kb_ingest(path: Path) -> None:
     settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
-    async def run() -> tuple[str, int, int]:
+    async def run() -> tuple[str | None, str, int, int]:
         url = settings.effective_database_url
         await ensure_schema(url, settings.migrate.value)
         database = open_database(url)
         try:
             knowledge = KnowledgeBase(database, await asyncio.to_thread(Embedder.load))
+            await knowledge.load()
+            before = knowledge.version
             version = await knowledge.ingest(path)
-            return version, knowledge.documents, knowledge.chunks
+            return before, version, knowledge.documents, knowledge.chunks
         finally:
             await database.dispose()
 
     try:
-        version, documents, chunks = asyncio.run(run())
+        before, version, documents, chunks = asyncio.run(run())
     except ValueError as exc:  # invalid input, named by file, line and field: exit 2 like train/eval
         click.echo(f"Error: {exc}", err=True)
         sys.exit(2)
     click.echo(f"knowledge base {version}: {documents} documents, {chunks} chunks")
-    click.echo("Restart running servers to serve the new version.")
+    if version == before:
+        click.echo("Unchanged: running servers already serve this version.")
+    else:
+        click.echo("Restart running servers to serve the new version.")
 
 
 @main.command()

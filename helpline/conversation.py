@@ -206,6 +206,11 @@ class Conversations:
             self.schedule(ticket_id)
         return len(ticket_ids)
 
+    @property
+    def in_flight(self) -> int:
+        """Tickets whose turns are running in this process now."""
+        return len(self._tasks)
+
     async def drain(self, timeout: float = 30.0) -> None:
         """Wait for in-flight turns (graceful shutdown); unfinished ones resume at next start."""
         if self._tasks:

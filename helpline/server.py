@@ -45,7 +45,11 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         async with run_worker(runtime.jobs, concurrency=settings.job_concurrency, context=context) as worker:
             app[JOB_WORKER] = worker
             yield
+            in_flight = conversations.in_flight
+            if in_flight:
+                log.info("shutting down: waiting for %d turn(s) in flight", in_flight)
             await conversations.drain()
+    log.info("stopped")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -110,6 +114,7 @@ async def _stop_job_worker(app: web.Application) -> None:
     # before it runs the cleanup that would stop the worker; the worker's and the connection pool's
     # tasks never end by themselves, so stop both first. Running jobs get the worker's graceful
     # timeout. Turns still in flight finish later, in cleanup (they need no job queue).
+    log.info("shutting down: stopping the job worker, then closing open chats")
     worker = app.get(JOB_WORKER)
     if worker is not None:
         worker.cancel()

@@ -288,7 +288,9 @@ def test_kb_ingest_command_accepts_a_file(tmp_path: Path, monkeypatch: pytest.Mo
     export = _jsonl(tmp_path / "export.jsonl", {"doc_id": "a", "title": "A", "text": "Alpha text."})
     result = CliRunner().invoke(cli, ["kb", "ingest", str(export)])
     assert result.exit_code == 0, result.output
-    assert "1 documents, 1 chunks" in result.output
+    assert "1 documents, 1 chunks" in result.output and "Restart running servers" in result.output
+    again = CliRunner().invoke(cli, ["kb", "ingest", str(export)])
+    assert again.exit_code == 0 and "Unchanged: running servers already serve this version." in again.output
     bad = _jsonl(tmp_path / "bad.jsonl", {"doc_id": "a"})
     result = CliRunner().invoke(cli, ["kb", "ingest", str(bad)])
     assert result.exit_code == 2 and "bad.jsonl:1: field 'text' is missing" in result.output
