@@ -236,11 +236,15 @@ class RedisLocks:
         """
         async with self._local.hold(key):
             lease = await self._acquire_shared(key)
-            renewal = asyncio.create_task(self._renew_loop(lease)) if self._auto_renew else None
+            stop = asyncio.Event()
+            renewal = asyncio.create_task(self._renew_loop(lease, stop)) if self._auto_renew else None
             try:
                 yield lease
             finally:
                 if renewal is not None:
+                    # The event, not the cancel alone, ends the loop: redis-py can swallow a cancel
+                    # that lands during a command, and the loop would then renew for ever.
+                    stop.set()
                     renewal.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await renewal
@@ -277,10 +281,13 @@ class RedisLocks:
             lease.lost = True
         return bool(extended)
 
-    async def _renew_loop(self, lease: RedisLease) -> None:
+    async def _renew_loop(self, lease: RedisLease, stop: asyncio.Event) -> None:
         confirmed = time.monotonic()  # expiry is at least ttl after this
-        while True:
-            await asyncio.sleep(self._ttl_s / 3)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._ttl_s / 3)
+            if stop.is_set():
+                return
             attempt = time.monotonic()
             try:
                 if await self.renew(lease):

@@ -179,6 +179,30 @@ async def test_renewal_marks_a_taken_over_lease_lost(
     assert await client_b.get(locks._lock_key(key)) == b"someone-else"  # not deleted on release
 
 
+async def test_every_hold_ends_even_when_its_renewal_is_mid_command(
+    clients: tuple[redis.asyncio.Redis, redis.asyncio.Redis], namespace: str
+) -> None:
+    """Short TTLs make renewals (every ttl/3) overlap the end of the block. redis-py can swallow a
+    cancel that lands during a command; a renewal loop stopped by cancel alone then renewed the lock
+    for ever and the block never exited (seen about once per 20-80 holds at a 30 ms TTL)."""
+    client_a, _ = clients
+    locks = RedisLocks(client_a, ttl_s=0.03, namespace=namespace)
+    rng = random.Random(7)
+
+    async def hold(i: int) -> None:
+        async with locks.hold(f"ticket:{i % 4}"):
+            await asyncio.sleep(rng.uniform(0, 0.03))
+
+    for i in range(400):
+        task = asyncio.create_task(hold(i))
+        # asyncio.wait, not wait_for: wait_for would cancel the stuck block and report success.
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"hold {i} did not end within 5 s: {task}"
+        task.result()
+    assert len(locks) == 0
+    assert [k async for k in client_a.scan_iter(match=f"{namespace}:lock:*")] == []
+
+
 async def test_cancelled_waiter_leaves_nothing_behind(
     clients: tuple[redis.asyncio.Redis, redis.asyncio.Redis], namespace: str
 ) -> None:
