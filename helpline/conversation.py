@@ -122,6 +122,11 @@ class Conversations:
         if customer_id is None:  # a channel with a live connection passes the id it resolved
             customer_id = await self.customer_id(inbound.channel, inbound.address)
         try:
+            # A re-send of a stored message (a lost ack) is answered with the original before the
+            # rate limit: refusing it would tell the customer that a stored message failed.
+            duplicate = await self._known_duplicate(inbound, customer_id)
+            if duplicate is not None:
+                return duplicate
             if self.limiter is not None and not await self.limiter.hit(
                 f"customer:{customer_id}",
                 self.settings.customer_rate_limit,
@@ -131,9 +136,6 @@ class Conversations:
                     f"more than {self.settings.customer_rate_limit} messages in "
                     f"{self.settings.customer_rate_window_s} s"
                 )
-            duplicate = await self._known_duplicate(inbound, customer_id)
-            if duplicate is not None:
-                return duplicate
             async with self.locks.hold(f"intake:{customer_id}"):
                 accepted = await accept_inbound(
                     self.db,

@@ -263,6 +263,14 @@ async def test_a_customer_flooding_messages_is_rate_limited(server_factory, http
     assert (err["code"], err["client_message_id"]) == ("rate_limited", "rl-3")
     await chat.close()
     back = await ChatSocket.open(http, server.url, chat.session_id, last_seq=0)
-    stored = [f["text"] for f in _messages(await back.drain(quiet=2.0)) if f["direction"] == "inbound"]
-    assert stored == ["hello 0", "hello 1", "hello 2"]
+    inbound = [f for f in _messages(await back.drain(quiet=2.0)) if f["direction"] == "inbound"]
+    assert [f["text"] for f in inbound] == ["hello 0", "hello 1", "hello 2"]
+    # Still over the limit, a re-send of a stored message (its ack was lost) is acknowledged with
+    # the original's seq, not refused: the customer must not be told a stored message failed.
+    await back.send("hello 2", "rl-2")
+    ack = await back.until(lambda f: f["type"] in ("ack", "error"))
+    assert (ack["type"], ack["client_message_id"], ack["seq"]) == ("ack", "rl-2", inbound[2]["seq"])
+    await back.send("hello 4", "rl-4")
+    err = await back.until(lambda f: f["type"] == "error")
+    assert (err["code"], err["client_message_id"]) == ("rate_limited", "rl-4")
     await back.close()
