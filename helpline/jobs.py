@@ -9,7 +9,8 @@ Redis, our cache-grade hot state, the keeper of work that must not be lost. On t
 (SQLite, one process) the same tasks run on procrastinate's in-memory connector; the durable record is
 still the database (outbox rows, unanswered messages), which the sweeps read at start and every tick.
 
-Every process runs a worker in its event loop (no separate worker process to deploy). Effects happen
+Every process runs a worker in its event loop (no separate worker process to deploy), restarted with
+backoff when procrastinate stops it (a side task failed: Postgres restarted, LISTEN connection lost). Effects happen
 once because each task re-checks the database under a claim: an outbox entry is sent only by the
 worker that claimed it (:func:`state.outbox.claim`), and a ticket's turns only by its lock holder.
 
@@ -28,11 +29,12 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import procrastinate
+import tenacity
 from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.testing import InMemoryConnector
 from sqlalchemy.engine import make_url
@@ -130,6 +132,36 @@ async def defer_delivery(app: procrastinate.App, entry_id: int, delay_s: int = 0
         pass
 
 
+def _restart_worker(state: tenacity.RetryCallState) -> bool:
+    """Restart unless we are shutting down (this task is being cancelled) or the worker was."""
+    current = asyncio.current_task()
+    if current is not None and current.cancelling():
+        return False
+    outcome = state.outcome
+    return outcome is None or not outcome.failed or isinstance(outcome.exception(), Exception)
+
+
+def _log_restart(state: tenacity.RetryCallState) -> None:
+    outcome = state.outcome
+    why = f"failed: {outcome.exception()!r}" if outcome is not None and outcome.failed else "stopped"
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("job worker %s; restarting in %.0f s (restart %d)", why, wait, state.attempt_number)
+
+
+async def _supervised(run: Callable[..., Awaitable[None]], **options: Any) -> None:
+    """``run(**options)`` for ever: procrastinate stops a worker when one of its side tasks fails,
+    which a Postgres restart or a dropped LISTEN connection does, and nothing else would start it
+    again (no sweeps, no outbox retries until the process restarts). Waits 1, 2, 4 ... 30 s
+    between restarts."""
+    retrying = tenacity.AsyncRetrying(
+        retry=_restart_worker,
+        wait=tenacity.wait_exponential(multiplier=1, min=1, max=30),
+        before_sleep=_log_restart,
+        reraise=True,
+    )
+    await retrying(run, **options)
+
+
 @asynccontextmanager
 async def run_worker(
     app: procrastinate.App, *, concurrency: int, context: dict[str, Any]
@@ -137,7 +169,8 @@ async def run_worker(
     """Run a worker for Helpline's queue in this event loop until the block exits; on exit it
     stops taking jobs and gives running ones up to 10 s to finish (unfinished: retried later)."""
     task = asyncio.create_task(
-        app.run_worker_async(
+        _supervised(
+            app.run_worker_async,
             queues=[QUEUE],
             name=f"{socket.gethostname()}-{os.getpid()}",
             concurrency=concurrency,

@@ -28,6 +28,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -402,6 +404,86 @@ async def test_redis_outage_refuses_intake_and_recovers_by_itself(
         await sock.close()
     finally:
         own.stop()
+
+
+# --- 2b. Postgres restarted under a running process -----------------------------------------------
+
+
+class OwnPostgres:
+    """A throw-away Postgres of one test (``scripts/pg.py``), stopped and restarted on one port."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = ""
+
+    def _pg(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, str(REPO / "scripts" / "pg.py"), *args, "--dir", str(self.workdir)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout.strip()
+
+    def start(self) -> None:
+        self.url = self._pg("start", "--port", str(self.port))
+
+    def stop(self) -> None:
+        self._pg("stop")
+
+
+@pytest.fixture
+def own_postgres() -> Any:
+    # Not under tmp_path: as root the server runs as another user, who must be able to enter it.
+    workdir = Path(tempfile.mkdtemp(prefix="helpline-test-pg-"))
+    workdir.chmod(0o755)
+    pg = OwnPostgres(workdir / "pg")
+    try:
+        pg.start()
+        yield pg
+        pg.stop()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.timeout(180)
+async def test_background_jobs_come_back_after_a_postgres_restart(own_postgres: OwnPostgres, server_factory: Any) -> None:
+    """procrastinate stops a worker whose LISTEN connection dies (any Postgres restart). Without a
+    restart the process kept serving chats but ran no sweep and no outbox retry until it was itself
+    restarted, and a crashed peer's messages stayed unanswered."""
+    from datetime import timedelta
+
+    from state.conversations import accept_inbound, get_or_create_customer
+    from state.models import utcnow
+
+    server = server_factory({"HELPLINE_DATABASE_URL": own_postgres.url, **FAST_TAKEOVER})
+    await asyncio.to_thread(server.start)
+    await wait_status(server.url + "/readyz", 200, 10)
+
+    await asyncio.to_thread(own_postgres.stop)
+    await asyncio.to_thread(own_postgres.start)
+    await wait_status(server.url + "/readyz", 200, 30)
+
+    # A message a crashed process stored and never answered: only the periodic sweep (a job) finds it.
+    db = open_database(own_postgres.url)
+    try:
+        customer = await get_or_create_customer(db, "webchat", "pg-restart")
+        stale = await accept_inbound(
+            db, customer_id=customer.id, channel="webchat", text=order_question(ORDER_IDS[0]),
+            provider_message_id="pg-restart-1", reopen_window=timedelta(days=7),
+            now=utcnow() - timedelta(seconds=30),
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            async with db.sessions() as session:
+                if (await session.get(Message, stale.message.id)).processed_at is not None:
+                    break
+            assert time.monotonic() < deadline, f"the sweep never ran after the restart:\n{server.log()}"
+            await asyncio.sleep(0.5)
+    finally:
+        await db.dispose()
+    assert "job worker stopped; restarting" in server.log() or "job worker failed" in server.log()
+    server.stop()  # before the fixture stops Postgres
 
 
 # --- 3. 50 concurrent messages, one ticket, two processes -----------------------------------------
