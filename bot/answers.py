@@ -50,10 +50,12 @@ class GroundedAnswer:
     score: float
 
 
-def source_line(citations: Sequence[str], kb_version: str) -> str:
-    """``Source: refunds (kb-1a2b3c4d5e6f)``, or ``Sources: a, b (...)`` for several documents."""
-    label = "Source" if len(citations) == 1 else "Sources"
-    return f"{label}: {', '.join(citations)} ({kb_version})"
+def source_line(titles: Sequence[str]) -> str:
+    """``Source: Refunds``, or ``Sources: Refunds; Cancelling an order`` for several articles: the
+    titles customers can recognise. Doc ids and the knowledge-base version go to the turn's record
+    (``citations``, ``kb_version``), not to the customer."""
+    label = "Source" if len(titles) == 1 else "Sources"
+    return f"{label}: {'; '.join(titles)}"
 
 
 def compose_answer(
@@ -70,7 +72,7 @@ def compose_answer(
         query: the customer's question (kept for logging by callers; similarity uses the embedding).
         query_embedding: the embedder's vector of ``query``, shape ``(384,)`` or ``(1, 384)``.
         passages: search results, any order.
-        kb_version: the version the passages came from; printed in the source line.
+        kb_version: the version the passages came from; recorded with the answer.
         threshold: cosine similarity the best passage must reach.
         embedder: embeds the candidate sentences (blocking: call from a worker thread).
     Returns:
@@ -120,13 +122,13 @@ def compose_answer(
     chosen.sort(key=lambda position: candidates[position][:2])
 
     quoted = sorted({candidates[position][0] for position in chosen})
-    citations: list[str] = []
+    titles: dict[str, str] = {}  # doc id -> title, in citation order
     for rank in quoted:
-        if used[rank].doc_id not in citations:
-            citations.append(used[rank].doc_id)
+        titles.setdefault(used[rank].doc_id, used[rank].title or used[rank].doc_id)
+    citations = list(titles)
     body = " ".join(candidates[position][2] for position in chosen)
     return GroundedAnswer(
-        text=f"{body}\n\n{source_line(citations, kb_version)}",
+        text=f"{body}\n\n{source_line(list(titles.values()))}",
         citations=tuple(citations),
         kb_version=kb_version,
         passages=tuple(used[rank] for rank in quoted),

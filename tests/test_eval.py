@@ -517,7 +517,8 @@ async def test_cases_run_through_the_live_path(
     assert "#W5976205" in (slot.last.reply or "") and slot.predicted == "track_order" and not slot.wrong
 
     assert refund.last.tier == "retrieval" and refund.last.citations == ("refunds",)
-    assert refund.last.reply and refund.last.reply.endswith(f"({run.kb_version})")
+    assert refund.last.reply and refund.last.reply.endswith("\n\nSource: Refunds")
+    assert refund.last.payload["kb_version"] == run.kb_version
     assert len(refund.answers) == 1 and refund.answers[0].groundedness.score == 1.0
     assert refund.ranking_source == "recorded" and refund.ranking and refund.ranking[0] == "refunds"
 

@@ -30,7 +30,7 @@ async def test_chat_roundtrip(server_url: str, http: aiohttp.ClientSession) -> N
     await chat.send("How long does a refund take to reach my card?", "c-2")
     reply = await chat.bot_reply()
     assert reply["meta"]["tier"] == "retrieval", reply
-    assert "Source: refunds" in reply["text"]
+    assert reply["text"].endswith("Source: Refunds") and "kb-" not in reply["text"]
     await chat.close()
 
     # The same session resumes the same ticket.
