@@ -53,13 +53,20 @@ _ASK_ORDER_ID = (
 )
 
 _STATUS_WORDS = {
-    "pending": "is pending: we have received it and it has not shipped yet.",
-    "processed": "is processed: it has shipped and is on its way.",
-    "delivered": "is delivered: the carrier marked it as delivered.",
-    "cancelled": "is cancelled.",
-    "return requested": "has a return requested: we have your return request and are processing it.",
-    "exchange requested": "has an exchange requested: we have your exchange request and are processing it.",
+    # What each order-store status means for the customer, as a clause after "Your order #W..." and
+    # after "it" (so "processed" reads "has shipped and is on its way", never "is processed").
+    "pending": "has not shipped yet: we have received it and are preparing it",
+    "processed": "has shipped and is on its way",
+    "delivered": "was delivered: the carrier marked it as delivered",
+    "cancelled": "was cancelled",
+    "return requested": "has a return in progress: we have your return request and are processing it",
+    "exchange requested": "has an exchange in progress: we have your exchange request and are processing it",
 }
+
+
+def _status_clause(status: str) -> str:
+    return _STATUS_WORDS.get(status, f"has the status {status}")
+
 
 _METHOD_WORDS = {"credit_card": "credit card", "paypal": "PayPal account", "gift_card": "gift card"}
 
@@ -106,8 +113,7 @@ def _not_found(order_id: str) -> str:
 
 
 def _describe_status(order: Order) -> str:
-    words = _STATUS_WORDS.get(order.status, f"has the status {order.status}.")
-    lines = [f"Your order {order.order_id} {words}"]
+    lines = [f"Your order {order.order_id} {_status_clause(order.status)}."]
     if order.items:
         lines.append(f"Items: {_items(order.items)}.")
     tracking = order.tracking_ids
@@ -130,10 +136,10 @@ def _describe_refund(order: Order) -> str:
         return text
     if order.status == "return requested":
         return (
-            f"Order {order.order_id} has status return requested: your return is being processed "
-            "and no refund has been issued yet."
+            f"Your return for order {order.order_id} is being processed; no refund has been issued "
+            "yet. The refund is issued once we receive and check the returned items."
         )
-    return f"There is no refund on order {order.order_id}. Its status is {order.status}."
+    return f"There is no refund on order {order.order_id}: it {_status_clause(order.status)}."
 
 
 MAX_ORDERS_PER_MESSAGE = 3

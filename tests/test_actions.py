@@ -42,7 +42,7 @@ async def test_order_status_demo_shipped_in_two_parcels(demo: JsonOrderStore) ->
     result = await ask(demo, "order_status", "hi, where's my order w5976205?")
     assert result.resolved is True and result.missing_slot is None
     assert result.reply == (
-        "Your order #W5976205 is processed: it has shipped and is on its way. "
+        "Your order #W5976205 has shipped and is on its way. "
         "Items: Stoneware Mug (color cream, capacity 300ml), Wool Throw Blanket (color oat, size 150x200cm). "
         "Tracking numbers: 612096739455, 523786092812."
     )
@@ -73,7 +73,7 @@ async def test_order_status_never_mentions_the_customers_other_orders(demo: Json
 async def test_order_status_tau_bench(tau: JsonOrderStore) -> None:
     result = await ask(tau, "order_status", "Where is order #W2611340")
     assert result.resolved is True
-    assert "#W2611340 is processed" in result.reply
+    assert "Your order #W2611340 has shipped and is on its way." in result.reply
     assert "Tracking number: 357962501027." in result.reply
     assert "Water Bottle (capacity 1000ml, material glass, color blue)" in result.reply
     assert "Office Chair (material fabric, color black, armrest fixed, backrest height standard)" in result.reply
@@ -85,7 +85,7 @@ async def test_order_status_tau_bench(tau: JsonOrderStore) -> None:
 
 async def test_order_status_pending_has_no_tracking(demo: JsonOrderStore) -> None:
     result = await ask(demo, "order_status", "order W1571486")
-    assert result.reply.startswith("Your order #W1571486 is pending: ")
+    assert result.reply.startswith("Your order #W1571486 has not shipped yet: ")
     assert "Tracking" not in result.reply
     assert result.data["orders"] == [{"order_id": "#W1571486", "status": "pending", "tracking_ids": []}]
 
@@ -93,9 +93,9 @@ async def test_order_status_pending_has_no_tracking(demo: JsonOrderStore) -> Non
 @pytest.mark.parametrize(
     ("order_id", "phrase"),
     [
-        ("#W4629443", "has a return requested"),
-        ("#W3958749", "is cancelled."),
-        ("#W3722796", "is delivered"),
+        ("#W4629443", "has a return in progress"),
+        ("#W3958749", "was cancelled."),
+        ("#W3722796", "was delivered"),
     ],
 )
 async def test_order_status_words(demo: JsonOrderStore, order_id: str, phrase: str) -> None:
@@ -106,8 +106,8 @@ async def test_order_status_words(demo: JsonOrderStore, order_id: str, phrase: s
 async def test_order_status_several_ids(tau: JsonOrderStore) -> None:
     result = await ask(tau, "order_status", "what about #W2611340 and w4817420?")
     first, second = result.reply.split("\n")
-    assert first.startswith("Your order #W2611340 is processed") and "357962501027" in first
-    assert second.startswith("Your order #W4817420 is delivered") and "490313116609" in second
+    assert first.startswith("Your order #W2611340 has shipped") and "357962501027" in first
+    assert second.startswith("Your order #W4817420 was delivered") and "490313116609" in second
     assert result.resolved is True
     assert [o["status"] for o in result.data["orders"]] == ["processed", "delivered"]
 
@@ -136,7 +136,7 @@ async def test_order_status_known_and_unknown(demo: JsonOrderStore) -> None:
     result = await ask(demo, "order_status", "orders 99999 and #W5976205")
     assert result.resolved is False
     assert "couldn't find an order with the number #99999" in result.reply
-    assert "#W5976205 is processed" in result.reply
+    assert "#W5976205 has shipped" in result.reply
     assert result.data["not_found"] == ["#99999"]
 
 
@@ -159,13 +159,13 @@ async def test_refund_partial_on_delivered_demo_order(demo: JsonOrderStore) -> N
 async def test_refund_return_requested(demo: JsonOrderStore) -> None:
     result = await ask(demo, "refund_status", "where's the refund for W4629443")
     assert result.resolved is True
-    assert "return requested" in result.reply
+    assert result.reply.startswith("Your return for order #W4629443 is being processed")
     assert "no refund has been issued yet" in result.reply
 
 
 async def test_refund_none(tau: JsonOrderStore) -> None:
     result = await ask(tau, "refund_status", "refund #W2611340")
-    assert result.reply == "There is no refund on order #W2611340. Its status is processed."
+    assert result.reply == "There is no refund on order #W2611340: it has shipped and is on its way."
     assert result.data["orders"][0]["refunds"] == []
 
 
