@@ -214,6 +214,26 @@ async def test_reload_keeps_the_session_and_shows_history_once(browser: Any, ser
     assert page.js_errors == []
 
 
+async def test_reload_restores_the_transcript_scrolled_to_the_latest_message(browser: Any, server_url: str) -> None:
+    page = await new_page(browser, server_url)
+    questions = ["What is your return policy?", "How long does a refund take?", "Which payment methods do you accept?"]
+    for n, question in enumerate(questions, start=1):
+        await send(page, question)
+        await wait_replies(page, n)
+    await settles_to_server(page, server_url)
+    gap = "() => { const l = document.querySelector('.hl-messages'); return [l.scrollHeight - l.clientHeight, l.scrollHeight - l.scrollTop - l.clientHeight]; }"
+    overflow, _ = await page.evaluate(gap)
+    assert overflow > 100, "the transcript must overflow the panel for this test to mean anything"
+
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    await page.wait_for_function("n => document.querySelectorAll('.hl-msg--bot').length >= n", arg=len(questions))
+    await page.wait_for_timeout(500)
+    _, below = await page.evaluate(gap)
+    assert below < 5, f"after a reload the transcript is {below}px above its latest message"
+    assert page.js_errors == []
+
+
 async def test_missed_and_queued_messages_arrive_exactly_once_after_a_drop(
     browser: Any, server_url: str
 ) -> None:

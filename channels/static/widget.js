@@ -178,7 +178,11 @@
   root.appendChild(launcher);
 
   var css = el("link", null, { rel: "stylesheet", href: BASE + "/static/widget.css" });
-  css.onload = css.onerror = function () { root.hidden = false; };
+  css.onload = css.onerror = function () {
+    root.hidden = false;
+    // Only now does the list have a size: a transcript restored before this would show its top.
+    list.scrollTop = list.scrollHeight;
+  };
 
   // ---------------------------------------------------------------- rendering
 
