@@ -163,6 +163,8 @@ class WebChatChannel:
             await ws.close()
             return ws
         if hello.type != WSMsgType.TEXT:
+            if hello.type == WSMsgType.BINARY:
+                await conn.error("bad_frame", "the first frame must be a JSON text hello frame")
             await ws.close()
             return ws
         try:
@@ -173,10 +175,16 @@ class WebChatChannel:
             return ws
 
         session_id = session_id or secrets.token_urlsafe(24)
-        customer_id = await self.conversations.customer_id(CHANNEL, session_id)
-        # A client can remember more than the server has (a restored or replaced database); trust
-        # the server's count, or every message up to the client's number would be hidden.
-        conn.sent_seq = min(last_seq, await customer_last_seq(self.conversations.db, customer_id))
+        try:
+            customer_id = await self.conversations.customer_id(CHANNEL, session_id)
+            # A client can remember more than the server has (a restored or replaced database);
+            # trust the server's count, or every message up to the client's number would be hidden.
+            conn.sent_seq = min(last_seq, await customer_last_seq(self.conversations.db, customer_id))
+        except self.conversations.outage_errors as exc:
+            log.warning("web-chat hello refused, storage unavailable: %s", exc)
+            await conn.error("unavailable", "We cannot open the chat just now; reconnecting shortly.")
+            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"storage unavailable")
+            return ws
         with self.delivery.subscribe(customer_id) as live:
             async with self.conversations.db.sessions() as session:
                 ticket = await open_ticket(session, customer_id)

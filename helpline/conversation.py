@@ -121,6 +121,8 @@ class Conversations:
         """
         if customer_id is None:  # a channel with a live connection passes the id it resolved
             customer_id = await self.customer_id(inbound.channel, inbound.address)
+        # NUL cannot be stored in Postgres text and means nothing in a message: drop it.
+        text = inbound.text.replace("\x00", "")
         try:
             # A re-send of a stored message (a lost ack) is answered with the original before the
             # rate limit: refusing it would tell the customer that a stored message failed.
@@ -141,15 +143,20 @@ class Conversations:
                     self.db,
                     customer_id=customer_id,
                     channel=inbound.channel,
-                    text=inbound.text,
+                    text=text,
                     provider_message_id=inbound.provider_message_id,
                     reopen_window=self._reopen_window,
                 )
         except self.outage_errors as exc:
-            raise ServiceUnavailable(f"shared state unavailable, message not stored: {exc}") from exc
+            raise ServiceUnavailable(f"database or shared state unavailable, message not stored: {exc}") from exc
         if not accepted.duplicate:
-            await self.delivery.publish(customer_id, message_frame(accepted.message))
+            # Stored: from here on nothing may report a failure. The turn starts first; the echo
+            # to the customer's other tabs is live delivery only (a reconnect reads the database).
             self.schedule(accepted.ticket.id)
+            try:
+                await self.delivery.publish(customer_id, message_frame(accepted.message))
+            except self.outage_errors as exc:
+                log.warning("message %s stored; its live echo was not published: %s", accepted.message.id, exc)
         return accepted
 
     async def _known_duplicate(self, inbound: Inbound, customer_id: int) -> Accepted | None:

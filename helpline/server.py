@@ -45,10 +45,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         async with run_worker(runtime.jobs, concurrency=settings.job_concurrency, context=context) as worker:
             app[JOB_WORKER] = worker
             yield
-            in_flight = conversations.in_flight
-            if in_flight:
-                log.info("shutting down: waiting for %d turn(s) in flight", in_flight)
-            await conversations.drain()
+            await conversations.drain()  # turns started while on_shutdown ran
     log.info("stopped")
 
 
@@ -109,6 +106,17 @@ async def chat_socket(request: web.Request) -> web.StreamResponse:
     return await request.app[RUNTIME].webchat.handle(request)
 
 
+async def _finish_turns(app: web.Application) -> None:
+    # First, while the job queue is still open: a turn whose reply cannot be sent queues its retry
+    # there, and open chats still receive the replies live.
+    rt = app.get(RUNTIME)
+    if rt is None:
+        return
+    if rt.conversations.in_flight:
+        log.info("shutting down: finishing %d turn(s) in flight", rt.conversations.in_flight)
+    await rt.conversations.drain()
+
+
 async def _stop_job_worker(app: web.Application) -> None:
     # On shutdown aiohttp waits (up to its shutdown timeout) for every task started after start-up
     # before it runs the cleanup that would stop the worker; the worker's and the connection pool's
@@ -135,8 +143,11 @@ def build_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1024 * 1024)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_runtime)
-    app.on_shutdown.append(_close_sockets)
+    # SIGTERM: finish turns in flight, stop the job worker, then close chats (clients reconnect
+    # to another process). Then cleanup closes everything the runtime opened.
+    app.on_shutdown.append(_finish_turns)
     app.on_shutdown.append(_stop_job_worker)
+    app.on_shutdown.append(_close_sockets)
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

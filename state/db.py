@@ -18,6 +18,26 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
+def outage_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the database cannot be reached right now (refused or dropped
+    connection, server shutting down or starting), as opposed to a bad query: callers refuse work
+    with a clear "try again" instead of failing it. Sources: SQLAlchemy's ``OperationalError`` /
+    ``InterfaceError`` wrappers (PEP 249), asyncpg's connection errors (SQLSTATE class 08 and
+    57P03), and the raw ``OSError`` a refused connect raises."""
+    import asyncpg
+    from sqlalchemy import exc
+
+    return (
+        OSError,
+        exc.OperationalError,
+        exc.InterfaceError,
+        exc.DisconnectionError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.ConnectionDoesNotExistError,
+    )
+
+
 @dataclass
 class Database:
     """An async engine plus its session factory.

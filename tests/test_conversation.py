@@ -13,6 +13,7 @@ from sqlalchemy import select
 from config.settings import AgentMode, Settings
 from helpline.conversation import Inbound
 from helpline.server import RUNTIME, build_app
+from state.db import open_database
 from state.models import Event, Message, Ticket, utcnow
 from state.tickets import TicketState, transition
 
@@ -337,3 +338,81 @@ async def test_a_redelivery_is_answered_from_the_idempotency_claim_without_the_i
     )
     assert late.duplicate is False and late.message.text == "still there?"
     await _wait_idle(rt)
+
+
+async def test_a_stored_message_whose_echo_cannot_be_published_is_still_acknowledged_and_answered(
+    helpline_client,
+) -> None:
+    """Redis refusing PUBLISH (ACL, failover) after the commit: the message is stored, so intake
+    must not report a failure, and its turn must start now rather than wait for the sweep."""
+    rt = runtime(helpline_client)
+    publish = rt.conversations.delivery.publish
+
+    async def refuse_echoes(customer_id: int, frame: dict) -> None:
+        if frame.get("type") == "message" and frame.get("direction") == "inbound":
+            raise ConnectionError("PUBLISH refused")
+        await publish(customer_id, frame)
+
+    rt.conversations.delivery.publish = refuse_echoes
+    accepted = await rt.conversations.receive(Inbound("webchat", "customer-echo", "what payment methods do you take?"))
+    assert not accepted.duplicate and accepted.message.seq >= 1
+    await _wait_idle(rt, timeout=20)  # answered by the turn it scheduled, well before any sweep
+    async with rt.db.sessions() as session:
+        assert (await session.get(Message, accepted.message.id)).processed_at is not None
+        [reply] = (await session.execute(
+            select(Message).where(Message.direction == "outbound"))).scalars().all()
+    assert reply.meta["intent"] == "check_payment_methods"
+
+
+async def test_nul_characters_are_dropped_not_refused(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    accepted = await rt.conversations.receive(Inbound("webchat", "customer-nul", "where is\x00 my order\x00"))
+    async with rt.db.sessions() as session:
+        assert (await session.get(Message, accepted.message.id)).text == "where is my order"
+    await _wait_idle(rt)
+
+
+async def test_shutdown_finishes_turns_while_their_retries_can_still_be_queued(
+    app_settings: Settings, aiohttp_client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGTERM with a turn in flight whose reply fails to send: the retry is queued before the
+    job queue closes (it used to be refused with AppNotOpen and wait for another process's sweep)."""
+    from state import outbox as store
+
+    client = await aiohttp_client(build_app(app_settings))
+    rt = runtime(client)
+    sent: list[int] = []
+
+    class DownProvider:
+        async def send(self, message: Message) -> str | None:
+            sent.append(message.id)
+            raise ConnectionError("provider down")
+
+    rt.outbox.register("sms-test", DownProvider())
+    route = rt.conversations.router.route
+
+    async def slow_route(*args, **kwargs):
+        await asyncio.sleep(1.0)  # still running when shutdown starts
+        return await route(*args, **kwargs)
+
+    rt.conversations.router.route = slow_route
+    retries: list[int] = []
+    queue_retry = rt.outbox.retry
+
+    async def recording_retry(entry_id: int) -> None:
+        await queue_retry(entry_id)  # raises AppNotOpen once the job queue is closed
+        retries.append(entry_id)
+
+    rt.outbox.retry = recording_retry
+    await rt.conversations.receive(Inbound("sms-test", "+15550123", "hello"))
+    assert rt.conversations.in_flight == 1
+    await client.close()  # the app's shutdown, as on SIGTERM
+
+    assert len(sent) == 1 and "could not schedule a retry" not in caplog.text
+    db = open_database(app_settings.effective_database_url)  # the app's own is closed now
+    try:
+        async with db.sessions() as session:
+            [entry] = (await session.execute(select(store.OutboxEntry))).scalars().all()
+    finally:
+        await db.dispose()
+    assert retries == [entry.id] and (entry.status, entry.attempts) == (store.PENDING, 1)
