@@ -45,7 +45,7 @@ from bot.intent_model import (
     save_versioned,
 )
 from bot.placeholders import fill_placeholders
-from config.files import MESSAGE_TABLE_SUFFIXES, DataFileError, read_message_rows
+from config.files import DataFileError, read_message_rows
 
 EMBED_CHUNK = 512
 """Texts per embedding call: one progress-bar step (the embedder batches them by 64 inside)."""
@@ -148,38 +148,6 @@ def _round(value: float | None) -> float | None:
 # --- input ------------------------------------------------------------------------------------------
 
 
-def _check_encoding(path: Path) -> None:
-    """Raise TrainingDataError naming the first line (and, when it can tell, the field) that is not
-    UTF-8."""
-    raw = path.read_bytes()
-    try:
-        raw.decode("utf-8")
-        return
-    except UnicodeDecodeError as exc:
-        bad_at = exc.start
-    line_no = raw.count(b"\n", 0, bad_at) + 1
-    lines = raw.split(b"\n")
-    text = lines[line_no - 1].decode("utf-8", errors="replace")
-    where = ""
-    try:
-        if path.suffix.lower() == ".csv":
-            import csv
-
-            header = next(csv.reader([lines[0].decode("utf-8", errors="replace")]))
-            values = next(csv.reader([text]))
-            names = [h for h, v in zip(header, values) if "\ufffd" in v]
-        else:
-            record = json.loads(text)
-            names = [str(k) for k, v in record.items() if "\ufffd" in str(v)] if isinstance(record, dict) else []
-        if names:
-            where = f", field {names[0]!r}"
-    except (ValueError, StopIteration):
-        pass
-    raise TrainingDataError(
-        f"{path}: line {line_no}{where}: not valid UTF-8 (byte 0x{raw[bad_at]:02x}); save the file as UTF-8"
-    )
-
-
 def load_training_rows(path: Path, text_column: str, label_column: str) -> list[TrainingRow]:
     """Every row of a ``.csv`` (with a header) or ``.jsonl`` training file, checked strictly.
 
@@ -192,8 +160,6 @@ def load_training_rows(path: Path, text_column: str, label_column: str) -> list[
             are named, with the total count.
     """
     path = Path(path)
-    if path.is_file() and path.suffix.lower() in MESSAGE_TABLE_SUFFIXES:
-        _check_encoding(path)  # names the field too, which the generic reader cannot
     try:
         loaded, bad = read_message_rows(path, text_column, label_column, purpose="train on")
     except DataFileError as exc:

@@ -89,13 +89,38 @@ def read_message_rows(
         raise DataFileError(f"{path}: no such file")
     if suffix not in MESSAGE_TABLE_SUFFIXES:
         raise DataFileError(f"{path}: unknown file type {suffix!r}; expected .csv or .jsonl")
-    text = read_utf8(path)
+    text = _table_text(path, suffix)
     load = _csv_rows if suffix == ".csv" else _jsonl_rows
     rows, bad = load(path, text, text_column, label_column)
     if not rows:
         why = f"; bad rows: {'; '.join(bad[:_SHOWN_PROBLEMS])}" if bad else ""
         raise DataFileError(f"{path}: no rows to {purpose}{why}")
     return rows, bad
+
+
+def _table_text(path: Path, suffix: str) -> str:
+    """The UTF-8 text of a message table; the error names the line and, when it can tell, the
+    field holding the first byte that is not UTF-8 (a Latin-1 export is the usual cause)."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_at = exc.start
+    line_no = raw.count(b"\n", 0, bad_at) + 1
+    lines = raw.split(b"\n")
+    line = lines[line_no - 1].decode("utf-8", errors="replace")
+    names: list[str] = []
+    if suffix == ".csv":
+        header = next(csv.reader([lines[0].decode("utf-8-sig", errors="replace")]), [])
+        values = next(csv.reader([line]), [])
+        names = [h for h, v in zip(header, values, strict=False) if "\ufffd" in v]
+    else:
+        record, _ = _json_object(line)
+        names = [str(k) for k, v in (record or {}).items() if "\ufffd" in str(v)]
+    where = f", field {names[0]!r}" if names else ""
+    raise DataFileError(
+        f"{path}: line {line_no}{where}: not valid UTF-8 (byte 0x{raw[bad_at]:02x}); save the file as UTF-8"
+    )
 
 
 def _json_object(raw: str) -> tuple[dict[str, Any] | None, str]:

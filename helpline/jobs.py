@@ -9,9 +9,9 @@ Redis, our cache-grade hot state, the keeper of work that must not be lost. On t
 (SQLite, one process) the same tasks run on procrastinate's in-memory connector; the durable record is
 still the database (outbox rows, unanswered messages), which the sweeps read at start and every tick.
 
-Every process runs a worker in its event loop (no separate worker process to deploy), restarted with
-backoff when procrastinate stops it (a side task failed: Postgres restarted, LISTEN connection lost). Effects happen
-once because each task re-checks the database under a claim: an outbox entry is sent only by the
+Every process runs a worker in its event loop (no separate worker process to deploy), restarted
+with backoff when procrastinate stops it (a side task failed: Postgres restarted, LISTEN connection
+lost). Effects happen once because each task re-checks the database under a claim: an outbox entry is sent only by the
 worker that claimed it (:func:`state.outbox.claim`), and a ticket's turns only by its lock holder.
 
 Tasks (names as stored in ``procrastinate_jobs.task_name``):
@@ -137,8 +137,8 @@ def _restart_worker(state: tenacity.RetryCallState) -> bool:
     current = asyncio.current_task()
     if current is not None and current.cancelling():
         return False
-    outcome = state.outcome
-    return outcome is None or not outcome.failed or isinstance(outcome.exception(), Exception)
+    outcome = state.outcome  # set: tenacity asks after every run
+    return not outcome.failed or isinstance(outcome.exception(), Exception)
 
 
 def _log_restart(state: tenacity.RetryCallState) -> None:

@@ -30,7 +30,7 @@ from helpline.conversation import Conversations
 from helpline.jobs import build_job_app, defer_delivery
 from helpline.outbox import Outbox
 from state.db import Database, open_database
-from state.db import outage_errors as database_outage_errors
+from state.db import OUTAGE_ERRORS as DATABASE_OUTAGE_ERRORS
 from state.delivery import Delivery
 from state.hot import HotState, close_hot_state, open_hot_state
 from state.locks import Locks
@@ -101,7 +101,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         router = Router(settings, routing_intents(intents, intent_model), understander, knowledge, orders)
         flags = hot.flags
         # Shared state or the database unreachable: refuse work with "try again", never lose it.
-        outage_errors = (*hot.outage_errors, *database_outage_errors())
+        outage_errors = (*hot.outage_errors, *DATABASE_OUTAGE_ERRORS)
 
         async def agent_mode() -> AgentMode:
             # The run-time switch shared by all processes wins; an unreadable flag falls back to

@@ -118,10 +118,10 @@ async def _finish_turns(app: web.Application) -> None:
 
 
 async def _stop_job_worker(app: web.Application) -> None:
-    # On shutdown aiohttp waits (up to its shutdown timeout) for every task started after start-up
-    # before it runs the cleanup that would stop the worker; the worker's and the connection pool's
-    # tasks never end by themselves, so stop both first. Running jobs get the worker's graceful
-    # timeout. Turns still in flight finish later, in cleanup (they need no job queue).
+    # After _finish_turns. aiohttp waits (up to its shutdown timeout) for every task started after
+    # start-up before it runs the cleanup that would stop the worker; the worker's and the
+    # connection pool's tasks never end by themselves, so stop both here. Running jobs get the
+    # worker's graceful timeout.
     log.info("shutting down: stopping the job worker, then closing open chats")
     worker = app.get(JOB_WORKER)
     if worker is not None:

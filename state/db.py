@@ -13,29 +13,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
+from sqlalchemy import exc as sqlalchemy_exc
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
-def outage_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean the database cannot be reached right now (refused or dropped
-    connection, server shutting down or starting), as opposed to a bad query: callers refuse work
-    with a clear "try again" instead of failing it. Sources: SQLAlchemy's ``OperationalError`` /
-    ``InterfaceError`` wrappers (PEP 249), asyncpg's connection errors (SQLSTATE class 08 and
-    57P03), and the raw ``OSError`` a refused connect raises."""
-    import asyncpg
-    from sqlalchemy import exc
-
-    return (
-        OSError,
-        exc.OperationalError,
-        exc.InterfaceError,
-        exc.DisconnectionError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.CannotConnectNowError,
-        asyncpg.ConnectionDoesNotExistError,
-    )
+OUTAGE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # a refused connect, raised as it is
+    sqlalchemy_exc.OperationalError,  # PEP 249 wrappers of a dropped or refused connection
+    sqlalchemy_exc.InterfaceError,
+    sqlalchemy_exc.DisconnectionError,
+    asyncpg.PostgresConnectionError,  # SQLSTATE class 08
+    asyncpg.CannotConnectNowError,  # 57P03: the server is starting or shutting down
+)
+"""Exceptions that mean the database cannot be reached right now, as opposed to a bad query:
+callers refuse work with a clear "try again" instead of failing it. (``ConnectionDoesNotExistError``
+is a ``PostgresConnectionError``.)"""
 
 
 @dataclass

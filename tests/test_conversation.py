@@ -340,30 +340,6 @@ async def test_a_redelivery_is_answered_from_the_idempotency_claim_without_the_i
     await _wait_idle(rt)
 
 
-async def test_a_stored_message_whose_echo_cannot_be_published_is_still_acknowledged_and_answered(
-    helpline_client,
-) -> None:
-    """Redis refusing PUBLISH (ACL, failover) after the commit: the message is stored, so intake
-    must not report a failure, and its turn must start now rather than wait for the sweep."""
-    rt = runtime(helpline_client)
-    publish = rt.conversations.delivery.publish
-
-    async def refuse_echoes(customer_id: int, frame: dict) -> None:
-        if frame.get("type") == "message" and frame.get("direction") == "inbound":
-            raise ConnectionError("PUBLISH refused")
-        await publish(customer_id, frame)
-
-    rt.conversations.delivery.publish = refuse_echoes
-    accepted = await rt.conversations.receive(Inbound("webchat", "customer-echo", "what payment methods do you take?"))
-    assert not accepted.duplicate and accepted.message.seq >= 1
-    await _wait_idle(rt, timeout=20)  # answered by the turn it scheduled, well before any sweep
-    async with rt.db.sessions() as session:
-        assert (await session.get(Message, accepted.message.id)).processed_at is not None
-        [reply] = (await session.execute(
-            select(Message).where(Message.direction == "outbound"))).scalars().all()
-    assert reply.meta["intent"] == "check_payment_methods"
-
-
 async def test_nul_characters_are_dropped_not_refused(helpline_client) -> None:
     rt = runtime(helpline_client)
     accepted = await rt.conversations.receive(Inbound("webchat", "customer-nul", "where is\x00 my order\x00"))

@@ -406,6 +406,37 @@ async def test_redis_outage_refuses_intake_and_recovers_by_itself(
         own.stop()
 
 
+@pytest.mark.timeout(120)
+async def test_a_message_whose_echo_redis_refuses_to_publish_is_acknowledged_and_answered(
+    server_factory: Any, database_url: str, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Redis up but refusing PUBLISH (an ACL, or a replica after failover) once the message is
+    stored: intake must acknowledge it (it used to answer ``internal``, and the widget showed a
+    stored message as failed) and start its turn at once rather than leave it to the sweep."""
+    own = OwnRedis(tmp_path / "redis")
+    own.start()
+    try:
+        server = server_factory({"HELPLINE_REDIS_URL": own.url, **NO_RATE_LIMIT})  # sweep: 45 s
+        await asyncio.to_thread(server.start)
+        sock = await ChatSocket.open(http, server.url)
+        admin = redis.asyncio.Redis.from_url(own.url)
+        await admin.execute_command("ACL", "SETUSER", "default", "-publish")
+        await admin.aclose()
+
+        started = time.monotonic()
+        await sock.send(order_question(ORDER_IDS[0]), "echo-0")
+        ack = await sock.until(lambda f: f["type"] in ("ack", "error"))
+        assert (ack["type"], ack["client_message_id"]) == ("ack", "echo-0"), ack
+        rows = await wait_processed(database_url, sock.session_id, 1, timeout=20)
+        assert time.monotonic() - started < 20  # its own turn, not the 45 s sweep
+        assert_processed_once_in_order(rows, {"echo-0"})
+        assert named_order(rows["outbound"][0].text) == ORDER_IDS[0]
+        assert "its live echo was not published" in server.log()
+        await sock.close()
+    finally:
+        own.stop()
+
+
 # --- 2b. Postgres restarted under a running process -----------------------------------------------
 
 
@@ -461,6 +492,15 @@ async def test_background_jobs_come_back_after_a_postgres_restart(own_postgres: 
     await wait_status(server.url + "/readyz", 200, 10)
 
     await asyncio.to_thread(own_postgres.stop)
+    # A chat opened while the database is down is told to come back (it used to be an aborted
+    # connection and an aiohttp traceback); the widget reconnects after close code 1013.
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(server.url + "/ws/chat")
+        await ws.send_json({"type": "hello", "session_id": None, "last_seq": 0})
+        refused = await ws.receive_json(timeout=15)
+        assert (refused["type"], refused["code"]) == ("error", "unavailable"), refused
+        closing = await ws.receive(timeout=10)
+        assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013
     await asyncio.to_thread(own_postgres.start)
     await wait_status(server.url + "/readyz", 200, 30)
 

@@ -65,7 +65,7 @@ def test_file_type_missing_file_and_encoding(tmp_path: Path) -> None:
         read_message_rows(tmp_path / "nope.csv", "text")
     latin = tmp_path / "latin.csv"
     latin.write_bytes("text\ncaf\xe9 ok\n".encode("latin-1"))
-    with pytest.raises(DataFileError, match=r"latin.csv:2: not valid UTF-8 \(byte 8: b'\\xe9'\)"):
+    with pytest.raises(DataFileError, match=r"latin.csv: line 2, field 'text': not valid UTF-8 \(byte 0xe9\)"):
         read_message_rows(latin, "text")
     assert read_utf8(_write(tmp_path / "bom.txt", b"\xef\xbb\xbfhello")) == "hello"
 

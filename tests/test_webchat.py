@@ -120,32 +120,6 @@ async def test_a_binary_hello_gets_an_error_before_the_close(server_url: str, ht
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
 
 
-async def test_a_hello_while_the_database_is_down_is_told_to_come_back(helpline_client) -> None:
-    """The database unreachable at hello (here: the customer lookup refuses to connect): a clear
-    ``unavailable`` error and close code 1013 (try again later), which the widget reconnects after;
-    it used to be an aborted connection and an aiohttp traceback."""
-    from helpline.server import RUNTIME
-
-    conversations = helpline_client.server.app[RUNTIME].conversations
-    lookup = conversations.customer_id
-
-    async def refused(channel: str, address: str) -> int:
-        raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 5432)")
-
-    conversations.customer_id = refused
-    ws = await helpline_client.ws_connect("/ws/chat")
-    await ws.send_json({"type": "hello", "session_id": None, "last_seq": 0})
-    err = await ws.receive_json(timeout=10)
-    assert (err["type"], err["code"]) == ("error", "unavailable")
-    closing = await ws.receive(timeout=10)
-    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1013
-    conversations.customer_id = lookup  # the database is back: the next hello works
-    ws = await helpline_client.ws_connect("/ws/chat")
-    await ws.send_json({"type": "hello", "session_id": None, "last_seq": 0})
-    assert (await ws.receive_json(timeout=10))["type"] == "welcome"
-    await ws.close()
-
-
 @pytest.mark.parametrize("text,code", [("   ", "empty_message"), ("x" * 4001, "message_too_long")])
 async def test_guard_replies_and_still_stores(server_url: str, http: aiohttp.ClientSession, text: str, code: str) -> None:
     chat = await ChatSocket.open(http, server_url)
