@@ -18,11 +18,14 @@ __all__ = ["Entities", "extract_entities"]
 class Entities:
     """What :func:`extract_entities` found, each in order of first appearance without repeats.
 
-    ``order_ids``: normalised (``"#W2611340"``, ``"#12345"``); ``emails``: lower-cased.
+    ``order_ids``: normalised (``"#W2611340"``, ``"#12345"``); ``emails``: lower-cased;
+    ``postcodes``: as written after "zip", "zip code", "postcode" or "postal code" (``"28110"``,
+    ``"SW1A 1AA"``), upper-cased.
     """
 
     order_ids: tuple[str, ...] = ()
     emails: tuple[str, ...] = ()
+    postcodes: tuple[str, ...] = ()
 
 
 _EMAIL = re.compile(
@@ -31,18 +34,18 @@ _EMAIL = re.compile(
 )
 
 # An id ends where a word, a hyphenated run (phone numbers, dates) or a decimal (prices) does not go on.
-_END = r"(?![\w-]|[.,]\d)"
+_END = r"(?![\w-]|[.,][0-9])"
 
 # tau-bench style "W" + 7 digits is an order id on its own, with or without "#", in any case.
-_W_ID = re.compile(r"(?<![\w#$£€-])#?\s?[Ww]\d{7}" + _END)
+_W_ID = re.compile(r"(?<![\w#$£€-])#?\s?[Ww][0-9]{7}" + _END)
 
 # After "#": up to 3 letters then 4-12 digits ("#12345", "#NW48213").
-_HASH_ID = re.compile(r"(?<![\w&])#\s?[A-Za-z]{0,3}\d{4,12}" + _END)
+_HASH_ID = re.compile(r"(?<![\w&])#\s?[A-Za-z]{0,3}[0-9]{4,12}" + _END)
 
 # After "order", "order number", "order no.", "order #", "order id", "orders": a list of ids
 # ("order numbers 12345 and 67890"). Plain numbers count only here, so prices, years and phone
 # numbers elsewhere in the message are left alone.
-_ONE = r"#?\s?[A-Za-z]{0,3}\d{4,12}" + _END
+_ONE = r"#?\s?[A-Za-z]{0,3}[0-9]{4,12}" + _END
 _KEYWORD_IDS = re.compile(
     r"\border(?:s|'s)?"
     r"(?:\s*(?:number|num|no|nr|id|ref|reference)(?:s|'s)?\.?)?"
@@ -51,7 +54,33 @@ _KEYWORD_IDS = re.compile(
     rf"(?P<ids>{_ONE}(?:\s*(?:,|&|/|\band\b|\bor\b|,\s*and\b)\s*{_ONE})*)",
     re.IGNORECASE,
 )
-_ID_IN_LIST = re.compile(r"#?\s?[A-Za-z]{0,3}\d{4,12}" + _END)
+_ID_IN_LIST = re.compile(r"#?\s?[A-Za-z]{0,3}[0-9]{4,12}" + _END)
+
+
+# Postcodes: US ZIP (ZIP+4), UK, Canadian, Dutch, and plain 3-10 digit codes (most of Europe),
+# ASCII only. Read only after a postcode word, or when a whole reply to "what is your postcode?" is one.
+_POSTCODE = (
+    r"(?:[0-9]{5}-[0-9]{4}|[A-Z]{1,2}[0-9][A-Z0-9]? ?[0-9][A-Z]{2}|[A-Z][0-9][A-Z] ?[0-9][A-Z][0-9]"
+    r"|[0-9]{4} ?[A-Z]{2}|[0-9]{3,10})"
+)
+_POSTCODE_WORD = r"(?:zip|zip ?code|zipcode|post ?code|postal ?code)"
+_KEYWORD_POSTCODE = re.compile(
+    rf"\b{_POSTCODE_WORD}(?:\s+(?:is|was))?\s*[:=]?\s*(?P<code>{_POSTCODE})(?![A-Za-z0-9])",
+    re.IGNORECASE | re.ASCII,
+)
+_BARE_POSTCODE = re.compile(
+    rf"\s*(?:(?:it'?s|it is|that'?s|my|the|its|is|{_POSTCODE_WORD})\s*[:=]?\s*)*(?P<code>{_POSTCODE})\s*[.!]?\s*",
+    re.IGNORECASE | re.ASCII,
+)
+
+
+def bare_postcode(text: str) -> str | None:
+    """The postcode when the whole message is one (``"28110"``, ``"it's SW1A 1AA"``, ``"zip:
+    28110."``), upper-cased; else None. For a reply to "what is the postcode on the order?"."""
+    if len(text) > 64:
+        return None
+    match = _BARE_POSTCODE.fullmatch(text)
+    return match.group("code").upper() if match else None
 
 
 def extract_entities(text: str) -> Entities:
@@ -61,6 +90,7 @@ def extract_entities(text: str) -> Entities:
     1-3 letters + 4-12 digits; and plain numbers of 4-12 digits only when introduced by "order",
     "order number", "order no", "order #", "order id" (``"order 48213"`` -> ``"#48213"``). Digits
     inside emails, phone numbers (``555-123-4567``), prices (``$1234.50``) and bare years are not ids.
+    Digits are ASCII only. Postcodes: only after a postcode word ("my zip is 28110").
     """
     if not text:
         return Entities()
@@ -78,4 +108,5 @@ def extract_entities(text: str) -> Entities:
         normal = normalise_order_id(raw.replace(" ", ""))
         if normal is not None:
             ids.setdefault(normal, None)
-    return Entities(order_ids=tuple(ids), emails=emails)
+    postcodes = tuple(dict.fromkeys(m.group("code").upper() for m in _KEYWORD_POSTCODE.finditer(masked)))
+    return Entities(order_ids=tuple(ids), emails=emails, postcodes=postcodes)

@@ -71,6 +71,7 @@ import yaml
 from bot.entities import extract_entities
 from bot.intent_model import OUT_OF_SCOPE
 from bot.language import LanguageGate, english_words, handoff_notice
+from bot.phrases import PhraseMatcher
 
 if TYPE_CHECKING:
     from bot.understanding import Understanding
@@ -625,10 +626,16 @@ class TopicConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Topics:
-    """Sensitive topics: topic name -> phrases, each a tuple of tokens (see :func:`phrase_tokens`)."""
+    """Sensitive topics: topic name -> phrases, each a tuple of tokens (see :func:`phrase_tokens`).
+    Matching is one pass over the message (:class:`bot.phrases.PhraseMatcher`)."""
 
     phrases: Mapping[str, tuple[tuple[str, ...], ...]]
     source: str = ""
+
+    def __post_init__(self) -> None:
+        flat = [(topic, phrase) for topic, phrases in self.phrases.items() for phrase in phrases]
+        object.__setattr__(self, "_flat", flat)
+        object.__setattr__(self, "_matcher", PhraseMatcher([phrase for _, phrase in flat]))
 
     @classmethod
     def load(cls, path: Path | str) -> Topics:
@@ -687,24 +694,12 @@ class Topics:
 
     def find(self, tokens: Sequence[str]) -> tuple[str, str] | None:
         """The first (topic, phrase) whose phrase occurs in ``tokens`` as consecutive words, in file
-        order; None when no phrase occurs."""
-        for topic, phrases in self.phrases.items():
-            for phrase in phrases:
-                if _occurs(phrase, tokens):
-                    return topic, " ".join(phrase)
-        return None
-
-
-def _token_matches(pattern: str, token: str) -> bool:
-    return token.startswith(pattern[:-1]) if pattern.endswith("*") else token == pattern
-
-
-def _occurs(phrase: Sequence[str], tokens: Sequence[str]) -> bool:
-    n = len(phrase)
-    for start in range(len(tokens) - n + 1):
-        if all(_token_matches(p, tokens[start + k]) for k, p in enumerate(phrase)):
-            return True
-    return False
+        order; None when no phrase occurs. Linear in the length of ``tokens``."""
+        rank = self._matcher.first_rank(tokens)  # type: ignore[attr-defined]
+        if rank is None:
+            return None
+        topic, phrase = self._flat[rank]  # type: ignore[attr-defined]
+        return topic, " ".join(phrase)
 
 
 NOT_HELPED = tuple(
@@ -723,14 +718,14 @@ NOT_HELPED = tuple(
     )
 )
 """What a customer says when the bot's previous answer did not help (matched like topic phrases)."""
+_NOT_HELPED = PhraseMatcher(NOT_HELPED)
 
 
 def says_not_helped(tokens: Sequence[str]) -> str | None:
-    """The not-helped phrase (:data:`NOT_HELPED`) found in ``tokens``, or None."""
-    for phrase in NOT_HELPED:
-        if _occurs(phrase, tokens):
-            return " ".join(phrase)
-    return None
+    """The not-helped phrase (:data:`NOT_HELPED`) found in ``tokens``, or None (the earliest listed
+    when several occur). Linear in the length of ``tokens``."""
+    found = _NOT_HELPED.first(tokens)
+    return " ".join(found) if found else None
 
 
 # --- conversation-level rules ----------------------------------------------------------------------
@@ -795,7 +790,8 @@ def turn_failed(
     * ``customer_said_not_helped``: the customer's message says the previous answer did not help
       (:data:`NOT_HELPED`);
     * ``order_not_found``: the bot's decision (not escalated) named orders a lookup did not find;
-    * ``asked_slot_again``: the bot asked again for the slot it had just asked for;
+    * ``asked_slot_again``: the bot asked again for the slot it had just asked for (the order number,
+      reason ``asked_slot``, or the proof of ownership, reason ``asked_proof``);
     * any other entry is a reason prefix: a decision (not escalated) whose reason starts with it
       (``low_confidence`` -> ``low_confidence_...``) fails with that reason.
     """
@@ -805,8 +801,8 @@ def turn_failed(
         return None
     if "order_not_found" in failure_reasons and turn.not_found:
         return "order_not_found"
-    if "asked_slot_again" in failure_reasons and turn.reason == "asked_slot" and (
-        before is not None and before.reason == "asked_slot"
+    if "asked_slot_again" in failure_reasons and turn.reason in ("asked_slot", "asked_proof") and (
+        before is not None and before.reason == turn.reason
     ):
         return "asked_slot_again"
     for prefix in failure_reasons:

@@ -9,9 +9,13 @@ the Markdown markup removed, so an answer can quote it verbatim.
 
 A knowledge-base *version* (``kb-`` + 12 hex) is a hash of the document contents, the chunker and the
 embedding model; ingesting the same content twice gives the same version and writes nothing new.
-Rows of one version are written in one transaction together with the ``meta.kb_version`` pointer, and
-older versions' rows are deleted in that same transaction, so readers see the old or the new knowledge
-base, never a mix.
+Writes replace the whole set (:meth:`KnowledgeBase.ingest`), add or update some documents
+(:meth:`KnowledgeBase.add_documents`) or remove some (:meth:`KnowledgeBase.remove_documents`); a chunk
+whose text is already stored keeps its embedding, so only new or edited sections run the model. Rows of
+one version are written in one transaction together with the ``meta.kb_version`` pointer, and older
+versions' rows are deleted in that same transaction, so readers see the old or the new knowledge base,
+never a mix. A process serving searches picks up a version another process wrote with
+:meth:`KnowledgeBase.refresh` (one cheap read when nothing changed).
 
 Dense search runs in SQL with pgvector on Postgres, and as a numpy dot product over an in-memory matrix
 on SQLite (the embedded default, whose ``sqlite3`` cannot load vector extensions). Given the question's
@@ -27,8 +31,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +46,8 @@ from config.files import read_objects, read_utf8
 from state.models import EmbeddingType, KbChunk, KbDocument, Meta, utcnow
 
 if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
     from bot.embeddings import Embedder
     from state.db import Database
 
@@ -235,15 +241,29 @@ def split_sentences(text_: str) -> list[str]:
     return sentences
 
 
+def content_hash(markdown: str) -> str:
+    """sha256 (64 hex) of a document's Markdown: what the database stores as ``content_sha256``."""
+    return hashlib.sha256(markdown.encode("utf-8")).hexdigest()
+
+
 def kb_version(articles: Sequence[tuple[str, str, str]], model_id: str = DEFAULT_MODEL_ID) -> str:
-    """``"kb-"`` + 12 hex of sha256 over the sorted ``(doc_id, markdown)`` pairs, the chunker and
-    the embedding model id. Titles are part of the markdown, so they need no separate entry."""
+    """``"kb-"`` + 12 hex identifying ``(doc_id, title, markdown)`` articles under the embedding
+    model ``model_id``: see :func:`kb_version_of_hashes`, over each article's :func:`content_hash`.
+    Titles are part of the markdown, so they need no separate entry."""
+    hashes = [(doc_id, content_hash(markdown)) for doc_id, _, markdown in articles]
+    return kb_version_of_hashes(hashes, model_id)
+
+
+def kb_version_of_hashes(documents: Iterable[tuple[str, str]], model_id: str = DEFAULT_MODEL_ID) -> str:
+    """``"kb-"`` + 12 hex of sha256 over the sorted ``(doc_id, content_hash)`` pairs, the chunker and
+    the embedding model id: a pure function of the documents' contents and the model, so the same
+    documents always give the same version. Defined over content hashes (not the text) so that a
+    version can be computed for a change to some documents from what the database stores about
+    the others (``kb_documents.content_sha256``)."""
     digest = hashlib.sha256()
     digest.update(f"{CHUNKER_ID}\0{model_id}\0".encode())
-    for doc_id, _title, markdown in sorted(articles, key=lambda a: a[0]):
-        body = markdown.encode("utf-8")
-        digest.update(f"{doc_id}\0{len(body)}\0".encode())
-        digest.update(body)
+    for doc_id, sha in sorted(documents):
+        digest.update(f"{doc_id}\0{sha}\0".encode())
     return "kb-" + digest.hexdigest()[:12]
 
 
@@ -343,21 +363,38 @@ def load_articles(path: Path) -> list[tuple[str, str, str]]:
 
 
 def _load_folder(path: Path) -> list[Document]:
-    documents: list[Document] = []
-    for file in sorted(path.glob("*.md"), key=lambda f: f.stem):
-        markdown = read_utf8(file)
-        first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
-        if not first.startswith("# "):
-            raise ValueError(
-                f"{file}: an article must start with a '# Title' line (found {first[:60]!r})"
-            )
-        title = _plain(first[2:])
-        if not title:
-            raise ValueError(f"{file}: the '# ' title line is empty")
-        documents.append(Document(file.stem, title, markdown, file.name))
+    documents = [load_article(file) for file in sorted(path.glob("*.md"), key=lambda f: f.stem)]
     if not documents:
         raise ValueError(f"{path}: no *.md articles found")
     return documents
+
+
+def load_article(file: Path) -> Document:
+    """One Markdown article file as a document: doc id = the file stem (``refunds.md`` ->
+    ``refunds``), title = its first line, which must be ``# Title``.
+
+    Raises:
+        ValueError: not a ``.md`` file, not UTF-8, no ``# Title`` first line or an empty title, or a
+            doc id with a comma or longer than :data:`MAX_DOC_ID_CHARS`; the message names the file.
+        OSError: the file cannot be read.
+    Blocking file I/O.
+    """
+    file = Path(file)
+    if file.suffix.lower() not in (".md", ".markdown"):
+        raise ValueError(f"{file}: an article is a Markdown file (.md), got {file.suffix or 'no suffix'!r}")
+    if "," in file.stem or len(file.stem) > MAX_DOC_ID_CHARS:
+        raise ValueError(
+            f"{file}: the file name is the doc id: it must have no commas and at most "
+            f"{MAX_DOC_ID_CHARS} characters"
+        )
+    markdown = read_utf8(file)
+    first = next((line.strip() for line in markdown.splitlines() if line.strip()), "")
+    if not first.startswith("# "):
+        raise ValueError(f"{file}: an article must start with a '# Title' line (found {first[:60]!r})")
+    title = _plain(first[2:])
+    if not title:
+        raise ValueError(f"{file}: the '# ' title line is empty")
+    return Document(file.stem, title, markdown, file.name)
 
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -565,87 +602,281 @@ def load_jsonl_chunks(path: Path) -> list[Document]:
 # --- the store -------------------------------------------------------------------------------------
 
 
+class UnknownDocumentError(ValueError):
+    """Document ids that the active knowledge-base version does not have (``doc_ids``, sorted)."""
+
+    def __init__(self, doc_ids: Iterable[str]) -> None:
+        self.doc_ids = sorted(doc_ids)
+        super().__init__(
+            f"no such document in the knowledge base: {', '.join(map(repr, self.doc_ids))} "
+            "(`helpline kb list` shows the document ids)"
+        )
+
+
+class KnowledgeBaseBusy(RuntimeError):
+    """Other writers kept changing the knowledge base while this change was being prepared."""
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document of the active version as stored: ``content_sha256`` (hex) of its Markdown, the
+    number of its ``chunks``."""
+
+    doc_id: str
+    title: str
+    source: str
+    content_sha256: str
+    chunks: int
+
+
+@dataclass(frozen=True)
+class KbChange:
+    """How a change differs from the active version, by doc id, each tuple sorted: ``changed``
+    documents keep their id with other content; ``unchanged`` ones are carried over as they are."""
+
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    unchanged: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when the change writes nothing."""
+        return not (self.added or self.changed or self.removed)
+
+
+@dataclass(frozen=True)
+class KbUpdate:
+    """What a write did: the ``version`` now active and the ``change`` from the one before."""
+
+    version: str
+    change: KbChange
+
+
+async def active_documents(db: Database) -> tuple[str | None, list[StoredDocument]]:
+    """The active version (None before the first ingest) and its documents, sorted by doc id. Reads
+    no embeddings and needs no model (``helpline kb list``, change previews)."""
+    async with db.sessions() as session:
+        version = await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
+        return version, await _stored_documents(session, version)
+
+
+async def _stored_documents(session: AsyncSession, version: str | None) -> list[StoredDocument]:
+    if version is None:
+        return []
+    chunk_counts = (
+        select(KbChunk.doc_id, func.count().label("n"))
+        .where(KbChunk.kb_version == version)
+        .group_by(KbChunk.doc_id)
+        .subquery()
+    )
+    result = await session.execute(
+        select(
+            KbDocument.doc_id, KbDocument.title, KbDocument.source, KbDocument.content_sha256,
+            func.coalesce(chunk_counts.c.n, 0),
+        )
+        .outerjoin(chunk_counts, chunk_counts.c.doc_id == KbDocument.doc_id)
+        .where(KbDocument.kb_version == version)
+        .order_by(KbDocument.doc_id)
+    )
+    return [StoredDocument(*row) for row in result]
+
+
+def describe_change(
+    stored: Iterable[StoredDocument], fresh: Sequence[Document], drop: Iterable[str] = ()
+) -> KbChange:
+    """The change that writes ``fresh`` documents (new, or replacing the stored ones of the same id)
+    and drops the stored documents ``drop``; other stored documents stay as they are."""
+    by_id = {d.doc_id: d for d in stored}
+    fresh_hash = {d.doc_id: content_hash(d.markdown) for d in fresh}
+    removed = set(drop) & (by_id.keys() - fresh_hash.keys())
+    same = {
+        i for i, d in by_id.items()
+        if i not in removed and fresh_hash.get(i, d.content_sha256) == d.content_sha256
+    }
+    return KbChange(
+        added=tuple(sorted(fresh_hash.keys() - by_id.keys())),
+        changed=tuple(sorted((by_id.keys() & fresh_hash.keys()) - same)),
+        removed=tuple(sorted(removed)),
+        unchanged=tuple(sorted(same)),
+    )
+
+
+@dataclass(frozen=True)
+class _StoredChunk:
+    chunk: Chunk
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """The active version as read for a write: documents by id and their chunks with embeddings."""
+
+    version: str | None
+    documents: dict[str, StoredDocument]
+    chunks: dict[str, list[_StoredChunk]]
+
+    def embeddings_valid(self, model_id: str) -> bool:
+        """Whether the stored vectors are this model's and the chunks this chunker's: the version
+        hash covers both, so recomputing it from the stored content hashes proves it. (Rows written
+        under an older hash definition fail the check and are embedded again once.)"""
+        pairs = [(d.doc_id, d.content_sha256) for d in self.documents.values()]
+        return self.version is not None and kb_version_of_hashes(pairs, model_id) == self.version
+
+
 @dataclass(frozen=True)
 class _Prepared:
+    """The rows of a new version: per document ``(document, its chunks, their embeddings)``."""
+
     version: str
-    documents: list[Document]
-    chunks: list[Chunk]
-    embeddings: np.ndarray
+    documents: list[tuple[StoredDocument, list[Chunk], np.ndarray]]
+    embedded: int  # chunk texts the model had to embed (the others reused stored vectors)
+
+
+def _no_vectors() -> np.ndarray:
+    return np.zeros((0, DIM), dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """Everything a search reads, swapped as one object so that a search running while a reload
+    finishes sees the old or the new version, never a mix."""
+
+    version: str | None = None
+    documents: int = 0
+    rows: tuple[tuple[str, str, str, str], ...] = ()  # (doc_id, title, heading, text)
+    row_ids: tuple[int, ...] = ()  # kb_chunks.id of each row
+    matrix: np.ndarray = field(default_factory=_no_vectors)  # SQLite: the chunk embeddings
+    lexical: LexicalIndex = field(default_factory=lambda: LexicalIndex([]))  # TF-IDF over rows
+    position: dict[int, int] = field(default_factory=dict)  # row id -> index in rows
+
+
+def _distinct(documents: Sequence[Document]) -> list[Document]:
+    """``documents`` as a list; ValueError naming a doc id given twice."""
+    seen: set[str] = set()
+    for document in documents:
+        if document.doc_id in seen:
+            raise ValueError(f"two documents have the doc id {document.doc_id!r}")
+        seen.add(document.doc_id)
+    return list(documents)
+
+
+class _Conflict(Exception):
+    """The active version changed between reading it and writing the next one."""
+
+
+COMMIT_ATTEMPTS = 3
+"""A write whose base version another writer replaced meanwhile is planned again this many times."""
+
+LOAD_ATTEMPTS = 3
+"""A load that sees the pointer move while it reads the rows reads again, at most this many times."""
 
 
 class KnowledgeBase:
     """The active knowledge-base version in the database, plus search over it.
 
-    Call :meth:`load` at start-up (and it is called by :meth:`ingest`). ``version`` is ``None``
-    while nothing has been ingested. ``search_calls`` counts searches, so tests can prove a path ran
-    no retrieval.
+    Call :meth:`load` at start-up (the writes call it too), and :meth:`refresh` now and then to pick
+    up a version another process wrote. ``version`` is ``None`` while nothing has been ingested.
+    ``search_calls`` counts searches, so tests can prove a path ran no retrieval.
     """
 
     def __init__(self, db: Database, embedder: Embedder) -> None:
         self._db = db
         self._embedder = embedder
-        self.version: str | None = None
-        self.documents = 0
-        self.chunks = 0
         self.search_calls = 0
-        self._matrix = np.zeros((0, DIM), dtype=np.float32)  # SQLite only: the chunk embeddings
-        self._rows: list[tuple[str, str, str, str]] = []  # (doc_id, title, heading, text)
-        self._row_ids: list[int] = []  # kb_chunks.id of each row
-        self._lexical = LexicalIndex([])
+        self.embedded_last = 0  # chunk texts the last write had to embed (the rest were reused)
+        self._state = _Snapshot()
         self._ingest_lock = asyncio.Lock()
+        self._load_lock = asyncio.Lock()
+
+    @property
+    def version(self) -> str | None:
+        """The version being served; None when nothing is ingested."""
+        return self._state.version
+
+    @property
+    def documents(self) -> int:
+        """Documents of the version being served."""
+        return self._state.documents
+
+    @property
+    def chunks(self) -> int:
+        """Chunks of the version being served."""
+        return len(self._state.rows)
 
     # --- reading -----------------------------------------------------------------------------------
 
     async def load(self) -> None:
         """Read the active version from ``meta`` and its chunks' text (for lexical search); on
-        SQLite also their embeddings (searched in memory)."""
+        SQLite also their embeddings (searched in memory). The new state replaces the old one in one
+        assignment, so concurrent searches are safe."""
+        async with self._load_lock:
+            for _ in range(LOAD_ATTEMPTS):
+                version, documents, found = await self._read_rows()
+                # A writer may replace the version between reading the pointer and its rows (Postgres
+                # reads each statement at its own moment): read again when the pointer moved.
+                if await self._pointer() == version:
+                    break
+            row_ids = tuple(row_id for row_id, *_ in found)
+            rows = tuple((doc_id, title, heading, body) for _, doc_id, title, heading, body, _ in found)
+            vectors = [vector for *_, vector in found if vector is not None]
+            matrix = np.vstack(vectors).astype(np.float32, copy=False) if vectors else _no_vectors()
+            # Fitting TF-IDF is CPU work (milliseconds per hundred chunks): keep it off the event loop.
+            lexical = await asyncio.to_thread(
+                LexicalIndex, [embedding_text(Chunk(d, t, h, 0, x)) for d, t, h, x in rows]
+            )
+            self._state = _Snapshot(
+                version=version, documents=documents, rows=rows, row_ids=row_ids, matrix=matrix,
+                lexical=lexical, position={row_id: i for i, row_id in enumerate(row_ids)},
+            )
+
+    async def refresh(self) -> bool:
+        """Reload when another process (``helpline kb ...``, another server) made a different version
+        active; returns True when it reloaded. Costs one primary-key read of ``meta`` when nothing
+        changed, so a server can call it every few seconds. Searches meanwhile keep using the old
+        version until the new one is fully loaded. Raises the database's errors (the caller decides
+        whether to retry later)."""
+        if await self._pointer() == self.version:
+            return False
+        await self.load()
+        return True
+
+    async def _pointer(self) -> str | None:
+        async with self._db.sessions() as session:
+            return await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
+
+    async def _read_rows(
+        self,
+    ) -> tuple[str | None, int, list[tuple[int, str, str, str, str, np.ndarray | None]]]:
+        """(version, documents, chunk rows ``(id, doc_id, title, heading, text, embedding)``); the
+        embedding is None on Postgres, which searches in SQL."""
         async with self._db.sessions() as session:
             version = await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
-            documents = 0
-            rows: list[tuple[str, str, str, str]] = []
-            row_ids: list[int] = []
-            matrix = np.zeros((0, DIM), dtype=np.float32)
-            if version is not None:
-                documents = int(
-                    await session.scalar(
-                        select(func.count()).select_from(KbDocument).where(
-                            KbDocument.kb_version == version
-                        )
-                    )
-                    or 0
+            if version is None:
+                return None, 0, []
+            documents = await session.scalar(
+                select(func.count()).select_from(KbDocument).where(KbDocument.kb_version == version)
+            )
+            in_memory = self._db.backend != "postgresql"
+            columns = [KbChunk.id, KbChunk.doc_id, KbDocument.title, KbChunk.heading, KbChunk.text]
+            if in_memory:
+                columns.append(KbChunk.embedding)
+            result = await session.execute(
+                select(*columns)
+                .join(
+                    KbDocument,
+                    (KbDocument.kb_version == KbChunk.kb_version) & (KbDocument.doc_id == KbChunk.doc_id),
                 )
-                in_memory = self._db.backend != "postgresql"
-                columns = [KbChunk.id, KbChunk.doc_id, KbDocument.title, KbChunk.heading, KbChunk.text]
-                if in_memory:
-                    columns.append(KbChunk.embedding)
-                result = await session.execute(
-                    select(*columns)
-                    .join(
-                        KbDocument,
-                        (KbDocument.kb_version == KbChunk.kb_version)
-                        & (KbDocument.doc_id == KbChunk.doc_id),
-                    )
-                    .where(KbChunk.kb_version == version)
-                    .order_by(KbChunk.doc_id, KbChunk.ordinal)
-                )
-                vectors = []
-                for row_id, doc_id, title, heading, chunk_text, *embedding in result:
-                    row_ids.append(row_id)
-                    rows.append((doc_id, title, heading, chunk_text))
-                    vectors.extend(embedding)
-                if vectors:
-                    matrix = np.vstack(vectors).astype(np.float32, copy=False)
-        # Fitting TF-IDF is CPU work (milliseconds per hundred chunks): keep it off the event loop.
-        lexical = await asyncio.to_thread(
-            LexicalIndex, [embedding_text(Chunk(d, t, h, 0, x)) for d, t, h, x in rows]
-        )
-        self.version, self.documents, self.chunks = version, documents, len(rows)
-        self._rows, self._row_ids, self._matrix, self._lexical = rows, row_ids, matrix, lexical
+                .where(KbChunk.kb_version == version)
+                .order_by(KbChunk.doc_id, KbChunk.ordinal)
+            )
+            found = [(*row, None) if not in_memory else tuple(row) for row in result]
+            return version, int(documents or 0), found  # type: ignore[return-value]
 
     @property
     def doc_ids(self) -> frozenset[str]:
         """Ids of the documents of the active version (those with at least one chunk)."""
-        return frozenset(row[0] for row in self._rows)
+        return frozenset(row[0] for row in self._state.rows)
 
     async def search(
         self, query_embedding: np.ndarray, k: int, *, query_text: str | None = None
@@ -659,30 +890,51 @@ class KnowledgeBase:
         also shares the question's rare words ranks higher and clears the answer threshold more
         easily, while a passage's score never drops below its cosine. Returns an empty list when
         nothing is ingested. Raises ValueError for an embedding of the wrong shape.
+
+        On Postgres a search that finds its version's rows gone (another process wrote a new
+        version) refreshes and searches the new one.
         """
         self.search_calls += 1
         query = np.asarray(query_embedding, dtype=np.float32).reshape(-1)
         if query.shape != (DIM,):
             raise ValueError(f"query embedding must have {DIM} values, got {query.shape}")
-        if k < 1 or self.version is None or not self._rows:
+        if k < 1:
+            return []
+        found = await self._ranked(query, k, query_text, self._state)
+        if not found and self._state.rows and self._db.backend == "postgresql" and await self.refresh():
+            # Another process replaced this version and deleted its rows: serve the new version now
+            # rather than nothing until the next periodic refresh.
+            found = await self._ranked(query, k, query_text, self._state)
+        return found
+
+    async def _ranked(
+        self, query: np.ndarray, k: int, query_text: str | None, state: _Snapshot
+    ) -> list[Passage]:
+        """:meth:`search` over one snapshot, which stays the same across the awaits of a search in
+        SQL even if a reload swaps in another."""
+        if state.version is None or not state.rows:
             return []
         lexical = (
-            self._lexical.scores(query_text)
-            if query_text is not None and self._lexical.size == len(self._rows)
+            state.lexical.scores(query_text)
+            if query_text is not None and state.lexical.size == len(state.rows)
             else None
         )
         if self._db.backend == "postgresql":
-            return await self._search_sql(query, k, self.version, lexical)
-        scores = self._matrix @ query
+            return await self._search_sql(query, k, state, lexical)
+        scores: np.ndarray = state.matrix @ query
         if lexical is not None:
             scores = scores + LEXICAL_WEIGHT * lexical
         k = min(k, len(scores))
         top = np.argpartition(-scores, k - 1)[:k]
         top = top[np.argsort(-scores[top], kind="stable")]
-        return [Passage(*self._rows[i], score=float(scores[i])) for i in top]
+        passages = []
+        for i in top:
+            doc_id, title, heading, body = state.rows[i]
+            passages.append(Passage(doc_id, title, heading, body, score=float(scores[i])))
+        return passages
 
     async def _search_sql(
-        self, query: np.ndarray, k: int, version: str, lexical: np.ndarray | None
+        self, query: np.ndarray, k: int, state: _Snapshot, lexical: np.ndarray | None
     ) -> list[Passage]:
         # `<=>` is pgvector's cosine distance; ORDER BY it LIMIT n is what the HNSW index
         # (vector_cosine_ops) serves. For a hybrid search the candidates are the dense top n plus the
@@ -692,7 +944,7 @@ class KnowledgeBase:
         lexical_ids: list[int] = []
         if lexical is not None:
             best = np.argsort(-lexical, kind="stable")[:n]
-            lexical_ids = [self._row_ids[i] for i in best if lexical[i] > 0]
+            lexical_ids = [state.row_ids[i] for i in best if lexical[i] > 0]
         statement = text(
             """
             SELECT c.id, c.doc_id, d.title, c.heading, c.text, c.ordinal, c.embedding <=> :q AS distance
@@ -711,92 +963,181 @@ class KnowledgeBase:
         ).bindparams(bindparam("q", type_=EmbeddingType()))
         async with self._db.sessions() as session:
             result = await session.execute(
-                statement, {"q": query, "version": version, "n": n, "ids": lexical_ids}
+                statement, {"q": query, "version": state.version, "n": n, "ids": lexical_ids}
             )
             found = list(result)
-        position = {row_id: i for i, row_id in enumerate(self._row_ids)}
         scored = []
         for row_id, doc_id, title, heading, body, ordinal, distance in found:
             score = 1.0 - float(distance)
-            if lexical is not None and row_id in position:
-                score += LEXICAL_WEIGHT * float(lexical[position[row_id]])
+            if lexical is not None and row_id in state.position:
+                score += LEXICAL_WEIGHT * float(lexical[state.position[row_id]])
             scored.append((-score, doc_id, ordinal, Passage(doc_id, title, heading, body, score=score)))
         scored.sort(key=lambda item: item[:3])
         return [passage for *_, passage in scored[:k]]
 
     # --- writing -----------------------------------------------------------------------------------
 
-    def _prepare(self, documents: list[Document], version: str) -> _Prepared:
-        # Blocking: the embedding model. Runs in a worker thread.
-        chunks = [c for d in documents for c in chunk_article(d.doc_id, d.title, d.markdown)]
-        embeddings = self._embedder.embed([embedding_text(c) for c in chunks])
-        return _Prepared(version, documents, chunks, embeddings)
-
     async def ingest(self, path: Path) -> str:
-        """(Re)build the knowledge base from ``path`` and make it the active version.
+        """Make the documents of ``path`` the whole knowledge base (documents not in ``path`` are
+        removed) and return the active version.
 
         ``path`` is a folder of ``*.md`` articles, one long ``.md`` file split by headings, or a
-        ``.jsonl`` file of exported chunks (see :func:`load_documents`). Idempotent: when the
-        documents (and model) are unchanged, nothing is written. Otherwise the new version's rows and
-        the ``meta`` pointer are written and older versions deleted, all in one transaction. Returns
-        the active version. Raises what :func:`load_documents` raises.
+        ``.jsonl`` file of exported chunks (see :func:`load_documents`). See
+        :meth:`replace_documents` for what gets written. Raises what :func:`load_documents` raises.
         """
+        # Reading files is blocking; keep it off the event loop.
+        documents = await asyncio.to_thread(load_documents, path)
+        return (await self.replace_documents(documents)).version
+
+    async def replace_documents(self, documents: Sequence[Document]) -> KbUpdate:
+        """Make exactly ``documents`` the knowledge base. Idempotent: when the documents (and model)
+        are those of the active version, nothing is written. Otherwise the new version's rows and
+        the ``meta`` pointer are written and older versions deleted, all in one transaction; chunks
+        whose text is already stored reuse their embedding instead of running the model. Raises
+        ValueError for two documents with one doc id."""
+        fresh = _distinct(documents)
+        ids = {d.doc_id for d in fresh}
+        return await self._commit(lambda stored: (fresh, set(stored.documents) - ids))
+
+    async def add_documents(self, documents: Sequence[Document]) -> KbUpdate:
+        """Add ``documents``, or replace the stored ones with the same doc id, keeping every other
+        document as stored (not embedded again). A new version results unless nothing changed.
+        Raises ValueError for two documents with one doc id."""
+        fresh = _distinct(documents)
+        return await self._commit(lambda stored: (fresh, set()))
+
+    async def remove_documents(self, doc_ids: Iterable[str]) -> KbUpdate:
+        """Remove the documents ``doc_ids``, keeping the others as stored.
+
+        Raises:
+            UnknownDocumentError: an id the active version does not have (nothing is written).
+            ValueError: the knowledge base would be left without documents.
+        """
+        drop = set(doc_ids)
+
+        def plan(stored: _Stored) -> tuple[list[Document], set[str]]:
+            unknown = drop - stored.documents.keys()
+            if unknown:
+                raise UnknownDocumentError(unknown)
+            if drop >= stored.documents.keys():
+                raise ValueError(
+                    "removing these documents would leave the knowledge base empty; to start over "
+                    "from other articles use `helpline kb ingest PATH`"
+                )
+            return [], drop
+
+        return await self._commit(plan)
+
+    async def _commit(self, plan: Callable[[_Stored], tuple[list[Document], set[str]]]) -> KbUpdate:
+        """Write the version ``plan`` derives from the active one: ``plan(stored)`` returns the
+        documents to (re)write and the stored doc ids to drop; every other stored document is carried
+        over with its chunks and embeddings. When another writer replaces the active version in
+        between, the change is planned again on top of theirs (:data:`COMMIT_ATTEMPTS` times, then
+        :class:`KnowledgeBaseBusy`). Raises what ``plan`` raises."""
         async with self._ingest_lock:
-            # Reading files and embedding are blocking; keep them off the event loop.
-            documents = await asyncio.to_thread(load_documents, path)
-            articles = [(d.doc_id, d.title, d.markdown) for d in documents]
-            version = kb_version(articles, self._embedder.model_id)
-            if await self._is_active(version):
+            for _ in range(COMMIT_ATTEMPTS):
+                stored = await self._read_stored()
+                fresh, drop = plan(stored)
+                change = describe_change(stored.documents.values(), fresh, drop)
+                fresh_ids = {d.doc_id for d in fresh}
+                kept = [d for i, d in stored.documents.items() if i not in drop and i not in fresh_ids]
+                pairs = [(d.doc_id, content_hash(d.markdown)) for d in fresh]
+                version = kb_version_of_hashes(pairs + [(d.doc_id, d.content_sha256) for d in kept],
+                                               self._embedder.model_id)
+                if version == stored.version and stored.documents:
+                    self.embedded_last = 0
+                    await self.load()
+                    return KbUpdate(version, change)
+                prepared = await asyncio.to_thread(self._prepare, version, fresh, kept, stored)
+                try:
+                    await self._write(prepared, expected=stored.version)
+                except (_Conflict, IntegrityError):
+                    continue  # another writer got there first (maybe with this very version)
+                self.embedded_last = prepared.embedded
                 await self.load()
-                return version
-            prepared = await asyncio.to_thread(self._prepare, documents, version)
-            try:
-                await self._write(prepared)
-            except IntegrityError:
-                # Another process wrote the same version at the same moment: use theirs.
-                if not await self._is_active(prepared.version):
-                    raise
-            await self.load()
-            return prepared.version
-
-    async def _is_active(self, version: str) -> bool:
-        async with self._db.sessions() as session:
-            active = await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
-            if active != version:
-                return False
-            documents = await session.scalar(
-                select(func.count()).select_from(KbDocument).where(KbDocument.kb_version == version)
+                return KbUpdate(version, change)
+            raise KnowledgeBaseBusy(
+                f"the knowledge base changed {COMMIT_ATTEMPTS} times while this change was being "
+                "prepared; try again"
             )
-            return bool(documents)
 
-    async def _write(self, prepared: _Prepared) -> None:
+    async def _read_stored(self) -> _Stored:
+        async with self._db.sessions() as session:
+            version = await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
+            documents = {d.doc_id: d for d in await _stored_documents(session, version)}
+            chunks: dict[str, list[_StoredChunk]] = {}
+            if version is not None:
+                result = await session.execute(
+                    select(KbChunk.doc_id, KbChunk.ordinal, KbChunk.heading, KbChunk.text, KbChunk.embedding)
+                    .where(KbChunk.kb_version == version)
+                    .order_by(KbChunk.doc_id, KbChunk.ordinal)
+                )
+                for doc_id, ordinal, heading, body, vector in result:
+                    title = documents[doc_id].title if doc_id in documents else doc_id
+                    chunk = Chunk(doc_id, title, heading, ordinal, body)
+                    chunks.setdefault(doc_id, []).append(_StoredChunk(chunk, np.asarray(vector, np.float32)))
+        return _Stored(version, documents, chunks)
+
+    def _prepare(
+        self, version: str, fresh: list[Document], kept: list[StoredDocument], stored: _Stored
+    ) -> _Prepared:
+        """Chunk the fresh documents and find every chunk's vector: a stored one for a text already
+        embedded by this model, else the model's (blocking: runs in a worker thread)."""
+        valid = stored.embeddings_valid(self._embedder.model_id)
+        known = {
+            embedding_text(c.chunk): c.embedding for cs in stored.chunks.values() for c in cs
+        } if valid else {}
+        planned: list[tuple[StoredDocument, list[Chunk]]] = []
+        for document in fresh:
+            chunks = chunk_article(document.doc_id, document.title, document.markdown)
+            row = StoredDocument(document.doc_id, document.title, document.source,
+                                 content_hash(document.markdown), len(chunks))
+            planned.append((row, chunks))
+        for row in kept:
+            planned.append((row, [c.chunk for c in stored.chunks.get(row.doc_id, [])]))
+        texts = [embedding_text(c) for _, chunks in planned for c in chunks]
+        missing = list(dict.fromkeys(t for t in texts if t not in known))
+        if missing:
+            known = {**known, **dict(zip(missing, self._embedder.embed(missing), strict=True))}
+        documents = [
+            (row, chunks, np.array([known[embedding_text(c)] for c in chunks], np.float32).reshape(-1, DIM))
+            for row, chunks in planned
+        ]
+        return _Prepared(version, documents, embedded=len(missing))
+
+    async def _write(self, prepared: _Prepared, *, expected: str | None) -> None:
+        """Replace every stored row with ``prepared`` and point ``meta`` at its version, in one
+        transaction. Raises :class:`_Conflict` when the active version is no longer ``expected``."""
         version = prepared.version
         async with self._db.sessions.begin() as session:
-            # Leftovers of this version (a crash between writes cannot leave them, but a manual
-            # edit can) and all other versions go; the new rows and pointer arrive together.
+            # Deleting first takes the write lock (SQLite) or waits for a concurrent writer's row
+            # locks (Postgres), so the pointer read next is the one this transaction replaces.
             await session.execute(delete(KbChunk))
             await session.execute(delete(KbDocument))
-            for document in prepared.documents:
+            active = await session.scalar(select(Meta.value).where(Meta.key == META_KEY))
+            if active != expected:
+                raise _Conflict
+            for document, chunks, vectors in prepared.documents:
                 session.add(
                     KbDocument(
                         kb_version=version,
                         doc_id=document.doc_id,
                         title=document.title[:300],
                         source=document.source[:500],
-                        content_sha256=hashlib.sha256(document.markdown.encode("utf-8")).hexdigest(),
+                        content_sha256=document.content_sha256,
                     )
                 )
-            for chunk, vector in zip(prepared.chunks, prepared.embeddings, strict=True):
-                session.add(
-                    KbChunk(
-                        kb_version=version,
-                        doc_id=chunk.doc_id,
-                        ordinal=chunk.ordinal,
-                        heading=chunk.heading[:300],
-                        text=chunk.text,
-                        embedding=vector,
+                for chunk, vector in zip(chunks, vectors, strict=True):
+                    session.add(
+                        KbChunk(
+                            kb_version=version,
+                            doc_id=chunk.doc_id,
+                            ordinal=chunk.ordinal,
+                            heading=chunk.heading[:300],
+                            text=chunk.text,
+                            embedding=vector,
+                        )
                     )
-                )
             meta = await session.get(Meta, META_KEY)
             if meta is None:
                 session.add(Meta(key=META_KEY, value=version, updated_at=utcnow()))

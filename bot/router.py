@@ -31,6 +31,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.actions import ActionContext, run_handler
+from bot.entities import bare_postcode
+from bot.ownership import AttemptLimits, Proof
 from bot.answers import compose_answer
 from bot.embeddings import CachedEmbedder
 from bot.escalation import Escalation, PriorTurn, Trigger
@@ -63,6 +65,8 @@ class TurnContext:
     pending: Mapping[str, Any] | None = None
     customer_email: str | None = None
     prior: tuple[PriorTurn, ...] = ()
+    verified_owner: str | None = None
+    customer_id: int | None = None
 
 
 @dataclass
@@ -70,7 +74,8 @@ class Decision:
     """The router's answer for one turn, recorded in full as the turn event.
 
     ``reply`` None means send nothing. ``escalate`` hands the ticket to a human; ``resolve`` marks
-    it resolved (the customer said goodbye); ``pending`` is the slot the bot now waits for.
+    it resolved (the customer said goodbye); ``pending`` is the slot the bot now waits for;
+    ``verified_owner`` the order owner the customer proved to be on this turn (the ticket keeps it).
     ``cost_usd`` is 0 on local tiers.
     """
 
@@ -91,6 +96,7 @@ class Decision:
     models: dict[str, str] = field(default_factory=dict)
     cost_usd: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)
+    verified_owner: str | None = None
 
     def event_payload(self) -> dict[str, Any]:
         """JSON-able record of the decision for the append-only event log."""
@@ -123,12 +129,14 @@ class Router:
         understander: Understander,
         knowledge: KnowledgeBase,
         orders: OrderStore,
+        attempts: AttemptLimits | None = None,
     ) -> None:
         self.settings = settings
         self.intents = intents
         self.understander = understander
         self.knowledge = knowledge
         self.orders = orders
+        self.attempts = attempts
         # Answers are quoted from knowledge-base sentences, which recur across questions.
         self.sentence_embedder = CachedEmbedder(understander.embedder)
         # Earlier customer messages are embedded through the same cache, so each only once.
@@ -153,7 +161,8 @@ class Router:
             confidence=round(u.confidence, 4),
             alternatives=u.alternatives,
             sentiment=round(u.sentiment, 4),
-            entities={"order_ids": list(u.entities.order_ids), "emails": list(u.entities.emails)},
+            entities={"order_ids": list(u.entities.order_ids), "emails": list(u.entities.emails),
+                      "postcodes": list(u.entities.postcodes)},
             models=self.understander.model_ids,
             kb_version=self.knowledge.version,
         )
@@ -175,11 +184,11 @@ class Router:
         return decision if failed is None else self._hand_over(decision, failed)
 
     async def _tiers(self, text: str, u: Understanding, ctx: TurnContext, base: dict[str, Any]) -> Decision:
-        if ctx.pending and self._fills_pending(ctx.pending, u):
+        if ctx.pending and self._fills_pending(ctx.pending, u, text):
             spec = self.intents.get(str(ctx.pending.get("intent")))
             if spec is not None and spec.handler:
                 base["intent"] = spec.name
-                return await self._deterministic(spec, u, ctx, base, reason="slot_filled")
+                return await self._deterministic(spec, u, ctx, base, reason="slot_filled", text=text)
 
         if u.out_of_scope and u.intent != OUT_OF_SCOPE:
             # Far from every example the model was trained on (its density score is above the
@@ -195,7 +204,7 @@ class Router:
         if spec is None:  # a model trained on other intents than the config: never guess
             return self._beyond_local(base, reason="unknown_intent")
         if spec.tier == "deterministic":
-            return await self._deterministic(spec, u, ctx, base, reason="answered")
+            return await self._deterministic(spec, u, ctx, base, reason="answered", text=text)
         if spec.tier == "retrieval":
             return await self._retrieval(text, u, base)
         if spec.tier == "reasoning":
@@ -215,8 +224,32 @@ class Router:
         )
 
     @staticmethod
-    def _fills_pending(pending: Mapping[str, Any], u: Understanding) -> bool:
-        return pending.get("slot") == "order_id" and bool(u.entities.order_ids)
+    def _fills_pending(pending: Mapping[str, Any], u: Understanding, text: str) -> bool:
+        slot = pending.get("slot")
+        if slot == "order_id":
+            return bool(u.entities.order_ids)
+        if slot == "proof":
+            e = u.entities
+            return bool(e.order_ids or e.emails or e.postcodes or bare_postcode(text))
+        return False
+
+    @staticmethod
+    def _asked(result: Any) -> str | None:
+        # asked_slot: the order number; asked_proof: the email or postcode on the order. A proof
+        # that did not match keeps the turn's own reason (the lookup failed; see not_found).
+        if result.missing_slot == "order_id":
+            return "asked_slot"
+        if result.missing_slot == "proof" and not result.data.get("not_found"):
+            return "asked_proof"
+        return None
+
+    @staticmethod
+    def _proof(pending: Mapping[str, Any] | None, u: Understanding, text: str) -> Proof:
+        postcodes = u.entities.postcodes
+        if not postcodes and pending and pending.get("slot") == "proof":
+            bare = bare_postcode(text)  # the answer to "what is the postcode on the order?"
+            postcodes = (bare,) if bare else ()
+        return Proof(emails=u.entities.emails, postcodes=postcodes)
 
     def _beyond_local(self, base: dict[str, Any], *, reason: str) -> Decision:
         # The reasoning tier arrives with LLM providers; until one is configured a person takes over.
@@ -229,22 +262,37 @@ class Router:
         )
 
     async def _deterministic(
-        self, spec: IntentSpec, u: Understanding, ctx: TurnContext, base: dict[str, Any], *, reason: str
+        self, spec: IntentSpec, u: Understanding, ctx: TurnContext, base: dict[str, Any], *, reason: str,
+        text: str = "",
     ) -> Decision:
         if spec.handler:
+            waiting = ctx.pending.get("order_ids") if ctx.pending else None
             result = await run_handler(
                 spec.handler,
-                ActionContext(entities=u.entities, orders=self.orders, customer_email=ctx.customer_email),
+                ActionContext(
+                    entities=u.entities, orders=self.orders, customer_email=ctx.customer_email,
+                    proof=self._proof(ctx.pending, u, text), verified_owner=ctx.verified_owner,
+                    pending_order_ids=tuple(str(i) for i in waiting) if isinstance(waiting, list) else (),
+                    customer_id=ctx.customer_id, attempts=self.attempts,
+                ),
             )
-            pending = (
-                {"intent": spec.name, "slot": result.missing_slot} if result.missing_slot else None
-            )
+            if result.escalate:
+                return Decision(
+                    tier="human", reason="verification_locked", reply=result.reply, escalate=True,
+                    data=dict(result.data), **base,
+                )
+            pending: dict[str, Any] | None = None
+            if result.missing_slot:
+                pending = {"intent": spec.name, "slot": result.missing_slot}
+                if result.pending_order_ids:
+                    pending["order_ids"] = list(result.pending_order_ids)
             return Decision(
                 tier="deterministic",
-                reason="asked_slot" if result.missing_slot else reason,
+                reason=self._asked(result) or reason,
                 reply=result.reply,
                 pending=pending,
                 data=dict(result.data),
+                verified_owner=result.verified_owner,
                 **base,
             )
         return Decision(

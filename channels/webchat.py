@@ -1,22 +1,38 @@
 """Web-chat channel: the ``/ws/chat`` websocket that the widget and ``helpline chat`` speak.
 
-Protocol (JSON text frames; see README "Web chat"):
+Protocol (JSON text frames; see docs/webchat-protocol.md):
 
 client -> server
-  ``{"type": "hello", "session_id": str | null, "last_seq": int}``   first frame, once
-  ``{"type": "message", "text": str, "client_message_id": str}``       idempotent by client id
+  ``{"type": "hello", "session_id": str | null, "last_seq": int, "replay"?: bool}``  first, once
+  ``{"type": "message", "text": str, "client_message_id": str}``                      idempotent by id
   ``{"type": "ping"}``
 server -> client
-  ``welcome`` (session_id, ticket_id, ticket_state), then every message of the customer with
-  ``seq > last_seq`` (the backlog), then ``{"type": "synced", "last_seq": int}``, then live
-  ``message`` frames; ``ack`` per stored inbound message; ``typing``; ``error`` (code, message, and
-  the frame's ``client_message_id`` when it had a readable one); ``pong``.
+  ``welcome`` (session_id, ticket_id, ticket_state, last_seq, resync), then every message of the
+  customer with ``seq > last_seq`` (the backlog), then ``{"type": "synced", "last_seq": int}``,
+  then live ``message`` frames; ``ack`` per stored inbound message; ``typing``; ``error`` (code,
+  message, and the frame's ``client_message_id`` when it had a readable one); ``pong``.
+
+Session ids are issued by the server (:mod:`channels.sessions`): ``null`` asks for a new one, and
+an id the server did not issue gets ``bad_session`` and the socket closes. A customer row appears
+with the first message, not the first hello. A client that claims more messages than the server has
+(``last_seq`` ahead, e.g. after a database restore) is resynchronised: ``welcome.resync`` is true,
+``welcome.last_seq`` is the server's position, and the recent transcript follows for the client to
+show instead of what it had.
 
 Exactly-once, in order, per connection: the subscription to live frames starts before the backlog
 is read and each connection remembers the highest ``seq`` it sent, so a frame in both is sent once; a
 live frame that skips seqs (another process published them and they have not arrived yet) first
-pulls the missing ones from the database, where seqs commit in order. A client
-that reconnects with its last seen ``seq`` receives what it missed and nothing twice.
+pulls the missing ones from the database, where seqs commit in order.
+
+What one connection may cost is bounded: the backlog is read in pages of :data:`BACKLOG_PAGE`
+messages, the live queue holds at most :data:`LIVE_QUEUE_FRAMES` frames (a socket that falls behind
+is refilled from the database), a client that does not read a frame within
+``chat_send_timeout_s`` is disconnected, a socket with no customer message for
+``chat_idle_timeout_s`` is closed (4000), and one client address may hold ``chat_sockets_per_address``
+sockets and start ``new_sessions_per_address`` sessions per window.
+
+Customer frames never carry the bot's internal labels (tier, intent, confidence); replayed traffic
+(``helpline replay``, from this machine or with the admin token) gets them, for its report.
 
 This adapter normalises frames into :class:`helpline.conversation.Inbound` and renders stored
 messages; it knows nothing of routing.
@@ -25,30 +41,53 @@ messages; it knows nothing of routing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
-import secrets
-import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from channels.sessions import LEGACY_MIN_LENGTH, REPLAY, WEBCHAT, SessionIssuer
+from config.settings import Settings
+from helpline.clients import Network, client_address, has_admin_token, is_local, origin_allowed
 from helpline.conversation import Conversations, Inbound, RateLimited, ServiceUnavailable
-from state.conversations import customer_last_seq, message_frame, messages_after, open_ticket
+from state.conversations import (
+    customer_last_seq,
+    find_customer_id,
+    message_frame,
+    messages_after,
+    open_ticket,
+)
 from state.delivery import Delivery, Frame
+from state.hot import RateLimiter
 from state.models import Message
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "webchat"
+CHANNEL = WEBCHAT
+CHANNELS = (WEBCHAT, REPLAY)
+"""Channels whose customers this adapter serves (and whose outbound messages it sends)."""
 HELLO_TIMEOUT_S = 10.0
 MAX_FRAME_BYTES = 256 * 1024
-"""Frames above this close the socket (1009). Texts above ``max_message_chars`` but under this are
-stored and answered with a clear reply, so nothing the customer typed is lost."""
+"""Frames above this close the socket (1009). Longer texts below it are stored up to
+``max_stored_chars`` and routed on their first ``max_message_chars`` characters."""
+BACKLOG_PAGE = 25
+"""Messages read from the database per backlog page (a stored message holds up to
+``max_stored_chars`` characters), so a connection holds at most one page at a time."""
+LIVE_QUEUE_FRAMES = 100
+RESYNC_MESSAGES = 200
+"""Messages sent to a client the server resynchronises (its transcript is replaced with these)."""
+IDLE_CLOSE = 4000
+"""Close code for a socket idle for ``chat_idle_timeout_s``: the client should not reconnect until
+the customer is back (the widget reconnects on the next keystroke, click or focus)."""
 
-_SESSION_ID = re.compile(r"[A-Za-z0-9_-]{8,128}")
+_SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{8,128}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_PUBLIC_META: dict[str, Any] | None = None
 
 
 class FrameError(ValueError):
@@ -72,17 +111,20 @@ def parse_frame(raw: str) -> dict[str, Any]:
     return frame
 
 
-def parse_hello(frame: dict[str, Any]) -> tuple[str | None, int]:
-    """(session_id or None, last_seq) from a hello frame; raises :class:`FrameError`."""
+def parse_hello(frame: dict[str, Any]) -> tuple[str | None, int, bool]:
+    """(session_id or None, last_seq, replay) from a hello frame; raises :class:`FrameError`."""
     if frame.get("type") != "hello":
         raise FrameError("bad_frame", 'the first frame must be {"type": "hello", ...}')
     session_id = frame.get("session_id")
     if session_id is not None and (not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id)):
-        raise FrameError("bad_frame", "session_id must be null or 8-128 characters of [A-Za-z0-9_-]")
+        raise FrameError("bad_session", "session_id must be null or a session id this server issued")
     last_seq = frame.get("last_seq", 0)
     if not isinstance(last_seq, int) or isinstance(last_seq, bool) or not 0 <= last_seq < 2**53:
         raise FrameError("bad_frame", "last_seq must be an integer from 0 to 2**53 - 1")
-    return session_id, last_seq
+    replay = frame.get("replay", False)
+    if not isinstance(replay, bool):
+        raise FrameError("bad_frame", "replay must be true or false")
+    return session_id, last_seq, replay
 
 
 def parse_message(frame: dict[str, Any]) -> tuple[str, str]:
@@ -102,25 +144,39 @@ def parse_message(frame: dict[str, Any]) -> tuple[str, str]:
     return text, client_id
 
 
-class _Connection:
-    """One open socket: a single writer lock and the highest seq sent on it."""
+class _SlowReader(Exception):
+    """The client did not read a frame within the send timeout."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+
+class _Connection:
+    """One open socket: a single writer lock, the highest seq sent on it, and what it may see."""
+
+    def __init__(self, ws: web.WebSocketResponse, *, internal: bool, send_timeout_s: float) -> None:
         self.ws = ws
         self.sent_seq = 0
+        self.internal = internal  # replay traffic: frames keep the bot's labels
+        self.send_timeout_s = send_timeout_s
         self._lock = asyncio.Lock()
 
     async def send(self, frame: Frame) -> None:
+        """Send ``frame`` once (message frames: only seqs above the last sent). Raises
+        :class:`_SlowReader` when the client does not take it within the send timeout; a client
+        that has gone away is ignored (it reads what it missed from the backlog next time)."""
         async with self._lock:
             if frame.get("type") == "message":
                 if frame["seq"] <= self.sent_seq:
                     return  # already sent from the backlog or an earlier publish
                 self.sent_seq = frame["seq"]
-            if not self.ws.closed:
-                try:
-                    await self.ws.send_str(json.dumps(frame))
-                except ConnectionResetError:
-                    pass  # the client left; it reads what it missed from the backlog next time
+                if not self.internal:
+                    frame = {**frame, "meta": _PUBLIC_META}
+            if self.ws.closed:
+                return
+            try:
+                await asyncio.wait_for(self.ws.send_str(json.dumps(frame)), self.send_timeout_s)
+            except asyncio.TimeoutError:
+                raise _SlowReader() from None
+            except ConnectionError:
+                pass
 
     async def error(self, code: str, message: str, client_message_id: str | None = None) -> None:
         await self.send(
@@ -131,10 +187,23 @@ class _Connection:
 class WebChatChannel:
     """aiohttp handler for ``GET /ws/chat``."""
 
-    def __init__(self, conversations: Conversations, delivery: Delivery) -> None:
+    def __init__(
+        self,
+        conversations: Conversations,
+        delivery: Delivery,
+        sessions: SessionIssuer,
+        settings: Settings,
+        limiter: RateLimiter,
+        proxies: Sequence[Network] = (),
+    ) -> None:
         self.conversations = conversations
         self.delivery = delivery
-        self._sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self.sessions = sessions
+        self.settings = settings
+        self.limiter = limiter
+        self.proxies = tuple(proxies)
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._by_address: Counter[str] = Counter()
 
     async def send(self, message: Message) -> str | None:
         """Outbound sender (the outbox calls it): publish the message to the customer's open
@@ -144,98 +213,203 @@ class WebChatChannel:
         await self.delivery.publish(message.customer_id, message_frame(message))
         return None
 
+    @property
+    def open_sockets(self) -> int:
+        return len(self._sockets)
+
     async def close_all(self) -> None:
         """Close every open socket with 1001 (going away), at shutdown: a browser that keeps
         answering pings would otherwise hold the server open forever. Clients reconnect to
         another process and resume from their last seq."""
         for ws in list(self._sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+            with contextlib.suppress(ConnectionError):
+                await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not origin_allowed(request, self.settings.allowed_origins):
+            log.info("web-chat refused: origin %r not allowed", request.headers.get("Origin"))
+            return web.Response(status=403, text="This page may not open the chat (origin not allowed).\n")
+        address = client_address(request, self.proxies)
+        if self._by_address[address] >= self.settings.chat_sockets_per_address:
+            log.info("web-chat refused: %s already holds %d sockets", address, self._by_address[address])
+            return web.Response(status=429, text="Too many open chats from your address.\n",
+                                headers={"Retry-After": "30"})
+        self._by_address[address] += 1
+        try:
+            return await self._session(request, address)
+        except ConnectionError as exc:  # the client left mid-frame: nothing to report
+            log.debug("web-chat client %s went away: %s", address, exc)
+            return web.Response(status=499)
+        finally:
+            self._by_address[address] -= 1
+            if self._by_address[address] <= 0:
+                del self._by_address[address]
+
+    async def _session(self, request: web.Request, address: str) -> web.StreamResponse:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
         self._sockets.add(ws)
-        conn = _Connection(ws)
+        conn = _Connection(ws, internal=False, send_timeout_s=self.settings.chat_send_timeout_s)
+        try:
+            await self._converse(request, conn, address)
+        except _SlowReader:
+            log.info("web-chat client %s did not read for %.0f s; disconnected", address, conn.send_timeout_s)
+            if request.transport is not None:
+                request.transport.abort()
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+    async def _hello(
+        self, request: web.Request, conn: _Connection, address: str
+    ) -> tuple[str, str, int] | None:
+        """Read the hello; (session_id, channel, last_seq), or None after answering a refusal."""
+        ws = conn.ws
         try:
             hello = await ws.receive(timeout=HELLO_TIMEOUT_S)
         except asyncio.TimeoutError:
             await conn.error("bad_frame", f"no hello frame within {HELLO_TIMEOUT_S:.0f} s")
             await ws.close()
-            return ws
+            return None
         if hello.type != WSMsgType.TEXT:
             if hello.type == WSMsgType.BINARY:
                 await conn.error("bad_frame", "the first frame must be a JSON text hello frame")
             await ws.close()
-            return ws
+            return None
         try:
-            session_id, last_seq = parse_hello(parse_frame(hello.data))
+            session_id, last_seq, replay = parse_hello(parse_frame(hello.data))
         except FrameError as exc:
             await conn.error(exc.code, str(exc))
-            await ws.close()
-            return ws
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION if exc.code == "bad_session" else WSCloseCode.OK)
+            return None
+        if session_id is None:
+            if replay and not (
+                is_local(request, self.proxies)
+                or has_admin_token(request, _secret(self.settings.admin_token))
+            ):
+                await conn.error("forbidden", "replay sessions need a connection from this machine or "
+                                 "the admin token (Authorization: Bearer ...)")
+                await ws.close(code=WSCloseCode.POLICY_VIOLATION)
+                return None
+            if not await self.limiter.hit(
+                f"sessions:{address}", self.settings.new_sessions_per_address, self.settings.session_window_s
+            ):
+                await conn.error("rate_limited", "Too many new chats from your address; please try again later.")
+                await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too many new sessions")
+                return None
+            channel = REPLAY if replay else WEBCHAT
+            return self.sessions.issue(channel), channel, last_seq
+        channel = self.sessions.channel_of(session_id)
+        if channel is None and len(session_id) >= LEGACY_MIN_LENGTH:
+            # An id from before signed ids: valid while its customer exists.
+            if await find_customer_id(self.conversations.db, WEBCHAT, session_id) is not None:
+                channel = WEBCHAT
+        if channel is None:
+            await conn.error("bad_session", "This chat session is not valid; start a new one "
+                             '(send "session_id": null).')
+            await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unknown session")
+            return None
+        return session_id, channel, last_seq
 
-        session_id = session_id or secrets.token_urlsafe(24)
+    async def _converse(self, request: web.Request, conn: _Connection, address: str) -> None:
         try:
-            customer_id = await self.conversations.customer_id(CHANNEL, session_id)
-            # A client can remember more than the server has (a restored or replaced database);
-            # trust the server's count, or every message up to the client's number would be hidden.
-            conn.sent_seq = min(last_seq, await customer_last_seq(self.conversations.db, customer_id))
+            hello = await self._hello(request, conn, address)
+            if hello is None:
+                return
+            session_id, channel, last_seq = hello
+            conn.internal = channel == REPLAY
+            customer_id = await find_customer_id(self.conversations.db, channel, session_id)
         except self.conversations.outage_errors as exc:
             log.warning("web-chat hello refused, storage unavailable: %s", exc)
             await conn.error("unavailable", "We cannot open the chat just now; reconnecting shortly.")
-            await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"storage unavailable")
-            return ws
-        with self.delivery.subscribe(customer_id) as live:
-            async with self.conversations.db.sessions() as session:
-                ticket = await open_ticket(session, customer_id)
-            await conn.send(
-                {
-                    "type": "welcome",
-                    "session_id": session_id,
-                    "ticket_id": ticket.id if ticket else None,
-                    "ticket_state": ticket.state if ticket else None,
-                }
-            )
-            await self._send_backlog(conn, customer_id, last_seq)
+            await conn.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"storage unavailable")
+            return
+        with contextlib.ExitStack() as subscriptions:
+            pumps: list[asyncio.Task[None]] = []
+
+            def follow(customer: int) -> None:
+                # Live frames of the customer reach this socket from now on.
+                live = subscriptions.enter_context(self.delivery.subscribe(customer))
+                pumps.append(asyncio.create_task(self._pump(conn, live, customer)))
+
+            ticket_id = ticket_state = None
+            server_seq = 0
+            if customer_id is not None:
+                follow(customer_id)
+                async with self.conversations.db.sessions() as session:
+                    ticket = await open_ticket(session, customer_id)
+                if ticket is not None:
+                    ticket_id, ticket_state = ticket.id, ticket.state
+                server_seq = await customer_last_seq(self.conversations.db, customer_id)
+            resync = last_seq > server_seq
+            start = max(0, server_seq - RESYNC_MESSAGES) if resync else last_seq
+            conn.sent_seq = start
+            await conn.send({
+                "type": "welcome", "session_id": session_id, "ticket_id": ticket_id,
+                "ticket_state": ticket_state, "last_seq": server_seq, "resync": resync,
+            })
+            if customer_id is not None:
+                await self._send_backlog(conn, customer_id, start)
             await conn.send({"type": "synced", "last_seq": conn.sent_seq})
-            pump = asyncio.create_task(self._pump(conn, live, customer_id))
             try:
-                await self._read(conn, session_id, customer_id)
+                await self._read(conn, session_id, channel, customer_id, address, follow)
             finally:
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
-        return ws
+                for task in pumps:
+                    task.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
 
     async def _send_backlog(self, conn: _Connection, customer_id: int, after: int) -> None:
         while True:
-            batch = await messages_after(self.conversations.db, customer_id, after)
+            batch = await messages_after(self.conversations.db, customer_id, after, limit=BACKLOG_PAGE)
             for message in batch:
                 await conn.send(message_frame(message))
-            if len(batch) < 500:
+            if len(batch) < BACKLOG_PAGE:
                 return
             after = batch[-1].seq
 
     async def _deliver(self, conn: _Connection, customer_id: int, frame: Frame) -> None:
         if frame.get("type") == "message" and frame["seq"] > conn.sent_seq + 1:
-            # A gap: frames published by different processes can reach us out of seq order.
-            # Seqs commit in order, so everything below this one is in the database already:
-            # send it from there, in order; the late live copies are then skipped as sent.
+            # A gap: frames published by different processes can reach us out of seq order, and a
+            # full live queue drops frames. Seqs commit in order, so everything below this one is
+            # in the database already: send it from there; late live copies are skipped as sent.
             await self._send_backlog(conn, customer_id, conn.sent_seq)
         await conn.send(frame)
 
     async def _pump(self, conn: _Connection, live: asyncio.Queue[Frame], customer_id: int) -> None:
-        while True:
-            await self._deliver(conn, customer_id, await live.get())
+        try:
+            while True:
+                await self._deliver(conn, customer_id, await live.get())
+        except _SlowReader:
+            log.info("web-chat client did not read for %.0f s; disconnected", conn.send_timeout_s)
+            await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"slow reader")
 
-    async def _read(self, conn: _Connection, session_id: str, customer_id: int) -> None:
-        async for msg in conn.ws:
+    async def _read(
+        self,
+        conn: _Connection,
+        session_id: str,
+        channel: str,
+        customer_id: int | None,
+        address: str,
+        follow: Callable[[int], None],
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        idle_s = self.settings.chat_idle_timeout_s
+        active_at = loop.time()
+        while True:
+            try:
+                msg = await conn.ws.receive(timeout=max(0.0, active_at + idle_s - loop.time()))
+            except asyncio.TimeoutError:
+                await conn.ws.close(code=IDLE_CLOSE, message=b"idle")
+                return
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+                return
             if msg.type == WSMsgType.ERROR:
                 log.info("web-chat socket error: %s", conn.ws.exception())
                 return
             if msg.type != WSMsgType.TEXT:
                 await conn.error("bad_frame", "only JSON text frames are accepted")
                 continue
-            frame = {}
+            frame: dict[str, Any] = {}
             try:
                 frame = parse_frame(msg.data)
                 kind = frame["type"]
@@ -249,9 +423,16 @@ class WebChatChannel:
                 client_id = frame.get("client_message_id")
                 await conn.error(exc.code, str(exc), client_id if isinstance(client_id, str) else None)
                 continue
+            active_at = loop.time()
             try:
+                if customer_id is None:
+                    # The first message makes the customer (a hello alone stores nothing); from
+                    # here this socket receives the customer's frames.
+                    customer_id = await self.conversations.customer_id(channel, session_id)
+                    follow(customer_id)
                 accepted = await self.conversations.receive(
-                    Inbound(channel=CHANNEL, address=session_id, text=text, provider_message_id=client_id),
+                    Inbound(channel=channel, address=session_id, text=text, provider_message_id=client_id,
+                            origin=address),
                     customer_id,
                 )
             except RateLimited as exc:
@@ -267,6 +448,13 @@ class WebChatChannel:
                     client_id,
                 )
                 continue
+            except self.conversations.outage_errors as exc:
+                log.warning("web-chat message refused, storage unavailable: %s", exc)
+                await conn.error(
+                    "unavailable", "We could not take your message just now; please send it again.",
+                    client_id,
+                )
+                continue
             except Exception:
                 # A bug must not kill the socket (the client would resend the same message forever).
                 log.exception("web-chat intake failed for client message %s", client_id)
@@ -276,3 +464,7 @@ class WebChatChannel:
             if accepted.duplicate:
                 # A re-send after a reconnect: the original is stored; make sure this socket has it.
                 await self._deliver(conn, customer_id, message_frame(accepted.message))
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -2,7 +2,7 @@
 
 - :func:`read_utf8`: a text file (UTF-8, a BOM dropped).
 - :func:`read_objects`: JSONL, one JSON object per line (https://jsonlines.org/); golden sets,
-  knowledge-base chunk exports.
+  knowledge-base chunk exports. :func:`scan_objects` yields bad lines too, to report all of them.
 - :func:`read_json_object`: one JSON object (RFC 8259), e.g. an order store keyed by order id.
 - :func:`read_message_rows`: a table of customer messages, CSV (RFC 4180, header row) or JSONL,
   with a text column and an optional label column; used by ``helpline replay`` and ``helpline
@@ -55,14 +55,27 @@ def read_objects(path: Path, error: type[Exception] = DataFileError) -> Iterator
     Raises ``error`` naming the file and line for a line that is not valid JSON or not a JSON object,
     or a file that is not UTF-8; ``OSError`` when it cannot be read.
     """
-    for number, raw in enumerate(read_utf8(path, error).splitlines(), start=1):
-        if not raw.strip():
-            continue
-        where = f"{path}:{number}"
-        record, why = _json_object(raw)
+    for number, where, record, why in scan_objects(path, error):
         if record is None:
             raise error(f"{where}: {why}")
         yield number, where, record
+
+
+def scan_objects(
+    path: Path, error: type[Exception] = DataFileError
+) -> Iterator[tuple[int, str, dict[str, Any] | None, str]]:
+    """Like :func:`read_objects`, but a bad line does not stop the scan, so that a caller can report
+    every bad line at once: yields ``(line number, "PATH:LINE", object, "")`` for a good line and
+    ``(line number, "PATH:LINE", None, why)`` for a line that is not valid JSON or not an object.
+
+    Raises ``error`` for a file that is not UTF-8 (nothing can be read past that), ``OSError`` when it
+    cannot be read.
+    """
+    for number, raw in enumerate(read_utf8(path, error).splitlines(), start=1):
+        if not raw.strip():
+            continue
+        record, why = _json_object(raw)
+        yield number, f"{path}:{number}", record, why
 
 
 def read_json_object(path: Path, error: type[Exception] = DataFileError) -> dict[str, Any]:
@@ -79,9 +92,13 @@ def read_message_rows(
 ) -> tuple[list[MessageRow], list[str]]:
     """The rows of a CSV or JSONL message table and its bad rows (``"line N: why"``, in file order).
 
+    A CSV row the csv module's strict mode refuses (text after a closing quote) is a bad row; a quote
+    that is never closed is an error for the whole file, since every row after it would be swallowed.
+
     Raises :class:`DataFileError` for a missing file, another file type, text that is not UTF-8, a
-    column no row has (the available ones listed), or no good rows at all (``"no rows to
-    {purpose}"``, with the first bad rows).
+    CSV quote that is never closed (naming the line of the row where it opened), a column no row has
+    (the available ones listed), or no good rows at all (``"no rows to {purpose}"``, with the first
+    bad rows).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -158,8 +175,13 @@ def _csv_rows(
 ) -> tuple[list[MessageRow], list[str]]:
     rows: list[MessageRow] = []
     bad: list[str] = []
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header = next(reader, [])
+    # Strict: a quote that is never closed is an error. The default reader silently reads the rest of
+    # the file into that one field, which would send every following row as part of one message.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, [])
+    except csv.Error as exc:
+        raise _csv_error(path, 1, reader.line_num, exc, "the header row: ") from None
     for kind, column in (("text", text_column), ("label", label_column)):
         if column is not None and column not in header:
             raise _missing_column(path, kind, column, header)
@@ -170,7 +192,9 @@ def _csv_rows(
         except StopIteration:
             break
         except csv.Error as exc:
-            bad.append(f"line {end + 1}: {exc}")
+            if _is_unclosed_quote(exc):
+                raise _csv_error(path, end + 1, reader.line_num, exc) from None
+            bad.append(f"line {end + 1}: {exc}")  # e.g. text after a closing quote: this row only
             end = reader.line_num
             continue
         start, end = end + 1, reader.line_num
@@ -182,6 +206,27 @@ def _csv_rows(
         row = _row(start, dict(zip(header, fields, strict=False)), text_column, label_column)
         (rows if isinstance(row, MessageRow) else bad).append(row)  # type: ignore[arg-type]
     return rows, bad
+
+
+_UNCLOSED_QUOTE = "unexpected end of data"
+"""What the csv module's strict mode raises when the file ends inside a quoted field."""
+
+
+def _is_unclosed_quote(exc: csv.Error) -> bool:
+    return _UNCLOSED_QUOTE in str(exc)
+
+
+def _csv_error(path: Path, start: int, last: int, exc: csv.Error, what: str = "") -> DataFileError:
+    """The file-level error for a CSV row the csv module refuses (``start``: the row's first line,
+    ``last``: the last line the reader consumed). An unclosed quote gets advice, since the usual
+    cause is a stray ``"`` in an export."""
+    if not _is_unclosed_quote(exc):
+        return DataFileError(f"{path}: line {start}: {what}{exc}")
+    return DataFileError(
+        f"{path}: line {start}: {what}a quote opened in this row is never closed, so lines "
+        f"{start}-{last} (the rest of the file) would be read as one field; close the quote, or write "
+        'a quote inside a quoted field twice ("")'
+    )
 
 
 def _jsonl_rows(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
@@ -89,6 +89,47 @@ class Settings(BaseSettings):
     # --- server --------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    secret_key: SecretStr | None = Field(
+        None, description="Signs web-chat session ids. Unset: a random key is created once and kept "
+        "in the database (every process of the deployment shares it). Changing it ends every session."
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="Bearer token that shows operational details (/healthz) and lets "
+        "helpline replay mark its traffic, for callers that are not on this machine."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Addresses or networks of your reverse proxies "
+        "(comma-separated, e.g. 127.0.0.1,10.0.0.0/8): only their X-Forwarded-For is believed."
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Web pages (origins) that may open the chat besides the "
+        "server's own, comma-separated: https://shop.example.com, https://*.example.com, or *."
+    )
+    max_connections: int = Field(
+        1000, ge=10, description="Open TCP connections per process; more are refused with 503."
+    )
+    max_connections_per_address: int = Field(
+        50, ge=1, description="Open TCP connections per peer address (trusted proxies exempt)."
+    )
+    http_idle_timeout_s: float = Field(
+        10.0, gt=0, description="A connection that sends no complete request within this is closed "
+        "(header timeout and keep-alive idle timeout)."
+    )
+    chat_sockets_per_address: int = Field(
+        20, ge=1, description="Open chat sockets per client address and process."
+    )
+    new_sessions_per_address: int = Field(
+        30, ge=1, description="New chat sessions one client address may start per session window."
+    )
+    session_window_s: int = Field(600, ge=1, description="The window of new_sessions_per_address, s.")
+    chat_idle_timeout_s: float = Field(
+        1800.0, gt=0, description="A chat socket on which the customer sends no message for this "
+        "long is closed (code 4000); the widget reconnects when the customer comes back."
+    )
+    chat_send_timeout_s: float = Field(
+        15.0, gt=0, description="A chat client that does not read a frame within this is "
+        "disconnected (slow reader); it resumes from its last seq when it reconnects."
+    )
 
     # --- kill switch ---------------------------------------------------------------------------
     agent_mode: AgentMode = Field(AgentMode.enabled, validation_alias="AGENT_MODE")
@@ -102,11 +143,22 @@ class Settings(BaseSettings):
     reopen_window_s: int = Field(
         7 * 24 * 3600, ge=0, description="A resolved ticket reopens on a new message within this."
     )
-    max_message_chars: int = Field(4000, ge=1, description="Longer messages get a clear reply.")
+    max_message_chars: int = Field(
+        4000, ge=1, description="Routing reads at most this many characters of a message (the reply "
+        "says so); the stored message keeps up to max_stored_chars."
+    )
+    max_stored_chars: int = Field(
+        20000, ge=1, description="Characters of a customer message kept in the database; the rest "
+        "is cut (the message records its original length)."
+    )
     customer_rate_limit: int = Field(
         60, ge=1, description="Most messages one customer may send per rate window; more are refused."
     )
     customer_rate_window_s: int = Field(60, ge=1, description="The rate window, in seconds.")
+    address_rate_limit: int = Field(
+        120, ge=1, description="Most messages one network address (all its customers together, e.g. "
+        "an office behind one IP) may send per rate window."
+    )
     history_turns: int = Field(20, ge=1, description="Most messages a turn reads from its ticket.")
     sweep_interval_s: int = Field(
         10, ge=1, le=60, description="Seconds between sweeps (a periodic job run by one process per "
@@ -129,6 +181,24 @@ class Settings(BaseSettings):
         "state for the duplicate fast path (the database remembers it for ever)."
     )
     job_concurrency: int = Field(4, ge=1, description="Background jobs run at once per process.")
+    log_message_text: bool = Field(
+        False, description="Add the first 200 characters of the customer's message to the per-turn "
+        "log line (off: logs carry no customer text)."
+    )
+    kb_refresh_interval_s: float = Field(
+        5.0, gt=0, description="How often a running process checks for a new knowledge-base version."
+    )
+
+    # --- order lookups -------------------------------------------------------------------------
+    verify_failures_per_customer: int = Field(
+        5, ge=1, description="Failed order-ownership checks one customer may make per verify window; "
+        "after that order lookups go to a person."
+    )
+    verify_failures_per_order: int = Field(
+        10, ge=1, description="Failed ownership checks against one order number per verify window "
+        "(from any customer); after that the order cannot be verified by the bot."
+    )
+    verify_window_s: int = Field(3600, ge=1, description="The window of both limits above, s.")
 
     # --- routing -------------------------------------------------------------------------------
     intents_file: Path = Field(CONFIG_DIR / "intents.yaml")
@@ -234,8 +304,28 @@ class Settings(BaseSettings):
         "is at least this is never judged foreign (guards against the detector on short messages)."
     )
 
+    @field_validator("trusted_proxies", mode="after")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or network (e.g. 10.0.0.0/8)") from None
+        return value
+
+    @field_validator("data_dir", mode="after")
+    @classmethod
+    def _absolute_data_dir(cls, value: Path) -> Path:
+        # Resolved once, here: a relative default read later from another working directory would
+        # silently point at another (empty) database.
+        return value.expanduser().resolve()
+
     @field_validator(
-        "failure_reasons", "repeat_ignore_intents", "supported_languages", "language_candidates", mode="before"
+        "failure_reasons", "repeat_ignore_intents", "supported_languages", "language_candidates",
+        "trusted_proxies", "allowed_origins", mode="before"
     )
     @classmethod
     def _split_escalation_csv(cls, value: Any) -> Any:
@@ -268,6 +358,16 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'helpline.db').resolve()}"
+
+    @property
+    def database_display(self) -> str:
+        """The database in use, for logs and command output: the SQLite file, or the URL with any
+        password hidden."""
+        if not self.database_url:
+            return str(self.data_dir / "helpline.db")
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.database_url).render_as_string(hide_password=True)
 
     @property
     def models_dir(self) -> Path:

@@ -233,6 +233,11 @@ class _Client:
             self.conv.last_seq = 0
             self.conv.last_reply_seq = 0
         self.conv.session_id = session_id if isinstance(session_id, str) else None
+        if frame.get("resync"):
+            # We remembered messages the server does not have (a restored database): what follows
+            # is the server's transcript, shown again from its position.
+            self.out.line("(the conversation was resynchronised with the server)")
+            self.conv.last_seq = self.conv.last_reply_seq = 0
         self.welcomed += 1
         if self.welcomed == 1:
             ticket = frame.get("ticket_id")

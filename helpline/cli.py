@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from bot.knowledge import KbChange, KbUpdate, KnowledgeBase
+    from state.db import Database
+
+T = TypeVar("T")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -94,52 +103,193 @@ def db_current() -> None:
     click.echo(f"database: {current or 'empty'}\ncode expects: {head_revision()}")
 
 
-@main.group()
+class InputError(click.ClickException):
+    """Invalid input (a file, a column, an option): ``Error: ...`` on stderr and exit status 2, the
+    status click gives its own usage errors. Exit status 1 is for a command that ran and whose
+    outcome failed (replay: a turn failed; eval: a gate failed)."""
+
+    exit_code = 2
+
+
+INPUT_EXIT = "2 invalid input or usage (the message names the file, line or option)"
+
+KB_EPILOG = f"Exit status: 0 done, {INPUT_EXIT}."
+
+KB_PICKED_UP = "Running servers pick up the new version within a few seconds."
+KB_UNCHANGED = "Unchanged: running servers already serve this version."
+KB_SHOWN_IDS = 20  # doc ids listed per kind of change; the rest are counted
+
+
+@main.group(epilog="Running servers pick up a new knowledge-base version within a few seconds.")
 def kb() -> None:
-    """Knowledge base."""
+    """Knowledge base: the articles that retrieval answers quote.
+
+    A source is a folder of Markdown articles (one file per document, doc id = file name without
+    .md, first line '# Title', each '## Section' one passage), one long Markdown file (a wiki: every
+    heading of level 1-3 starts a document) or a JSONL export of chunks (one object per line with
+    'doc_id' and 'text', optional 'title' and 'heading').
+    """
 
 
-@kb.command("ingest")
-@click.argument("path", type=click.Path(exists=True, path_type=Path))
-def kb_ingest(path: Path) -> None:
-    """(Re)build the knowledge base from PATH: a folder of Markdown articles, one long Markdown
-    file (split into documents by its headings) or a JSONL file of exported chunks."""
-    from bot.embeddings import Embedder
-    from bot.knowledge import KnowledgeBase
+def _kb_run(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+    """Run ``action`` on the configured database (schema checked or migrated first); ``ValueError``
+    (a bad source, an unknown doc id) becomes exit status 2."""
     from state.db import open_database
     from state.migrate import ensure_schema
 
-    settings = _settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
 
-    async def run() -> tuple[str | None, str, int, int]:
+    async def run() -> T:
         url = settings.effective_database_url
         await ensure_schema(url, settings.migrate.value)
         database = open_database(url)
         try:
-            knowledge = KnowledgeBase(database, await asyncio.to_thread(Embedder.load))
-            await knowledge.load()
-            before = knowledge.version
-            version = await knowledge.ingest(path)
-            return before, version, knowledge.documents, knowledge.chunks
+            return await action(database)
         finally:
             await database.dispose()
 
+    from bot.knowledge import KnowledgeBaseBusy
+
     try:
-        before, version, documents, chunks = asyncio.run(run())
-    except ValueError as exc:  # invalid input, named by file, line and field: exit 2 like train/eval
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
-    click.echo(f"knowledge base {version}: {documents} documents, {chunks} chunks")
-    if version == before:
-        click.echo("Unchanged: running servers already serve this version.")
-    else:
-        click.echo("Restart running servers to serve the new version.")
+        return asyncio.run(run())
+    except ValueError as exc:  # named by file, line and field, or by doc id
+        raise InputError(str(exc)) from None
+    except KnowledgeBaseBusy as exc:  # ran, but other writers kept winning: exit 1
+        raise click.ClickException(str(exc)) from None
 
 
-@main.command()
+def _kb_write(
+    settings: Settings, write: Callable[[KnowledgeBase], Awaitable[KbUpdate]], *, show_change: bool = True
+) -> None:
+    """Apply ``write`` to the knowledge base; print the change (unless already shown) and the
+    version it leaves active."""
+    from bot.embeddings import Embedder
+    from bot.knowledge import KnowledgeBase
+
+    async def action(database: Database) -> tuple[KbUpdate, KnowledgeBase]:
+        knowledge = KnowledgeBase(database, await asyncio.to_thread(Embedder.load))
+        return await write(knowledge), knowledge
+
+    update, knowledge = _kb_run(settings, action)
+    if show_change:
+        _echo_change(update.change)
+    reused = knowledge.chunks - knowledge.embedded_last
+    click.echo(
+        f"knowledge base {update.version}: {knowledge.documents} documents, {knowledge.chunks} chunks"
+        + (f" ({knowledge.embedded_last} embedded, {reused} reused)" if not update.change.empty else "")
+    )
+    click.echo(KB_UNCHANGED if update.change.empty else KB_PICKED_UP)
+
+
+def _echo_change(change: KbChange) -> None:
+    """One line per kind of change, naming up to KB_SHOWN_IDS doc ids."""
+    for kind, ids in (("add", change.added), ("update", change.changed), ("remove", change.removed)):
+        if ids:
+            shown = ", ".join(ids[:KB_SHOWN_IDS])
+            more = f" ... and {len(ids) - KB_SHOWN_IDS} more" if len(ids) > KB_SHOWN_IDS else ""
+            click.echo(f"{kind} {len(ids)}: {shown}{more}")
+    if change.unchanged and not change.empty:
+        click.echo(f"keep {len(change.unchanged)} unchanged")
+
+
+def _stdin_is_interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+@kb.command("ingest", epilog="Exit status: 0 done, 1 you declined the confirmation (nothing changed), "
+                             f"{INPUT_EXIT}; also 2 when documents would be removed, stdin is not a "
+                             "terminal and --replace is not given.")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--replace", is_flag=True,
+              help="Remove the documents that PATH does not have without asking.")
+def kb_ingest(path: Path, replace: bool) -> None:
+    """Make PATH the whole knowledge base: a folder of Markdown articles, one long Markdown file
+    (split into documents by its headings) or a JSONL file of exported chunks.
+
+    Documents active now that PATH does not have are removed: the command lists what it will add,
+    update and remove, and asks first (--replace: do not ask). To add or update single articles
+    and keep the rest, use `helpline kb add`. Unchanged passages are not embedded again.
+
+    \b
+    Article file (refunds.md -> doc id 'refunds'):
+        # Refunds
+        ## How long does a refund take?
+        Refunds reach your card within 5 to 10 business days.
+    \b
+    JSONL line:
+        {"doc_id": "hc-12", "title": "Refunds", "heading": "Timing", "text": "Refunds take 5 days."}
+    """
+    from bot.knowledge import active_documents, describe_change, load_documents
+
+    settings = _settings()
+    try:
+        documents = load_documents(path)
+    except (ValueError, OSError) as exc:
+        raise InputError(str(exc)) from None
+
+    async def preview(database: Database) -> KbChange:
+        _, stored = await active_documents(database)
+        ids = {d.doc_id for d in documents}
+        return describe_change(stored, documents, [d.doc_id for d in stored if d.doc_id not in ids])
+
+    change = _kb_run(settings, preview)
+    _echo_change(change)
+    if change.removed and not replace:
+        if not _stdin_is_interactive():
+            raise InputError(
+                f"{len(change.removed)} documents active now are not in {path} and would be removed; "
+                "pass --replace to confirm (or `helpline kb add FILE...` to add articles and keep the rest)"
+            )
+        click.confirm(f"Remove {len(change.removed)} documents from the knowledge base?", abort=True)
+    _kb_write(settings, lambda knowledge: knowledge.replace_documents(documents), show_change=False)
+
+
+@kb.command("add", epilog=KB_EPILOG)
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def kb_add(files: tuple[Path, ...]) -> None:
+    """Add Markdown articles, or update the ones with the same doc id, keeping every other document.
+
+    Each FILE is one article: the doc id is the file name without .md (returns.md -> 'returns'),
+    the first line is '# Title' and each '## Section' is one passage. A new knowledge-base version
+    results; unchanged passages are not embedded again.
+    """
+    from bot.knowledge import load_article
+
+    try:
+        documents = [load_article(file) for file in files]
+    except (ValueError, OSError) as exc:
+        raise InputError(str(exc)) from None
+    _kb_write(_settings(), lambda knowledge: knowledge.add_documents(documents))
+
+
+@kb.command("remove", epilog=f"Exit status: 0 done, {INPUT_EXIT}, an unknown doc id, or nothing left.")
+@click.argument("doc_ids", nargs=-1, required=True)
+def kb_remove(doc_ids: tuple[str, ...]) -> None:
+    """Remove documents by doc id (as `helpline kb list` shows them), keeping the others."""
+    _kb_write(_settings(), lambda knowledge: knowledge.remove_documents(doc_ids))
+
+
+@kb.command("list", epilog="Exit status: 0 done.")
+def kb_list() -> None:
+    """List the documents of the active knowledge-base version: doc id, chunks (passages), title."""
+    from bot.knowledge import active_documents
+
+    version, documents = _kb_run(_settings(), active_documents)
+    if version is None:
+        click.echo("knowledge base: empty (nothing ingested yet)")
+        return
+    chunks = sum(d.chunks for d in documents)
+    click.echo(f"knowledge base {version}: {len(documents)} documents, {chunks} chunks")
+    width = max([len("doc id"), *(len(d.doc_id) for d in documents)])
+    click.echo(f"{'doc id':<{width}}  chunks  title")
+    for document in documents:
+        click.echo(f"{document.doc_id:<{width}}  {document.chunks:>6}  {document.title}")
+
+
+@main.command(epilog=f"Exit status: 0 model saved, {INPUT_EXIT}; nothing is written on invalid input.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Labelled messages: .csv (with a header) or .jsonl.")
+              help="Labelled messages: .csv (UTF-8, a header row) or .jsonl (one JSON object per line).")
 @click.option("--text-column", required=True, help="Column (CSV) or field (JSONL) with the message.")
 @click.option("--label-column", required=True, help="Column with the intent label.")
 @click.option("--tiers", "tiers_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -152,9 +302,21 @@ def kb_ingest(path: Path) -> None:
 @click.option("--json", "json_line", is_flag=True, help="Print the figures as one JSON object, last line.")
 def train(data: Path, text_column: str, label_column: str, tiers_file: Path | None, out_dir: Path | None,
           seed: int, add_config_examples: bool, json_line: bool) -> None:
-    """Train the intent model on your own labelled messages and save it (see bot/training.py).
+    """Train the intent model on your own labelled messages and save it.
 
-    Exit status: 0 saved, 2 invalid input (the message names the line and the field; nothing written).
+    --data has one customer message per row, in --text-column, with its intent in --label-column
+    (any name; out_of_scope or oos for off-topic messages), at least 5 rows per label.
+    {{Order Number}}-style placeholders are filled with realistic values (--seed). Bad rows are
+    named by line and field (the first five, and how many in all) and nothing is trained. Examples:
+
+    \b
+        message,intent
+        "where is my order #W2611340?",track_order
+    \b
+        {"message": "how long does a refund take?", "intent": "check_refund_policy"}
+
+    It prints cross-validated accuracy and macro-F1 and the weakest labels, and saves the model to
+    OUT/intent-<hash>; serve it with HELPLINE_INTENT_MODEL_DIR=OUT/intent-<hash> helpline serve.
     """
     import json
 
@@ -169,8 +331,7 @@ def train(data: Path, text_column: str, label_column: str, tiers_file: Path | No
             tiers_file=tiers_file, seed=seed, add_config_examples=add_config_examples, log=lambda line: click.echo(f"warning: {line}", err=True),
         )
     except (TrainingDataError, IntentConfigError) as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        raise InputError(str(exc)) from None
     click.echo(format_report(report))
     if json_line:
         click.echo(json.dumps(report.to_json()))
@@ -179,36 +340,46 @@ def train(data: Path, text_column: str, label_column: str, tiers_file: Path | No
 @main.command("agent-mode")
 @click.argument("mode", required=False, type=click.Choice(["enabled", "disabled", "default"]))
 def agent_mode(mode: str | None) -> None:
-    """Show or set the run-time kill switch shared by all processes (needs HELPLINE_REDIS_URL).
+    """Show or set the kill switch of every process of this deployment.
 
-    MODE: enabled, disabled (every reply becomes the static auto-reply), or default (follow each
-    process's AGENT_MODE). Takes effect on the next turn of every process; no restart.
+    MODE: disabled (every reply becomes the static auto-reply HELPLINE_DISABLED_REPLY, no model
+    runs), enabled, or default (follow each process's AGENT_MODE). The switch is stored in the
+    database (HELPLINE_DATABASE_URL), so it needs no Redis and survives restarts of anything;
+    every running process obeys it within one second. Customers who wrote while the bot was off
+    get their answers from the bot within one sweep interval of switching it back on, unless an
+    agent has taken their ticket.
+
+    Exit status: 0 done, 1 the database cannot be reached.
     """
-    from state.hot import close_hot_state, open_hot_state
+    import getpass
+    import socket
+
+    from state.db import open_database
+    from state.flags import AGENT_MODE, get_flag, set_agent_mode
+    from state.migrate import ensure_schema
 
     settings = _settings()
-    if not settings.redis_url:
-        raise click.ClickException(
-            "the run-time switch lives in shared state: set HELPLINE_REDIS_URL. Without Redis, set "
-            "AGENT_MODE=disabled and restart the server."
-        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
     async def run() -> str | None:
-        hot = await open_hot_state(settings.redis_url, namespace=settings.redis_namespace)
+        url = settings.effective_database_url
+        await ensure_schema(url, settings.migrate.value)
+        database = open_database(url)
         try:
             if mode is not None:
-                await hot.flags.set_agent_mode(None if mode == "default" else mode)
-            return await hot.flags.get_agent_mode()
+                await set_agent_mode(database, None if mode == "default" else mode, actor=actor)
+            return await get_flag(database, AGENT_MODE)
         finally:
-            await close_hot_state(hot)
+            await database.dispose()
 
     try:
         shared = asyncio.run(run())
-    except Exception as exc:  # unreachable Redis: say so plainly
-        raise click.ClickException(str(exc)) from None
+    except Exception as exc:  # unreachable database or pending migrations: say so plainly
+        raise click.ClickException(f"cannot read or set the switch in the database: {exc}") from None
     effective = shared or settings.agent_mode.value
-    source = "shared switch" if shared else "AGENT_MODE of each process (no shared switch set)"
-    click.echo(f"agent mode: {effective} ({source})")
+    source = "set for every process" if shared else "AGENT_MODE of each process (no switch set)"
+    click.echo(f"agent mode: {effective} ({source}; database {settings.database_display})")
 
 
 @main.command()
@@ -221,43 +392,91 @@ def chat(url: str, session_id: str | None) -> None:
     sys.exit(asyncio.run(run_chat(url, session_id=session_id)))
 
 
-@main.command()
+def _check_writable(path: Path, option: str) -> None:
+    """Refuse (exit 2) an output file whose folder is missing or that cannot be written; an
+    existing file is left as it is until the output is ready."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise InputError(f"{option} {path}: no such folder {folder}")
+    if not os.access(path if path.exists() else folder, os.W_OK):
+        raise InputError(f"{option} {path}: not writable")
+
+
+@main.command(epilog="Exit status: 0 every turn answered, 1 some turn failed (no reply, an error frame, "
+                     f"a refused or dropped connection), {INPUT_EXIT}.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--text-column", required=True, help="Column (CSV) or field (JSONL) with the message.")
 @click.option("--label-column", default=None, help="Column with the expected intent.")
 @click.option("--label-map", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="YAML mapping label -> intent when the label names differ.")
+              help="YAML mapping 'file label: Helpline intent' when the label names differ.")
 @click.option("--limit", type=int, default=None, help="Replay N rows (seeded sample).")
-@click.option("--concurrency", type=int, default=8, show_default=True)
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--concurrency", type=int, default=8, show_default=True, help="Customers in flight at once.")
+@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The running server.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed for the sample and the placeholder values.")
+@click.option("--show", is_flag=True,
+              help="Print every row: its line, the customer's text and the bot's reply (with tier and "
+              "intent when the server sends them), or the error.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write one JSON object per row to this .jsonl file: line, text, label, reply, tier, "
+              "intent, confidence, escalated, latency_ms, error (null when not sent or not failed).")
+@click.option("--token", envvar="HELPLINE_ADMIN_TOKEN", default=None, show_envvar=True,
+              help="The server's admin token, needed when the server is not on this machine.")
 @click.option("--json", "json_line", is_flag=True, help="Print one JSON object as the last line.")
 def replay(file: Path, text_column: str, label_column: str | None, label_map: Path | None,
-           limit: int | None, concurrency: int, url: str, seed: int, json_line: bool) -> None:
-    """Send real customer messages through the running server and report tiers and latency."""
-    from helpline.replay import print_report, run_replay
+           limit: int | None, concurrency: int, url: str, seed: int, show: bool, out_file: Path | None,
+           token: str | None, json_line: bool) -> None:
+    """Send real customer messages through a running server, each row as a new customer, and report
+    tiers, escalations, intent accuracy (with --label-column) and latency.
 
+    FILE is .csv (UTF-8, a header row) or .jsonl (one JSON object per line), one message per row in
+    the column or field named by --text-column. Rows with an empty text or broken JSON are skipped
+    and listed; a CSV quote that is never closed stops the run. Examples:
+
+    \b
+        text,label
+        "where is my order #W2611340?",track_order
+    \b
+        {"text": "how long does a refund take?", "label": "check_refund_policy"}
+
+    The traffic is marked as replayed: the server keeps its tickets out of the agent queue and the
+    reports and sends tier, intent and confidence with each reply. A server accepts that from its
+    own machine, or from anywhere with its admin token (--token).
+    """
+    from helpline.replay import ReplayInputError, print_report, print_rows, run_replay, write_rows
+
+    if out_file is not None:
+        _check_writable(out_file, "--out")  # before the run, which may take minutes
     try:
         report = asyncio.run(
             run_replay(file, text_column=text_column, label_column=label_column, label_map=label_map,
-                       limit=limit, concurrency=concurrency, url=url, seed=seed)
+                       limit=limit, concurrency=concurrency, url=url, seed=seed, token=token)
         )
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
+    except ReplayInputError as exc:
+        raise InputError(str(exc)) from None
+    if out_file is not None:
+        with out_file.open("w", encoding="utf-8") as out:
+            write_rows(report, out)
+    if show:
+        print_rows(report)
     print_report(report, json_line=json_line)
+    sys.exit(1 if report.errors else 0)
 
 
-@main.command("eval")
+@main.command("eval", epilog="Exit status: 0 done (with --gate: every gate passed), 1 a gate failed "
+                             f"(--gate), {INPUT_EXIT}; every bad golden-set line is listed.")
 @click.option("--golden", "golden", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Golden set (JSONL, one case a line; see the README).")
+              help="Golden set: JSONL, one case per line (fields above).")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
               default=None, help="Saved intent model to evaluate (default: the configured one).")
 @click.option("--report", "report_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Write report.md, PNG plots and cases.jsonl into this folder.")
 @click.option("--gate", is_flag=True, help="Exit 1 when a threshold of the gates file fails.")
 @click.option("--gates", "gates_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Gates file (default: config/gates.yaml).")
+              default=None, help="Gates file, YAML 'gates: {metric: \"<op> <number>\"}' with op one of "
+              ">=, <=, ==, >, < and metric a key of the --json summary, nested keys joined with dots, "
+              "e.g. 'latency_ms.p95: \"<= 1000\"' (default: config/gates.yaml).")
 @click.option("--json", "json_line", is_flag=True, help="Print the metrics as one JSON object, last line.")
 @click.option("--calibrate", is_flag=True,
               help="Pick the confidence threshold with the most deflection at --max-wrong and write it "
@@ -268,13 +487,22 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
 @click.option("--database-url", default=None,
               help="Run on this (empty, throw-away) database instead of a temporary SQLite file.")
 @click.option("--prices", "prices_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              default=None, help="Token price table (default: config/prices.yaml).")
+              default=None, help="Token price table, YAML 'local_tiers: [...]' and 'providers: {provider: "
+              "{model: {input_per_1k: USD, output_per_1k: USD}}}' (default: config/prices.yaml).")
 def eval_command(golden: Path, model_dir: Path | None, report_dir: Path | None, gate: bool,
                  gates_file: Path | None, json_line: bool, calibrate: bool, max_wrong: float,
                  concurrency: int, database_url: str | None, prices_file: Path | None) -> None:
     """Run a golden set through the live routing path and report quality; gate or calibrate.
 
-    Exit status: 0 done, 1 a gate failed (--gate), 2 invalid input.
+    The golden set (--golden) is JSONL, one case per line: "id" (unique), "text" (one customer
+    message) or "turns" (a list of messages), "intent" (expected intent of the last message;
+    out_of_scope for anything off-topic); optional "escalate" (true/false: should a person take
+    it), "relevant_docs" (knowledge-base doc ids that answer it), "reference_answer" (its numbers
+    are checked against the reply) and "note". Any other field is an error. Examples:
+
+    \b
+        {"id": "r1", "text": "how long does a refund take?", "intent": "check_refund_policy"}
+        {"id": "h1", "turns": ["hi", "get me a person"], "intent": "contact_human_agent", "escalate": true}
     """
     import os
 
@@ -301,8 +529,7 @@ def eval_command(golden: Path, model_dir: Path | None, report_dir: Path | None, 
     try:
         status = run_command(_settings(), options, click.echo)
     except EvalInputError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        sys.exit(2)
+        raise InputError(str(exc)) from None
     sys.exit(status)
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,6 +37,7 @@ from state.conversations import (
     next_pending_inbound,
     next_seq,
     recent_messages,
+    return_kill_switch_tickets,
     tickets_with_pending_inbound,
 )
 from state.db import Database
@@ -61,6 +63,9 @@ class Inbound:
     address: str
     text: str
     provider_message_id: str | None = None
+    origin: str | None = None
+    """Where the message came from on the network (web chat: the client's IP address), rate-limited
+    besides the customer; None when the channel has no such address."""
 
 
 class ServiceUnavailable(RuntimeError):
@@ -123,21 +128,18 @@ class Conversations:
             customer_id = await self.customer_id(inbound.channel, inbound.address)
         # NUL cannot be stored in Postgres text and means nothing in a message: drop it.
         text = inbound.text.replace("\x00", "")
+        # What is kept is bounded; the message records how long the original was.
+        meta = None
+        if len(text) > self.settings.max_stored_chars:
+            meta = {"truncated_from": len(text)}
+            text = text[: self.settings.max_stored_chars]
         try:
             # A re-send of a stored message (a lost ack) is answered with the original before the
             # rate limit: refusing it would tell the customer that a stored message failed.
             duplicate = await self._known_duplicate(inbound, customer_id)
             if duplicate is not None:
                 return duplicate
-            if self.limiter is not None and not await self.limiter.hit(
-                f"customer:{customer_id}",
-                self.settings.customer_rate_limit,
-                self.settings.customer_rate_window_s,
-            ):
-                raise RateLimited(
-                    f"more than {self.settings.customer_rate_limit} messages in "
-                    f"{self.settings.customer_rate_window_s} s"
-                )
+            await self._rate_limit(customer_id, inbound.origin)
             async with self.locks.hold(f"intake:{customer_id}"):
                 accepted = await accept_inbound(
                     self.db,
@@ -146,6 +148,7 @@ class Conversations:
                     text=text,
                     provider_message_id=inbound.provider_message_id,
                     reopen_window=self._reopen_window,
+                    meta=meta,
                 )
         except self.outage_errors as exc:
             raise ServiceUnavailable(f"database or shared state unavailable, message not stored: {exc}") from exc
@@ -158,6 +161,19 @@ class Conversations:
             except self.outage_errors as exc:
                 log.warning("message %s stored; its live echo was not published: %s", accepted.message.id, exc)
         return accepted
+
+    async def _rate_limit(self, customer_id: int, origin: str | None) -> None:
+        """Raise :class:`RateLimited` when the customer, or the network address the message came
+        from, sent more than its limit in the rate window (refused messages count too)."""
+        if self.limiter is None:
+            return
+        window = self.settings.customer_rate_window_s
+        if not await self.limiter.hit(f"customer:{customer_id}", self.settings.customer_rate_limit, window):
+            raise RateLimited(f"more than {self.settings.customer_rate_limit} messages in {window} s")
+        if origin is not None and not await self.limiter.hit(
+            f"address:{origin}", self.settings.address_rate_limit, window
+        ):
+            raise RateLimited(f"more than {self.settings.address_rate_limit} messages from your address in {window} s")
 
     async def _known_duplicate(self, inbound: Inbound, customer_id: int) -> Accepted | None:
         """Fast path for redeliveries (webhook retries, a widget re-sending after a reconnect): an
@@ -204,6 +220,13 @@ class Conversations:
         """
         ticket_ids = await tickets_with_pending_inbound(self.db, older_than_s=stale_after_s)
         fresh = [t for t in ticket_ids if t not in self._active]
+        if await self.agent_mode() is AgentMode.enabled:
+            # Customers who wrote while the bot was switched off got the auto-reply; nobody took
+            # their tickets meanwhile, so the bot answers those messages now.
+            returned = await return_kill_switch_tickets(self.db)
+            if returned:
+                log.info("kill switch lifted: the bot answers %d ticket(s) handed over while it was off", len(returned))
+            fresh += [t for t in returned if t not in fresh and t not in self._active]
         for ticket_id in fresh:
             self.schedule(ticket_id)
         return len(fresh)
@@ -270,20 +293,52 @@ class Conversations:
             )
         else:
             await self._typing(customer.id, on=True)
+            limit = self.settings.max_message_chars
             decision = await self.router.route(
-                message.text,
+                message.text[:limit],  # routing cost is bounded by the limit, whatever was stored
                 TurnContext(
                     ticket_id=ticket.id,
                     ticket_state=state.value,
                     pending=ticket.pending,
                     customer_email=customer.email,
                     prior=prior,
+                    verified_owner=ticket.verified_owner,
+                    customer_id=customer.id,
                 ),
             )
+            self._note_truncation(message, decision)
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         await self._send(await self._commit_turn(message, decision, latency_ms, history, epoch))
+        self._log_turn(message, decision, latency_ms)
         if decision is not None and not disabled:
             await self._typing(customer.id, on=False)
+
+    def _note_truncation(self, message: Message, decision: Decision) -> None:
+        limit = self.settings.max_message_chars
+        length = max(len(message.text), int((message.meta or {}).get("truncated_from") or 0))
+        if length <= limit:
+            return
+        decision.data = {**decision.data, "routed_chars": limit, "message_chars": length}
+        if decision.reply is not None:
+            decision.reply += (
+                f"\n\n(Your message is {length:,} characters long; I read the first {limit:,}. "
+                "If your question comes later, please send it on its own. Nothing you sent was lost.)"
+            )
+
+    def _log_turn(self, message: Message, decision: Decision | None, latency_ms: float) -> None:
+        # One line per turn for operators: no message text unless asked for (it is customer data).
+        if decision is None:
+            log.info("turn ticket=%s message=%s tier=- reason=human_owns_ticket latency_ms=%.1f",
+                     message.ticket_id, message.id, latency_ms)
+            return
+        text = f" text={message.text[:200]!r}" if self.settings.log_message_text else ""
+        log.info(
+            "turn ticket=%s message=%s tier=%s reason=%s intent=%s confidence=%s latency_ms=%.1f%s",
+            message.ticket_id, message.id, decision.tier, decision.reason, decision.intent,
+            decision.confidence, latency_ms, text,
+        )
+        if decision.escalate:
+            log.info("escalated ticket=%s reason=%s", message.ticket_id, decision.reason)
 
     async def _prior_turns(
         self, session: AsyncSession, ticket_id: int, history: list[Message], message: Message
@@ -302,7 +357,10 @@ class Conversations:
             .order_by(Event.id.desc())
             .limit(self.settings.history_turns)
         )
-        by_message = {p.get("message_id"): p for p in rows.scalars() if isinstance(p, dict)}
+        by_message: dict[Any, dict[str, Any]] = {}
+        for payload in rows.scalars():  # newest first: a message answered again keeps its last turn
+            if isinstance(payload, dict):
+                by_message.setdefault(payload.get("message_id"), payload)
         limit = self.settings.max_message_chars  # an oversized message was never understood either
         return tuple(PriorTurn.from_event(m.text[:limit], by_message.get(m.id)) for m in earlier)
 
@@ -400,6 +458,14 @@ class Conversations:
                 ticket.pending = decision.pending
             if decision.intent:
                 ticket.intent = decision.intent
+            if decision.verified_owner and decision.verified_owner != ticket.verified_owner:
+                ticket.verified_owner = decision.verified_owner
+                session.add(
+                    Event(ticket_id=ticket.id, kind="owner_verified",
+                          payload={"message_id": message.id, "owner": decision.verified_owner,
+                                   "by": decision.data.get("verification")},
+                          created_at=now)
+                )
             session.add(
                 Event(
                     ticket_id=ticket.id,

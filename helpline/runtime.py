@@ -20,18 +20,22 @@ import procrastinate
 from bot.embeddings import Embedder
 from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train, routing_intents
 from bot.knowledge import KnowledgeBase
+from bot.ownership import AttemptLimits
 from bot.router import Router
 from bot.sentiment import Sentiment
 from bot.understanding import Understander
-from channels.webchat import CHANNEL as WEBCHAT
+from channels.sessions import SessionIssuer
+from channels.webchat import CHANNELS as WEBCHAT_CHANNELS
 from channels.webchat import WebChatChannel
-from config.settings import AgentMode, Settings
+from config.settings import Settings
+from helpline.clients import parse_networks
 from helpline.conversation import Conversations
 from helpline.jobs import build_job_app, defer_delivery
 from helpline.outbox import Outbox
 from state.db import Database, open_database
 from state.db import OUTAGE_ERRORS as DATABASE_OUTAGE_ERRORS
 from state.delivery import Delivery
+from state.flags import KillSwitch, session_secret
 from state.hot import HotState, close_hot_state, open_hot_state
 from state.locks import Locks
 from state.migrate import ensure_schema
@@ -98,30 +102,36 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             await knowledge.ingest(settings.kb_dir)
         orders = await JsonOrderStore.load(settings.orders_file)
         understander = Understander(embedder, intent_model, Sentiment())
-        router = Router(settings, routing_intents(intents, intent_model), understander, knowledge, orders)
-        flags = hot.flags
+        attempts = AttemptLimits(
+            hot.limiter, per_customer=settings.verify_failures_per_customer,
+            per_order=settings.verify_failures_per_order, window_s=settings.verify_window_s,
+        )
+        router = Router(
+            settings, routing_intents(intents, intent_model), understander, knowledge, orders, attempts
+        )
         # Shared state or the database unreachable: refuse work with "try again", never lose it.
         outage_errors = (*hot.outage_errors, *DATABASE_OUTAGE_ERRORS)
-
-        async def agent_mode() -> AgentMode:
-            # The run-time switch shared by all processes wins; an unreadable flag falls back to
-            # the configured AGENT_MODE rather than failing the customer's turn.
-            try:
-                shared = await flags.get_agent_mode()
-            except outage_errors:
-                log.warning("kill-switch flag unreadable; using AGENT_MODE=%s", settings.agent_mode.value)
-                shared = None
-            return AgentMode(shared) if shared else settings.agent_mode
+        # The kill switch's state of record is the database (a Redis restart must not turn the bot
+        # back on); read at most once a second, and off whenever it cannot be read.
+        kill_switch = KillSwitch(db, settings.agent_mode)
 
         outbox = Outbox(
             db, {}, lease_s=settings.outbox_lease_s, max_attempts=settings.outbox_max_attempts
         )
         conversations = Conversations(
-            settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=agent_mode,
+            settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=kill_switch.mode,
             outage_errors=outage_errors, limiter=hot.limiter, idempotency=hot.idempotency,
         )
-        webchat = WebChatChannel(conversations, hot.delivery)
-        outbox.register(WEBCHAT, webchat)
+        secret = (
+            settings.secret_key.get_secret_value() if settings.secret_key is not None
+            else await session_secret(db)
+        )
+        webchat = WebChatChannel(
+            conversations, hot.delivery, SessionIssuer(secret), settings, hot.limiter,
+            proxies=parse_networks(settings.trusted_proxies),
+        )
+        for channel in WEBCHAT_CHANNELS:  # web chat and replayed traffic share the socket sender
+            outbox.register(channel, webchat)
         jobs = build_job_app(settings)
         async with jobs.open_async():
             outbox.retry = lambda entry_id: defer_delivery(jobs, entry_id, delay_s=1)

@@ -13,7 +13,7 @@ from functools import partial
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +42,16 @@ async def find_customer(session: AsyncSession, channel: str, address: str) -> Cu
         .where(CustomerIdentity.channel == channel, CustomerIdentity.address == address)
     )
     return row.scalar_one_or_none()
+
+
+async def find_customer_id(db: Database, channel: str, address: str) -> int | None:
+    """Id of the customer known on ``channel`` by ``address``, or None; creates nothing."""
+    async with db.sessions() as session:
+        return await session.scalar(
+            select(CustomerIdentity.customer_id).where(
+                CustomerIdentity.channel == channel, CustomerIdentity.address == address
+            )
+        )
 
 
 async def get_or_create_customer(db: Database, channel: str, address: str) -> Customer:
@@ -158,10 +168,12 @@ async def accept_inbound(
     provider_message_id: str | None,
     reopen_window: timedelta,
     now: datetime | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> Accepted:
     """Store one inbound customer message on the customer's open ticket, creating the ticket if
     there is none, and commit.
 
+    ``meta``: facts about the message itself (``{"truncated_from": n}`` when intake cut it).
     A resolved ticket older than ``reopen_window`` is closed first and a new one opened. A repeated
     ``provider_message_id`` from the same customer on the same channel returns the stored original with ``duplicate=True``.
     Callers serialise intake per customer (see :class:`state.locks.Locks`) so that arrival order is
@@ -170,6 +182,7 @@ async def accept_inbound(
     attempt = partial(
         _accept, db, customer_id=customer_id, channel=channel, text=text,
         provider_message_id=provider_message_id, reopen_window=reopen_window, now=now or utcnow(),
+        meta=meta,
     )
     try:
         return await attempt()
@@ -188,6 +201,7 @@ async def _accept(
     provider_message_id: str | None,
     reopen_window: timedelta,
     now: datetime,
+    meta: dict[str, Any] | None,
 ) -> Accepted:
     async with db.write() as session:
         if provider_message_id is not None:
@@ -230,6 +244,7 @@ async def _accept(
             channel=channel,
             text=text,
             provider_message_id=provider_message_id,
+            meta=meta,
             created_at=now,
         )
         session.add(message)
@@ -263,6 +278,65 @@ async def tickets_with_pending_inbound(db: Database, older_than_s: float = 0.0) 
     async with db.sessions() as session:
         rows = await session.execute(query.distinct())
         return sorted(rows.scalars())
+
+
+async def return_kill_switch_tickets(db: Database, *, limit: int = 200) -> list[int]:
+    """Give the bot back the tickets the kill switch handed over, once the bot is switched on again.
+
+    A ticket counts when it is still ``escalated`` with reason ``kill_switch`` (no agent took it).
+    It moves to ``bot`` (transition reason ``kill_switch_lifted``) and every customer message that
+    got the static auto-reply since that escalation is marked unanswered again, so the caller's
+    turns answer each one, oldest first. Each ticket is moved in its own transaction with the
+    ticket row locked, so processes racing on this move a ticket once. Returns the moved ticket ids
+    (at most ``limit`` per call; the next call takes the rest).
+    """
+    async with db.sessions() as session:
+        candidates = list(
+            (
+                await session.execute(
+                    select(Ticket.id)
+                    .where(Ticket.state == TicketState.escalated.value, Ticket.escalation_reason == "kill_switch")
+                    .order_by(Ticket.id)
+                    .limit(limit)
+                )
+            ).scalars()
+        )
+    moved: list[int] = []
+    for ticket_id in candidates:
+        async with db.write() as session:
+            ticket = await session.get(Ticket, ticket_id, with_for_update=True, populate_existing=True)
+            if ticket is None or ticket.state != TicketState.escalated.value or ticket.escalation_reason != "kill_switch":
+                continue  # an agent took it, or another process moved it first
+            handed_over = await session.scalar(
+                select(func.max(Event.id)).where(
+                    Event.ticket_id == ticket_id,
+                    Event.kind == "transition",
+                    Event.payload["to"].as_string() == TicketState.escalated.value,
+                )
+            )
+            auto_replied = [
+                payload.get("message_id")
+                for payload in (
+                    await session.execute(
+                        select(Event.payload).where(
+                            Event.ticket_id == ticket_id,
+                            Event.kind == "turn",
+                            Event.id > (handed_over or 0),
+                            Event.payload["reason"].as_string() == "kill_switch",
+                        )
+                    )
+                ).scalars()
+            ]
+            ids = [i for i in auto_replied if isinstance(i, int)]
+            if ids:
+                await session.execute(
+                    update(Message)
+                    .where(Message.id.in_(ids), Message.direction == "inbound")
+                    .values(processed_at=None)
+                )
+            transition(session, ticket, TicketState.bot, reason="kill_switch_lifted", reanswer=len(ids))
+        moved.append(ticket_id)
+    return moved
 
 
 async def recent_messages(session: AsyncSession, ticket_id: int, limit: int) -> list[Message]:

@@ -1,11 +1,12 @@
 """Hot state: the short-lived, shared coordination state of the server, chosen by configuration.
 
-Five pieces: per-key locks (``state.locks``), delivery of outbound frames to open sockets
-(``state.delivery``), runtime flags (the kill switch), rate-limit counters and idempotency claims.
+Four pieces: per-key locks (``state.locks``), delivery of outbound frames to open sockets
+(``state.delivery``), rate-limit counters and idempotency claims. (The kill switch is not hot state:
+it lives in the database, see ``state.flags``, so a Redis restart cannot switch the bot back on.)
 Embedded default: all in this process (one server process). With a Redis URL: all in Redis
 (``state.redis_hot``), shared by every server process. The code above gets a :class:`HotState` and
 never knows which it has. This module also holds the interfaces and in-process implementations of
-flags, rate limits and idempotency; it imports ``redis`` only when a Redis URL is given.
+rate limits and idempotency; it imports ``redis`` only when a Redis URL is given.
 
 Hot state is never the system of record: losing it loses no accepted message (see ``redis_hot``).
 """
@@ -23,33 +24,16 @@ from state.locks import InProcessLocks, Locks
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
-AGENT_MODES = ("enabled", "disabled")  # the values of config.settings.AgentMode
-
-
-def check_agent_mode(mode: str) -> str:
-    """``mode`` if it is a valid agent mode; else ``ValueError`` (a typo must not silently leave
-    the kill switch off)."""
-    if mode not in AGENT_MODES:
-        raise ValueError(f"agent mode must be one of {', '.join(AGENT_MODES)}, got {mode!r}")
-    return mode
-
-
 # --- interfaces ----------------------------------------------------------------------------------
-
-
-class Flags(Protocol):
-    async def get_agent_mode(self) -> str | None:
-        """The agent mode set at run time, or None: follow ``settings.agent_mode``."""
-        ...
-
-    async def set_agent_mode(self, mode: str | None) -> None:
-        """Set the run-time agent mode (``enabled``/``disabled``); None clears it."""
-        ...
 
 
 class RateLimiter(Protocol):
     async def hit(self, key: str, limit: int, window_s: int) -> bool:
         """Count a hit on ``key``; True (allowed) while at most ``limit`` hits in ``window_s`` s."""
+        ...
+
+    async def count(self, key: str) -> int:
+        """Hits on ``key`` in its current window, without counting one (0 when none)."""
         ...
 
 
@@ -60,19 +44,6 @@ class Idempotency(Protocol):
 
 
 # --- in-process implementations --------------------------------------------------------------
-
-
-class InProcessFlags:
-    """Flags of this process only (the embedded default runs one process)."""
-
-    def __init__(self) -> None:
-        self._agent_mode: str | None = None
-
-    async def get_agent_mode(self) -> str | None:
-        return self._agent_mode
-
-    async def set_agent_mode(self, mode: str | None) -> None:
-        self._agent_mode = None if mode is None else check_agent_mode(mode)
 
 
 class _Expiring:
@@ -107,6 +78,10 @@ class InProcessRateLimiter:
         self._counters.entries[key] = (expires, count + 1)
         return count + 1 <= limit
 
+    async def count(self, key: str) -> int:
+        entry = self._counters.live(key, time.monotonic())
+        return entry[1] if entry is not None else 0
+
 
 class InProcessIdempotency:
     """Claims in this process, same semantics as ``RedisIdempotency``."""
@@ -135,7 +110,6 @@ class HotState:
     backend: str
     locks: Locks
     delivery: Delivery
-    flags: Flags
     limiter: RateLimiter
     idempotency: Idempotency
     client: Redis | None = None
@@ -183,7 +157,6 @@ async def open_hot_state(
             backend="in-process",
             locks=InProcessLocks(),
             delivery=InProcessDelivery(),
-            flags=InProcessFlags(),
             limiter=InProcessRateLimiter(),
             idempotency=InProcessIdempotency(),
         )
@@ -191,7 +164,6 @@ async def open_hot_state(
 
     from state.redis_hot import (
         RedisDelivery,
-        RedisFlags,
         RedisIdempotency,
         RedisLocks,
         RedisRateLimiter,
@@ -212,7 +184,6 @@ async def open_hot_state(
         backend="redis",
         locks=RedisLocks(client, ttl_s=lock_ttl_s, namespace=namespace),
         delivery=delivery,
-        flags=RedisFlags(client, namespace=namespace),
         limiter=RedisRateLimiter(client, namespace=namespace),
         idempotency=RedisIdempotency(client, namespace=namespace),
         client=client,

@@ -151,6 +151,9 @@ class Ticket(Base):
     # Epoch of the worker allowed to commit this ticket's turns (see state.conversations.claim_ticket).
     fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     handoff_summary: Mapped[str | None] = mapped_column(Text)
+    # Order-store user id the customer proved to be in this conversation (order number plus the
+    # email or postcode on the order); order details go only to orders this owner owns.
+    verified_owner: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column()
@@ -257,6 +260,19 @@ class KbChunk(Base):
     heading: Mapped[str] = mapped_column(String(300))
     text: Mapped[str] = mapped_column(Text)
     embedding: Mapped[np.ndarray] = mapped_column(EmbeddingType())
+
+
+class RuntimeFlag(Base):
+    """A run-time switch shared by every process (``agent_mode``: the kill switch;
+    ``session_secret``: the web-chat session signing key when none is configured). The database is
+    the state of record, so a Redis restart can never turn the bot back on."""
+
+    __tablename__ = "runtime_flags"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class Meta(Base):

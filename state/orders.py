@@ -66,7 +66,9 @@ class Payment:
 class Order:
     """An order as the bot may describe it. ``order_id`` is normalised (``"#W2611340"``); ``status`` is
     the store's word (tau-bench: ``pending``, ``processed``, ``delivered``, ``cancelled``,
-    ``return requested``, ``exchange requested``, ...); ``email`` is the customer's, when known."""
+    ``return requested``, ``exchange requested``, ...); ``email`` is the customer's, when known;
+    ``postcode`` the shipping address's (tau-bench ``address.zip``). The bot proves a customer owns
+    an order with one of those two before it describes the order (:mod:`bot.ownership`)."""
 
     order_id: str
     user_id: str
@@ -75,6 +77,8 @@ class Order:
     fulfillments: tuple[Fulfillment, ...]
     payments: tuple[Payment, ...]
     email: str | None
+    postcode: str | None = None
+    """The postcode (ZIP) of the order's shipping address, as the store holds it."""
 
     @property
     def tracking_ids(self) -> tuple[str, ...]:
@@ -109,7 +113,8 @@ class OrderStore(Protocol):
         ...
 
 
-_ORDER_ID = re.compile(r"#?\s*([A-Za-z]{0,3})-?(\d{4,12})")
+# ASCII only: "\d" would also take Arabic-Indic or full-width digits, spellings no order system uses.
+_ORDER_ID = re.compile(r"#?\s*([A-Za-z]{0,3})-?([0-9]{4,12})", re.ASCII)
 
 
 def normalise_order_id(raw: str) -> str | None:
@@ -134,7 +139,8 @@ class JsonOrderStore:
     ``orders.json``: ``{order_id: order}``, each order
     ``{"order_id", "user_id", "status", "items": [{"name", "item_id", "price", "options": {str: str},
     "product_id"?}], "fulfillments": [{"tracking_id": [str], "item_ids": [str]}],
-    "payment_history": [{"transaction_type", "amount", "payment_method_id"}], "address"?, "email"?}``
+    "payment_history": [{"transaction_type", "amount", "payment_method_id"}], "address"?: {"zip"?, ...},
+    "email"?}``
     (source: sierra-research/tau-bench ``tau_bench/envs/retail/data/orders.json``). The order's email
     is its own ``"email"`` field when present, else the ``email`` of its user in ``users.json``
     (``{user_id: {"email", ...}}``). Unknown extra fields are ignored.
@@ -268,6 +274,14 @@ def _parse_order(key: str, record: Any, emails: Mapping[str, str]) -> Order:
     email = record.get("email", emails.get(user_id))
     if email is not None:
         email = _str(email, "'email'")
+    address = record.get("address")
+    postcode = None
+    if address is not None:
+        if not isinstance(address, dict):
+            raise ValueError(f"'address' must be an object, got {type(address).__name__}")
+        zip_code = address.get("zip")
+        if zip_code is not None:
+            postcode = _str(zip_code, "'address.zip'")
     return Order(
         order_id=order_id,
         user_id=user_id,
@@ -276,4 +290,5 @@ def _parse_order(key: str, record: Any, emails: Mapping[str, str]) -> Order:
         fulfillments=tuple(fulfillments),
         payments=tuple(payments),
         email=email,
+        postcode=postcode,
     )

@@ -1,7 +1,7 @@
-"""Hot state shared by every server process through one Redis: locks, delivery, flags, limits.
+"""Hot state shared by every server process through one Redis: locks, delivery, limits, claims.
 
 Each class implements an interface of the embedded default (``state.locks.Locks``,
-``state.delivery.Delivery``, and ``Flags``/``RateLimiter``/``Idempotency`` of ``state.hot``), so the
+``state.delivery.Delivery``, and ``RateLimiter``/``Idempotency`` of ``state.hot``), so the
 code above never knows which it has. ``state.hot.open_hot_state`` picks one by configuration.
 
 Nothing here is the system of record. Redis may lose everything (restart without persistence,
@@ -21,7 +21,6 @@ and its fence land on one slot)::
     {ns}:lock:{KEY}         owner of a held lock (string), PX = lock TTL
     {ns}:fence:{KEY}        last fencing token issued for KEY (integer), expires after a day idle
     {ns}:deliver:CUSTOMER   pub/sub channel of a customer's outbound frames (JSON)
-    {ns}:flag:agent_mode    runtime kill switch ("enabled" / "disabled"; absent: follow settings)
     {ns}:rate:KEY           fixed-window hit counter, EX = window
     {ns}:idem:KEY           idempotency claim, EX = its TTL
 """
@@ -444,30 +443,7 @@ class RedisDelivery:
         self._local.deliver(customer_id, frame)
 
 
-# --- flags, rate limits, idempotency -------------------------------------------------------------
-
-
-class RedisFlags:
-    """Runtime flags shared by all processes; today the kill switch, key ``{ns}:flag:agent_mode``."""
-
-    def __init__(self, client: Redis, *, namespace: str = DEFAULT_NAMESPACE) -> None:
-        self._client = client
-        self._key = f"{namespace}:flag:agent_mode"
-
-    async def get_agent_mode(self) -> str | None:
-        """The mode set at run time (``"enabled"``/``"disabled"``), or None: follow settings."""
-        value = await self._client.get(self._key)
-        return _text(value) if value is not None else None
-
-    async def set_agent_mode(self, mode: str | None) -> None:
-        """Set the mode for every process; None removes the override. Raises ``ValueError`` for
-        a mode other than ``enabled``/``disabled``."""
-        from state.hot import check_agent_mode
-
-        if mode is None:
-            await self._client.delete(self._key)
-        else:
-            await self._client.set(self._key, check_agent_mode(mode))
+# --- rate limits, idempotency -------------------------------------------------------------
 
 
 # KEYS[1] counter; ARGV[1] window seconds. Returns the count in the current window. The TTL check
@@ -490,6 +466,7 @@ class RedisRateLimiter:
     limiter")."""
 
     def __init__(self, client: Redis, *, namespace: str = DEFAULT_NAMESPACE) -> None:
+        self._client = client
         self._prefix = f"{namespace}:rate:"
         self._hit = client.register_script(_HIT)
 
@@ -500,6 +477,11 @@ class RedisRateLimiter:
             raise ValueError(f"window_s must be at least 1 s, got {window_s}")
         count = await self._hit(keys=[self._prefix + key], args=[int(window_s)])
         return int(count) <= limit
+
+    async def count(self, key: str) -> int:
+        """Hits on ``key`` in its current window (0 when none). Raises ``redis.exceptions.RedisError``."""
+        value = await self._client.get(self._prefix + key)
+        return int(value) if value is not None else 0
 
 
 class RedisIdempotency:

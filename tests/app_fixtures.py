@@ -182,10 +182,16 @@ class ChatSocket:
 
     @classmethod
     async def open(
-        cls, session: aiohttp.ClientSession, url: str, session_id: str | None = None, last_seq: int = 0
+        cls, session: aiohttp.ClientSession, url: str, session_id: str | None = None, last_seq: int = 0,
+        *, labels: bool = False,
     ) -> "ChatSocket":
+        """Say hello. ``labels``: open a replay session (allowed from this machine), whose frames
+        carry the bot's labels (tier, intent) in ``meta``; customer sessions never get them."""
         ws = await session.ws_connect(url.rstrip("/") + "/ws/chat")
-        await ws.send_json({"type": "hello", "session_id": session_id, "last_seq": last_seq})
+        hello: dict[str, Any] = {"type": "hello", "session_id": session_id, "last_seq": last_seq}
+        if labels:
+            hello["replay"] = True
+        await ws.send_json(hello)
         welcome = await ws.receive_json(timeout=10)
         assert welcome["type"] == "welcome", welcome
         return cls(ws, welcome)

@@ -8,6 +8,7 @@ import pytest
 
 from bot.actions import HANDLERS, ActionContext, ActionResult, run_handler
 from bot.entities import Entities, extract_entities
+from bot.ownership import AttemptLimits, Proof
 from config.settings import CONFIG_DIR
 from state.orders import JsonOrderStore, Order, OrderItem, OrderStore, normalise_order_id
 
@@ -26,7 +27,14 @@ def tau() -> JsonOrderStore:
 
 
 async def ask(store: OrderStore, handler: str, text: str, email: str | None = None) -> ActionResult:
-    return await run_handler(handler, ActionContext(extract_entities(text), store, email))
+    """The handler's answer to a customer who has proved they own the orders they name (the email
+    on each named order is offered as proof; ownership itself is tested further down)."""
+    entities = extract_entities(text)
+    found = [await store.get(i) for i in entities.order_ids]
+    emails = tuple(o.email for o in found if o is not None and o.email)
+    return await run_handler(
+        handler, ActionContext(entities, store, email, proof=Proof(emails=emails or ("nobody@example.com",)))
+    )
 
 
 def assert_plain(reply: str) -> None:
@@ -51,6 +59,8 @@ async def test_order_status_demo_shipped_in_two_parcels(demo: JsonOrderStore) ->
         "order_ids": ["#W5976205"],
         "orders": [{"order_id": "#W5976205", "status": "processed",
                     "tracking_ids": ["612096739455", "523786092812"]}],
+        "verification": {"#W5976205": "email"},
+        "awaiting_proof": [],
         "not_found": [],
     }
     assert_plain(result.reply)
@@ -125,9 +135,10 @@ async def test_order_status_missing_slot(demo: JsonOrderStore) -> None:
 async def test_order_status_unknown_order(demo: JsonOrderStore) -> None:
     result = await ask(demo, "order_status", "order #W0000001 is late")
     assert result.resolved is False
-    assert result.missing_slot is None
+    assert result.missing_slot == "proof" and result.pending_order_ids == ("#W0000001",)
     assert result.reply == (
-        "I couldn't find an order with the number #W0000001. Could you check the number and send it again?"
+        "I couldn't match those details to order #W0000001. Please check the order number and the "
+        "email address or postcode on the order, and send them again."
     )
     assert result.data["not_found"] == ["#W0000001"]
 
@@ -135,7 +146,7 @@ async def test_order_status_unknown_order(demo: JsonOrderStore) -> None:
 async def test_order_status_known_and_unknown(demo: JsonOrderStore) -> None:
     result = await ask(demo, "order_status", "orders 99999 and #W5976205")
     assert result.resolved is False
-    assert "couldn't find an order with the number #99999" in result.reply
+    assert "couldn't match those details to order #99999" in result.reply
     assert "#W5976205 has shipped" in result.reply
     assert result.data["not_found"] == ["#99999"]
 
@@ -213,7 +224,7 @@ async def test_handlers_work_over_any_order_store() -> None:
     mug = OrderItem(name="Mug", item_id="1", price=9.0, options={"color": "red"})
     boots = OrderItem(name="Boots", item_id="2", price=80.0, options={"size": "42", "waterproof": "yes"})
     order = Order(order_id="#48213", user_id="u1", status="shipped to pickup point", items=(mug, mug, boots),
-                  fulfillments=(), payments=(), email=None)
+                  fulfillments=(), payments=(), email="u1@example.com")
     store = DictStore(order)
     assert isinstance(store, OrderStore)
     result = await ask(store, "order_status", "order number 48213", email="u1@example.com")
@@ -221,4 +232,88 @@ async def test_handlers_work_over_any_order_store() -> None:
         "Your order #48213 has the status shipped to pickup point. "
         "Items: 2 x Mug (color red), Boots (size 42, waterproof)."
     )
-    assert store.asked == ["#48213"]
+    assert set(store.asked) == {"#48213"}
+
+
+# --- ownership: order number plus the email or postcode on the order ------------------------------
+
+
+async def proved(store: OrderStore, text: str, *, owner: str | None = None, pending: tuple[str, ...] = (),
+                 attempts: AttemptLimits | None = None, customer_id: int | None = 1,
+                 proof: Proof | None = None) -> ActionResult:
+    entities = extract_entities(text)
+    return await run_handler("order_status", ActionContext(
+        entities, store, proof=proof if proof is not None else Proof(entities.emails, entities.postcodes),
+        verified_owner=owner, pending_order_ids=pending, customer_id=customer_id, attempts=attempts,
+    ))
+
+
+async def test_an_unverified_customer_gets_the_same_answer_for_real_and_made_up_orders(demo: JsonOrderStore) -> None:
+    real = await proved(demo, "where is my order #W5976205?")
+    made_up = await proved(demo, "where is my order #W0000000?")
+    assert real.reply == made_up.reply.replace("#W0000000", "#W5976205")
+    assert real.reply == ("I can help with order #W5976205. To protect your privacy, please tell me the email "
+                          "address or the postcode (ZIP) the order was placed with.")
+    assert real.missing_slot == "proof" and real.pending_order_ids == ("#W5976205",)
+    assert real.data["orders"] == [] and "processed" not in real.reply and "612096739455" not in real.reply
+    # A wrong email and a made-up order read the same too.
+    wrong = await proved(demo, "#W5976205 my email is someone.else@example.com")
+    nobody = await proved(demo, "#W0000000 my email is someone.else@example.com")
+    assert wrong.reply == nobody.reply.replace("#W0000000", "#W5976205")
+    assert wrong.data["orders"] == [] and wrong.data["not_found"] == ["#W5976205"]
+
+
+@pytest.mark.parametrize("text", [
+    "#W5976205 email LUCAS.Rahman97@Example.com",        # case does not matter
+    "#W5976205, my zip is 28110",
+    "#W5976205 zip code 28110-4417",                     # ZIP+4 of the order's ZIP
+    "#W5976205 postcode: 28110.",
+])
+async def test_the_email_or_the_postcode_on_the_order_proves_ownership(demo: JsonOrderStore, text: str) -> None:
+    result = await proved(demo, text)
+    assert result.reply.startswith("Your order #W5976205 has shipped"), result.reply
+    assert result.verified_owner == "lucas_rahman_9742" and result.resolved is True
+    assert result.data["verification"]["#W5976205"] in ("email", "postcode")
+
+
+async def test_a_verified_owner_needs_no_second_proof_but_another_owners_order_does(demo: JsonOrderStore) -> None:
+    asked = await demo.get("#W5976205")
+    assert asked is not None and asked.email is not None
+    own = [o for o in await demo.find_by_email(asked.email) if o.order_id != asked.order_id][0]
+    again = await proved(demo, f"and {own.order_id}?", owner=asked.user_id)
+    assert again.reply.startswith(f"Your order {own.order_id} ") and again.verified_owner is None
+    assert again.data["verification"] == {own.order_id: "owner"}
+    candidates = [await demo.get(i) for i in ("#W1571486", "#W3722796")]
+    stranger = next(o for o in candidates if o is not None and o.user_id != asked.user_id)
+    other = await proved(demo, f"and {stranger.order_id}?", owner=asked.user_id)
+    assert other.missing_slot == "proof" and other.data["orders"] == []
+
+
+async def test_a_pending_order_is_verified_by_the_next_message(demo: JsonOrderStore) -> None:
+    result = await proved(demo, "28110", pending=("#W5976205",), proof=Proof(postcodes=("28110",)))
+    assert result.reply.startswith("Your order #W5976205 has shipped")
+
+
+async def test_failed_proofs_are_limited_per_customer_and_per_order(demo: JsonOrderStore) -> None:
+    from state.hot import InProcessRateLimiter
+
+    limits = AttemptLimits(InProcessRateLimiter(), per_customer=3, per_order=5, window_s=3600)
+    for _ in range(3):
+        assert (await proved(demo, "#W5976205 zip 11111", attempts=limits, customer_id=7)).data["not_found"]
+    # Customer 7 is locked out, even with the right postcode; the bot hands over.
+    locked = await proved(demo, "#W5976205 zip 28110", attempts=limits, customer_id=7)
+    assert locked.escalate is True and locked.data["orders"] == [] and "28110" not in locked.reply
+    # Another customer may still try that order, until the order's own limit.
+    assert (await proved(demo, "#W5976205 zip 28110", attempts=limits, customer_id=8)).resolved is True
+    for customer in (8, 9):
+        await proved(demo, "#W5976205 zip 22222", attempts=limits, customer_id=customer)
+    assert (await proved(demo, "#W5976205 zip 28110", attempts=limits, customer_id=10)).escalate is True
+    # Other orders are not affected.
+    assert (await proved(demo, "#W3722796 " + "email " + (await demo.get("#W3722796")).email,  # type: ignore[union-attr]
+                         attempts=limits, customer_id=10)).resolved is True
+
+
+async def test_order_ids_with_non_ascii_digits_are_not_order_ids() -> None:
+    assert extract_entities("order #W\u0665\u0669\u0667\u0666\u0662\u0660\u0665").order_ids == ()
+    assert extract_entities("order #W\uff15\uff19\uff17\uff16\uff12\uff10\uff15").order_ids == ()
+    assert normalise_order_id("W\u0665\u0669\u0667\u0666\u0662\u0660\u0665") is None

@@ -57,8 +57,8 @@ async def test_fifty_messages_at_once_are_stored_and_answered_in_order_one_at_a_
     rt.router.route = observed_route
     chat = await ChatSocket.open(helpline_client.session, str(helpline_client.make_url("/")))
     # Real orders: a second "order not found" would (rightly) hand the ticket to a person.
-    order_ids = [order.order_id for order in list(rt.orders._orders.values())[:50]]
-    texts = [f"message {i:02d}: where is order {oid}?" for i, oid in enumerate(order_ids)]
+    orders = list(rt.orders._orders.values())[:50]
+    texts = [f"message {i:02d}: where is order {o.order_id}? my email is {o.email}" for i, o in enumerate(orders)]
     await asyncio.gather(*(chat.send(t, f"burst-{i:02d}") for i, t in enumerate(texts)))
     replies = 0
     while replies < 50:
@@ -89,7 +89,7 @@ async def test_kill_switch_runs_no_model_and_escalates(app_settings: Settings, a
     rt = runtime(client)
     embeds_at_start = rt.embedder.calls
     searches_at_start = rt.knowledge.search_calls
-    chat = await ChatSocket.open(client.session, str(client.make_url("/")))
+    chat = await ChatSocket.open(client.session, str(client.make_url("/")), labels=True)
     for i, text in enumerate(["hi", "where is my order #W2611340", "I want a refund now"]):
         await chat.send(text, f"k-{i}")
         reply = await chat.bot_reply()

@@ -114,7 +114,7 @@ async def test_the_example_proxy_spreads_sockets_and_survives_a_killed_process(
     with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
         assert resp.status == 200
     # Two customers through the proxy: least_conn puts the second socket on the other process.
-    chats = [await ChatSocket.open(http, url) for _ in range(2)]
+    chats = [await ChatSocket.open(http, url, labels=True) for _ in range(2)]
     for i, chat in enumerate(chats):
         await chat.send("hi", f"hello-{i}")
         assert (await chat.bot_reply())["meta"]["intent"] == "greeting"
@@ -126,7 +126,7 @@ async def test_the_example_proxy_spreads_sockets_and_survives_a_killed_process(
 
     # The victim reconnects through the same address, resumes its session and is answered by b.
     last_seq = max(f["seq"] for f in victim.frames if f["type"] == "message")
-    back = await ChatSocket.open(http, url, victim.session_id, last_seq=last_seq)
+    back = await ChatSocket.open(http, url, victim.session_id, last_seq=last_seq, labels=True)
     assert back.welcome["session_id"] == victim.session_id
     for chat in (back, survivor):
         await chat.send("what payment methods do you accept?", f"pay-{id(chat)}")

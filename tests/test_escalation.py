@@ -397,7 +397,9 @@ async def test_after_an_answer_a_complaint_gets_an_apology_not_small_talk(router
 async def test_a_complaint_with_a_new_request_is_answered_by_the_tiers(router, helpline_client) -> None:
     orders = helpline_client.server.app[RUNTIME].orders
     order = next(o for o in orders._orders.values() if o.tracking_ids)
-    decision = await router.route(f"that didn't help, where is my order {order.order_id}?", after(ANSWERED))
+    decision = await router.route(
+        f"that didn't help, where is my order {order.order_id}? my email is {order.email}", after(ANSWERED)
+    )
     assert (decision.tier, decision.intent, decision.reason, decision.escalate) == (
         "deterministic", "track_order", "answered", False
     ), decision
@@ -622,8 +624,8 @@ async def _converse(rt, address: str, texts: list[str]) -> tuple[Ticket, list[di
 async def test_two_orders_not_found_escalate_the_ticket(helpline_client) -> None:
     rt = helpline_client.server.app[RUNTIME]
     ticket, turns = await _converse(rt, "esc-e2e-failure", [
-        "where is my order #W1234567?",
-        "sorry, I meant order #W7654321, where is it?",
+        "where is my order #W1234567? my email is ana@example.com",
+        "sorry, I meant order #W7654321, where is it? ana@example.com",
     ])
     assert [t["reason"] for t in turns] == ["answered", "repeated_failure"], turns
     assert turns[0]["escalated"] is False and turns[0]["data"]["not_found"] == ["#W1234567"]
@@ -667,13 +669,13 @@ async def test_upset_across_turns_escalates_the_ticket(helpline_client) -> None:
 async def test_a_ticket_handed_back_by_a_person_starts_a_fresh_count(helpline_client) -> None:
     rt = helpline_client.server.app[RUNTIME]
     ticket, turns = await _converse(rt, "esc-e2e-reset", [
-        "where is my order #W1234567?", "I want to talk to a real person",
+        "where is my order #W1234567? email ana@example.com", "I want to talk to a real person",
     ])
     assert [t["reason"] for t in turns] == ["answered", "explicit_request"]
     async with rt.db.write() as session:
         stored = await session.get(Ticket, ticket.id)
         transition(session, stored, TicketState.bot, reason="agent_handback")
-    ticket, turns = await _converse(rt, "esc-e2e-reset", ["and where is order #W7654321?"])
+    ticket, turns = await _converse(rt, "esc-e2e-reset", ["and where is order #W7654321? email ana@example.com"])
     assert turns[-1]["reason"] == "answered" and turns[-1]["escalated"] is False, turns[-1]
     assert turns[-1]["data"]["not_found"] == ["#W7654321"]
 

@@ -89,6 +89,40 @@ def test_golden_errors_name_the_line_and_field(tmp_path: Path, line: str, messag
     assert message in str(err.value)
 
 
+def test_golden_errors_list_every_bad_line(tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        '{"id": "a", "text": "hi", "intent": "greeting"}',
+        '{"id": "b", "text": "hi"}',
+        '{"id": "c", "text": "   ", "intent": "greeting"}',
+        '{"id": "d"',
+        '{"id": "e", "text": "hi", "intent": "greeting"}',
+        '{"id": "a", "text": "hello", "intent": "greeting"}',
+    )
+    with pytest.raises(GoldenError) as err:
+        load_golden(path)
+    assert err.value.problems == [
+        f"{path}:2: field 'intent': missing",
+        f"{path}:3: field 'text': empty text",
+        f"{path}:4: not valid JSON: Expecting ',' delimiter (line 1, column 11)",
+        f"{path}:6: field 'id': duplicate id 'a' (first on line 1)",
+    ]
+    assert str(err.value) == "\n".join([f"{path}: 4 bad lines:", *(f"  {p}" for p in err.value.problems)])
+
+
+def test_golden_errors_beyond_the_cap_are_counted(tmp_path: Path) -> None:
+    from bot.eval.golden import MAX_SHOWN_PROBLEMS
+
+    path = _write(tmp_path, *(f'{{"id": "c{i}", "text": "hi"}}' for i in range(MAX_SHOWN_PROBLEMS + 7)))
+    with pytest.raises(GoldenError) as err:
+        load_golden(path)
+    lines = str(err.value).splitlines()
+    assert lines[0] == f"{path}: {MAX_SHOWN_PROBLEMS + 7} bad lines:"
+    assert lines[1] == f"  {path}:1: field 'intent': missing"
+    assert len(lines) == MAX_SHOWN_PROBLEMS + 2 and lines[-1] == "  ... and 7 more"
+    assert len(err.value.problems) == MAX_SHOWN_PROBLEMS + 7
+
+
 def test_golden_empty_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(GoldenError, match="no cases"):
         load_golden(_write(tmp_path, "", "  "))
@@ -495,7 +529,7 @@ async def test_cases_run_through_the_live_path(
 ) -> None:
     cases = [
         GoldenCase("greet", ("hi",), "greeting", escalate=False),
-        GoldenCase("slot", ("where is my order?", "it's #W5976205"), "track_order", escalate=False),
+        GoldenCase("slot", ("where is my order?", "it's #W5976205", "28110"), "track_order", escalate=False),
         GoldenCase("refund", ("how long does a refund take?",), "check_refund_policy", escalate=False,
                    relevant_docs=("refunds",)),
         GoldenCase("oos", ("what's the capital of australia?",), "out_of_scope", relevant_docs=("contact",)),
@@ -513,7 +547,7 @@ async def test_cases_run_through_the_live_path(
     assert run.threshold == base.confidence_threshold and run.kb_version and run.kb_version.startswith("kb-")
 
     assert (greet.last.tier, greet.predicted, greet.automated, greet.answers) == ("deterministic", "greeting", True, [])
-    assert [t.payload["reason"] for t in slot.turns] == ["asked_slot", "slot_filled"]
+    assert [t.payload["reason"] for t in slot.turns] == ["asked_slot", "asked_proof", "slot_filled"]
     assert "#W5976205" in (slot.last.reply or "") and slot.predicted == "track_order" and not slot.wrong
 
     assert refund.last.tier == "retrieval" and refund.last.citations == ("refunds",)

@@ -293,7 +293,7 @@ async def test_sigkill_mid_turn_another_process_takes_over_and_answers_each_mess
     r = redis.asyncio.Redis.from_url(redis_url)
     try:
         burst = {f"kill-{i}": order_question(oid) for i, oid in enumerate(ORDER_IDS[:24])}
-        on_a = await ChatSocket.open(http, a.url)
+        on_a = await ChatSocket.open(http, a.url, labels=True)
         for client_id, text in burst.items():  # the whole burst is on the wire at once
             await on_a.send(text, client_id)
         await read_until(on_a, lambda fs: any(f["type"] == "ack" for f in fs), 20, "first ack on A")
@@ -322,7 +322,7 @@ async def test_sigkill_mid_turn_another_process_takes_over_and_answers_each_mess
         # The customer comes back on B from the start and re-sends what A never acknowledged (as
         # the widget does). B must wait out A's lock, then answer everything exactly once.
         killed_at = time.monotonic()
-        on_b = await ChatSocket.open(http, b.url, on_a.session_id, last_seq=0)
+        on_b = await ChatSocket.open(http, b.url, on_a.session_id, last_seq=0, labels=True)
         resend = [cid for cid in burst if cid not in acked_on_a]
         for client_id in resend:
             await on_b.send(burst[client_id], client_id)
@@ -363,7 +363,7 @@ async def test_redis_outage_refuses_intake_and_recovers_by_itself(
         await asyncio.to_thread(server.start)
         await wait_status(server.url + "/readyz", 200, 5)
 
-        sock = await ChatSocket.open(http, server.url)
+        sock = await ChatSocket.open(http, server.url, labels=True)
         await sock.send(order_question(ORDER_IDS[0]), "outage-0")
         await read_until(sock, lambda fs: len(messages(fs, "outbound")) == 1, 20, "reply before outage")
 
@@ -418,7 +418,7 @@ async def test_a_message_whose_echo_redis_refuses_to_publish_is_acknowledged_and
     try:
         server = server_factory({"HELPLINE_REDIS_URL": own.url, **NO_RATE_LIMIT})  # sweep: 45 s
         await asyncio.to_thread(server.start)
-        sock = await ChatSocket.open(http, server.url)
+        sock = await ChatSocket.open(http, server.url, labels=True)
         admin = redis.asyncio.Redis.from_url(own.url)
         await admin.execute_command("ACL", "SETUSER", "default", "-publish")
         await admin.aclose()
@@ -558,8 +558,8 @@ async def test_fifty_concurrent_messages_through_two_processes_are_answered_one_
     b = server_factory({"HELPLINE_REDIS_URL": redis_url, **NO_RATE_LIMIT})
     await asyncio.to_thread(a.start)
     await asyncio.to_thread(b.start)
-    on_a = await ChatSocket.open(http, a.url)
-    on_b = await ChatSocket.open(http, b.url, on_a.session_id)
+    on_a = await ChatSocket.open(http, a.url, labels=True)
+    on_b = await ChatSocket.open(http, b.url, on_a.session_id, labels=True)
     sent = {f"c50-{i}": order_question(oid) for i, oid in enumerate(ORDER_IDS[:50])}
     await send_interleaved(on_a, on_b, sent)
     for sock, name, mine in ((on_a, "A", 25), (on_b, "B", 25)):
@@ -580,7 +580,7 @@ async def test_fifty_concurrent_messages_through_two_processes_are_answered_one_
     # Whatever the live stream showed, a client resuming from 0 on either process sees the whole
     # conversation once, each reply after its message and in message order.
     for server, name in ((a, "A"), (b, "B")):
-        again = await ChatSocket.open(http, server.url, on_a.session_id, last_seq=0)
+        again = await ChatSocket.open(http, server.url, on_a.session_id, last_seq=0, labels=True)
         await read_until(again, lambda fs: any(f["type"] == "synced" for f in fs), 20, f"resync on {name}")
         assert_replies_in_order(again.frames, 50, f"resumed on {name}")
         await again.close()
@@ -667,8 +667,8 @@ async def test_live_frames_published_out_of_order_by_two_processes_all_reach_ope
     try:
         await asyncio.to_thread(a.start)
         await asyncio.to_thread(b.start)
-        on_a = await ChatSocket.open(http, a.url)
-        on_b = await ChatSocket.open(http, b.url, on_a.session_id)
+        on_a = await ChatSocket.open(http, a.url, labels=True)
+        on_b = await ChatSocket.open(http, b.url, on_a.session_id, labels=True)
         await on_a.send(order_question(ORDER_IDS[0]), "slow-1")
         db = open_database(database_url)
         try:
@@ -708,8 +708,8 @@ async def test_same_client_message_id_on_two_processes_at_once_is_stored_and_ans
     b = server_factory({"HELPLINE_REDIS_URL": redis_url, **NO_RATE_LIMIT})
     await asyncio.to_thread(a.start)
     await asyncio.to_thread(b.start)
-    on_a = await ChatSocket.open(http, a.url)
-    on_b = await ChatSocket.open(http, b.url, on_a.session_id)
+    on_a = await ChatSocket.open(http, a.url, labels=True)
+    on_b = await ChatSocket.open(http, b.url, on_a.session_id, labels=True)
     rounds = {f"dup-{i}": order_question(oid) for i, oid in enumerate(ORDER_IDS[:5])}
     for client_id, text in rounds.items():
         await asyncio.gather(on_a.send(text, client_id), on_b.send(text, client_id))

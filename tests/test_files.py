@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from config.files import DataFileError, read_json_object, read_message_rows, read_objects, read_utf8
+from config.files import (
+    DataFileError,
+    read_json_object,
+    read_message_rows,
+    read_objects,
+    read_utf8,
+    scan_objects,
+)
 
 
 @pytest.mark.parametrize("suffix", ["csv", "jsonl"])
@@ -97,3 +104,34 @@ def test_read_json_object(tmp_path: Path) -> None:
 def _write(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
+
+
+def test_csv_with_an_unclosed_quote_is_refused_naming_the_line(tmp_path: Path) -> None:
+    # Without strict parsing the csv module reads lines 3-5 into one field: one message of three rows.
+    data = tmp_path / "rows.csv"
+    data.write_text('text,label\nok,a\n"hello, world,b\nsecond,c\nthird,d\n', encoding="utf-8")
+    with pytest.raises(DataFileError) as caught:
+        read_message_rows(data, "text", "label")
+    assert str(caught.value).startswith(
+        f"{data}: line 3: a quote opened in this row is never closed, so lines 3-5 (the rest of the file)"
+    )
+    header = tmp_path / "header.csv"
+    header.write_text('"text,label\nok,a\n', encoding="utf-8")
+    with pytest.raises(DataFileError, match=r"header.csv: line 1: the header row: a quote opened"):
+        read_message_rows(header, "text", "label")
+
+
+def test_csv_text_after_a_closing_quote_is_a_bad_row_and_the_rest_is_kept(tmp_path: Path) -> None:
+    data = tmp_path / "rows.csv"
+    data.write_text('text,label\n"x"y,a\nfine,b\n"say ""hi"" twice",c\n', encoding="utf-8")
+    rows, bad = read_message_rows(data, "text", "label")
+    assert [(row.line, row.text, row.label) for row in rows] == [(3, "fine", "b"), (4, 'say "hi" twice', "c")]
+    assert bad == ["line 2: ',' expected after '\"'"]
+
+
+def test_scan_objects_yields_every_bad_line(tmp_path: Path) -> None:
+    data = _write(tmp_path / "c.jsonl", b'{"id": 1}\n[1]\n\n{"id"\n{"id": 3}\n')
+    scanned = [(n, where, obj, why) for n, where, obj, why in scan_objects(data)]
+    assert [(n, obj) for n, _, obj, _ in scanned] == [(1, {"id": 1}), (2, None), (4, None), (5, {"id": 3})]
+    assert scanned[1][1:] == (f"{data}:2", None, "expected a JSON object, got list")
+    assert scanned[2][3].startswith("not valid JSON: Expecting ':' delimiter")

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 from shared_data import shared_data_dir  # tests/ is on sys.path (rootdir conftest)
 from sqlalchemy import select
 from test_knowledge import db, embedder  # noqa: F401  (fixtures)
@@ -288,7 +288,8 @@ def test_kb_ingest_command_accepts_a_file(tmp_path: Path, monkeypatch: pytest.Mo
     export = _jsonl(tmp_path / "export.jsonl", {"doc_id": "a", "title": "A", "text": "Alpha text."})
     result = CliRunner().invoke(cli, ["kb", "ingest", str(export)])
     assert result.exit_code == 0, result.output
-    assert "1 documents, 1 chunks" in result.output and "Restart running servers" in result.output
+    assert "1 documents, 1 chunks" in result.output
+    assert "Running servers pick up the new version within a few seconds." in result.output
     again = CliRunner().invoke(cli, ["kb", "ingest", str(export)])
     assert again.exit_code == 0 and "Unchanged: running servers already serve this version." in again.output
     bad = _jsonl(tmp_path / "bad.jsonl", {"doc_id": "a"})
@@ -299,6 +300,99 @@ def test_kb_ingest_command_accepts_a_file(tmp_path: Path, monkeypatch: pytest.Mo
     result = CliRunner().invoke(cli, ["kb", "ingest", str(latin1)])
     assert result.exit_code == 2, result.output
     assert f"{latin1}:4: not valid UTF-8 (byte 35: b'\\xe9')" in result.output
+
+
+def _kb_cli(*args: str, input: str | None = None) -> Result:
+    from helpline.cli import main as cli
+
+    return CliRunner().invoke(cli, ["kb", *args], input=input)
+
+
+@pytest.fixture
+def kb_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data dir of its own (SQLite) and a folder with two articles, ingested."""
+    monkeypatch.setenv("HELPLINE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.delenv("HELPLINE_DATABASE_URL", raising=False)
+    folder = tmp_path / "kb"
+    folder.mkdir()
+    (folder / "refunds.md").write_text("# Refunds\n\n## How long?\nRefunds take 5 days.\n", encoding="utf-8")
+    (folder / "returns.md").write_text("# Returns\n\n## How?\nUse the return label.\n", encoding="utf-8")
+    result = _kb_cli("ingest", str(folder))
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("add 2: refunds, returns\nknowledge base kb-")
+    return folder
+
+
+def _listed_ids(output: str) -> list[str]:
+    return [line.split()[0] for line in output.splitlines()[2:]]
+
+
+def test_kb_ingest_asks_before_removing_documents(kb_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import helpline.cli
+
+    smaller = kb_env.parent / "smaller"
+    smaller.mkdir()
+    (smaller / "refunds.md").write_text("# Refunds\n\n## How long?\nRefunds take 7 days.\n", encoding="utf-8")
+
+    refused = _kb_cli("ingest", str(smaller))  # CliRunner's stdin is not a terminal
+    assert refused.exit_code == 2
+    assert refused.output.splitlines()[:2] == ["update 1: refunds", "remove 1: returns"]
+    assert f"Error: 1 documents active now are not in {smaller} and would be removed; pass --replace" in refused.output
+    assert _listed_ids(_kb_cli("list").output) == ["refunds", "returns"]
+
+    monkeypatch.setattr(helpline.cli, "_stdin_is_interactive", lambda: True)
+    declined = _kb_cli("ingest", str(smaller), input="n\n")
+    assert declined.exit_code == 1 and "Remove 1 documents from the knowledge base? [y/N]: n" in declined.output
+    assert _listed_ids(_kb_cli("list").output) == ["refunds", "returns"]
+
+    confirmed = _kb_cli("ingest", str(smaller), input="y\n")
+    assert confirmed.exit_code == 0, confirmed.output
+    assert "Running servers pick up the new version within a few seconds." in confirmed.output
+    assert _listed_ids(_kb_cli("list").output) == ["refunds"]
+
+    replaced = _kb_cli("ingest", "--replace", str(kb_env))  # adds back: nothing to confirm anyway
+    assert replaced.exit_code == 0 and "add 1: returns" in replaced.output
+    (kb_env / "returns.md").unlink()
+    forced = _kb_cli("ingest", "--replace", str(kb_env))
+    assert forced.exit_code == 0 and "[y/N]" not in forced.output and "remove 1: returns" in forced.output
+
+
+def test_kb_add_remove_and_list(kb_env: Path) -> None:
+    listed = _kb_cli("list")
+    assert listed.exit_code == 0
+    version = listed.output.split()[2].rstrip(":")
+    assert listed.output.splitlines()[0] == f"knowledge base {version}: 2 documents, 2 chunks"
+    assert listed.output.splitlines()[1:] == [
+        "doc id   chunks  title", "refunds       1  Refunds", "returns       1  Returns",
+    ]
+
+    gift = kb_env.parent / "gift-cards.md"
+    gift.write_text("# Gift cards\n\n## Expiry\nGift cards never expire.\n\n## Cash\nNo cash back.\n",
+                    encoding="utf-8")
+    added = _kb_cli("add", str(gift))
+    assert added.exit_code == 0, added.output
+    assert added.output.splitlines() == [
+        "add 1: gift-cards", "keep 2 unchanged",
+        added.output.splitlines()[2],
+        "Running servers pick up the new version within a few seconds.",
+    ]
+    assert added.output.splitlines()[2].endswith(": 3 documents, 4 chunks (2 embedded, 2 reused)")
+    assert "gift-cards       2  Gift cards" in _kb_cli("list").output
+    assert _kb_cli("add", str(gift)).output.endswith("Unchanged: running servers already serve this version.\n")
+
+    unknown = _kb_cli("remove", "gift-cards", "nope")
+    assert unknown.exit_code == 2 and "Error: no such document in the knowledge base: 'nope'" in unknown.output
+    removed = _kb_cli("remove", "gift-cards")
+    assert removed.exit_code == 0 and removed.output.startswith("remove 1: gift-cards\nkeep 2 unchanged\n")
+    assert f"knowledge base {version}: 2 documents, 2 chunks (0 embedded, 2 reused)" in removed.output
+
+    notes = kb_env.parent / "notes.txt"
+    notes.write_text("# Notes\n", encoding="utf-8")
+    wrong = _kb_cli("add", str(notes))
+    assert wrong.exit_code == 2 and "notes.txt: an article is a Markdown file (.md), got '.txt'" in wrong.output
+    untitled = kb_env.parent / "untitled.md"
+    untitled.write_text("## No title\nText.\n", encoding="utf-8")
+    assert _kb_cli("add", str(untitled)).exit_code == 2
 
 
 # --- real data: tau-bench retail wiki and ABCD guidelines, with our golden questions ---------------

@@ -7,6 +7,7 @@ fresh schema that is dropped afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -22,9 +23,14 @@ from bot.embeddings import Embedder
 from bot.knowledge import (
     META_KEY,
     Chunk,
+    KbChange,
     KnowledgeBase,
+    UnknownDocumentError,
+    active_documents,
     chunk_article,
+    embedding_text,
     kb_version,
+    load_article,
     load_articles,
     split_sentences,
 )
@@ -387,3 +393,207 @@ async def test_query_embedding_shape_is_checked(db: Database, embedder: Embedder
     assert len(as_row) == 2
     with pytest.raises(ValueError, match="384"):
         await kb.search(np.zeros(10, dtype=np.float32), 2)
+
+
+# --- changing some documents, and servers picking up new versions ---------------------------------
+
+GIFT_CARDS = (
+    "# Gift cards\n\n## Do gift cards expire?\nNorthwind gift cards never expire.\n"
+    "\n## Can I return a gift card?\nGift cards cannot be returned or exchanged for cash.\n"
+)
+BATTERY_SECTION = "\n## Does the warranty cover batteries?\nBatteries are covered for 6 months from delivery.\n"
+
+
+class CountingEmbedder:
+    """The real embedder, recording every text it is asked to embed; ``model_id`` may be overridden
+    to stand for another model."""
+
+    def __init__(self, embedder: Embedder, model_id: str | None = None) -> None:
+        self.embedder = embedder
+        self.model_id = model_id or embedder.model_id
+        self.dim = embedder.dim
+        self.texts: list[str] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.texts.extend(texts)
+        return self.embedder.embed(texts)
+
+
+async def test_reingest_embeds_only_new_or_edited_passages(
+    db: Database, embedder: Embedder, kb_copy: Path
+) -> None:
+    counting = CountingEmbedder(embedder)
+    kb = KnowledgeBase(db, counting)  # type: ignore[arg-type]
+    await kb.ingest(kb_copy)
+    articles = load_articles(KB_DIR)
+    first = [embedding_text(c) for a in articles for c in chunk_article(*a)]
+    assert sorted(counting.texts) == sorted(set(first))
+
+    counting.texts.clear()
+    warranty = kb_copy / "warranty.md"
+    warranty.write_text(warranty.read_text(encoding="utf-8") + BATTERY_SECTION, encoding="utf-8")
+    (kb_copy / "gift-cards.md").write_text(GIFT_CARDS, encoding="utf-8")
+    version = await kb.ingest(kb_copy)
+
+    assert version == kb_version(load_articles(kb_copy), counting.model_id)
+    assert counting.texts == [
+        "Gift cards: Do gift cards expire?. Northwind gift cards never expire.",
+        "Gift cards: Can I return a gift card?. Gift cards cannot be returned or exchanged for cash.",
+        "Warranty: Does the warranty cover batteries?. Batteries are covered for 6 months from delivery.",
+    ]
+    assert kb.embedded_last == 3 and (kb.documents, kb.chunks) == (20, len(first) + 3)
+    # Reused vectors are the stored ones: a search scores them as freshly embedded chunks.
+    query = embedder.embed(["what does the warranty cover"])[0]
+    [best] = await kb.search(query, 1)
+    assert best.heading == "What does the warranty cover?"
+    fresh = embedder.embed([f"Warranty: {best.heading}. {best.text}"])[0]
+    assert best.score == pytest.approx(float(fresh @ query), abs=1e-5)
+
+
+async def test_vectors_of_another_model_are_not_reused(db: Database, embedder: Embedder) -> None:
+    await KnowledgeBase(db, embedder).ingest(KB_DIR)
+    other = CountingEmbedder(embedder, model_id="another-model@0000")
+    kb = KnowledgeBase(db, other)  # type: ignore[arg-type]
+    version = await kb.ingest(KB_DIR)
+    assert version == kb_version(load_articles(KB_DIR), "another-model@0000")
+    assert len(other.texts) == kb.chunks == sum(len(chunk_article(*a)) for a in load_articles(KB_DIR))
+
+
+async def test_add_and_remove_keep_the_other_documents_as_stored(
+    db: Database, embedder: Embedder, kb_copy: Path
+) -> None:
+    counting = CountingEmbedder(embedder)
+    kb = KnowledgeBase(db, counting)  # type: ignore[arg-type]
+    base = await kb.ingest(kb_copy)
+    ids = sorted(a[0] for a in load_articles(kb_copy))
+    counting.texts.clear()
+
+    (kb_copy / "gift-cards.md").write_text(GIFT_CARDS, encoding="utf-8")
+    warranty = kb_copy / "warranty.md"
+    warranty.write_text(warranty.read_text(encoding="utf-8") + BATTERY_SECTION, encoding="utf-8")
+    added = await kb.add_documents([load_article(kb_copy / "gift-cards.md"), load_article(warranty)])
+
+    assert added.change == KbChange(
+        added=("gift-cards",), changed=("warranty",), unchanged=tuple(i for i in ids if i != "warranty")
+    )
+    assert len(counting.texts) == 3  # the two gift-card sections and the new warranty section
+    # The version is a function of the documents alone: the same as ingesting that folder.
+    assert added.version == kb.version == kb_version(load_articles(kb_copy), counting.model_id)
+    version_id, stored = await active_documents(db)
+    assert version_id == added.version and [d.doc_id for d in stored] == sorted([*ids, "gift-cards"])
+    gift = next(d for d in stored if d.doc_id == "gift-cards")
+    assert (gift.title, gift.source, gift.chunks) == ("Gift cards", "gift-cards.md", 2)
+
+    again = await kb.add_documents([load_article(kb_copy / "gift-cards.md")])
+    assert again.version == added.version and again.change.empty and len(counting.texts) == 3
+
+    counting.texts.clear()
+    removed = await kb.remove_documents(["gift-cards"])
+    assert removed.change.removed == ("gift-cards",) and removed.change.added == removed.change.changed == ()
+    assert counting.texts == []
+    (kb_copy / "gift-cards.md").unlink()
+    assert removed.version == kb_version(load_articles(kb_copy), counting.model_id) != base
+    assert "gift-cards" not in kb.doc_ids and kb.documents == len(ids)
+    assert await row_counts(db) == {"documents": len(ids), "chunks": kb.chunks, "versions": 1}
+
+
+async def test_removing_unknown_or_all_documents_is_refused(db: Database, embedder: Embedder) -> None:
+    kb = KnowledgeBase(db, embedder)
+    version = await kb.ingest(KB_DIR)
+    with pytest.raises(UnknownDocumentError) as caught:
+        await kb.remove_documents(["refunds", "nope", "gone"])
+    assert caught.value.doc_ids == ["gone", "nope"]
+    assert str(caught.value).startswith("no such document in the knowledge base: 'gone', 'nope'")
+    with pytest.raises(ValueError, match="would leave the knowledge base empty"):
+        await kb.remove_documents(kb.doc_ids)
+    assert kb.version == version and kb.documents == len(load_articles(KB_DIR))
+
+
+async def test_a_write_planned_on_a_replaced_version_is_planned_again(
+    db: Database, embedder: Embedder, tmp_path: Path
+) -> None:
+    kb = KnowledgeBase(db, embedder)
+    await kb.ingest(KB_DIR)
+    other = KnowledgeBase(db, embedder)
+    (tmp_path / "gift-cards.md").write_text(GIFT_CARDS, encoding="utf-8")
+    (tmp_path / "pets.md").write_text("# Pets\n\n## Can I bring my dog?\nDogs are welcome in our stores.\n", encoding="utf-8")
+    read_stored = kb._read_stored
+    calls = 0
+
+    async def other_writes_meanwhile() -> object:
+        nonlocal calls
+        calls += 1
+        stored = await read_stored()
+        if calls == 1:  # another process adds an article after this one read the active version
+            await other.add_documents([load_article(tmp_path / "pets.md")])
+        return stored
+
+    kb._read_stored = other_writes_meanwhile  # type: ignore[method-assign]
+    update = await kb.add_documents([load_article(tmp_path / "gift-cards.md")])
+    assert calls == 2
+    assert {"gift-cards", "pets"} <= kb.doc_ids  # neither write is lost
+    assert update.change.added == ("gift-cards",) and "pets" in update.change.unchanged
+
+
+async def test_refresh_picks_up_a_version_another_process_wrote(
+    db: Database, embedder: Embedder, tmp_path: Path
+) -> None:
+    writer = KnowledgeBase(db, embedder)
+    server = KnowledgeBase(db, embedder)
+    await server.load()
+    assert await server.refresh() is False and server.version is None  # nothing ingested yet
+
+    old = await writer.ingest(KB_DIR)
+    assert await server.refresh() is True and server.version == old
+
+    loads = 0
+    load = server.load
+
+    async def counted_load() -> None:
+        nonlocal loads
+        loads += 1
+        await load()
+
+    server.load = counted_load  # type: ignore[method-assign]
+    assert await server.refresh() is False and loads == 0  # unchanged: only the pointer was read
+
+    question = "do your gift cards expire"
+    vector = embedder.embed([question])[0]
+    (tmp_path / "gift-cards.md").write_text(GIFT_CARDS, encoding="utf-8")
+    new = (await writer.add_documents([load_article(tmp_path / "gift-cards.md")])).version
+    [stale] = await server.search(vector, 1, query_text=question)
+    assert server.version == old and stale.doc_id != "gift-cards"  # until it refreshes
+
+    assert await server.refresh() is True and loads == 1
+    assert (server.version, server.documents) == (new, len(load_articles(KB_DIR)) + 1)
+    [best] = await server.search(vector, 1, query_text=question)
+    assert (best.doc_id, best.text) == ("gift-cards", "Northwind gift cards never expire.")
+
+    await writer.remove_documents(["gift-cards"])
+    assert await server.refresh() is True and "gift-cards" not in server.doc_ids
+    assert server.version == old  # the same documents give the same version again
+
+
+async def test_searches_during_a_reload_see_the_old_version_then_the_new(
+    db: Database, embedder: Embedder, tmp_path: Path
+) -> None:
+    writer = KnowledgeBase(db, embedder)
+    await writer.ingest(KB_DIR)
+    server = KnowledgeBase(db, embedder)
+    await server.load()
+    (tmp_path / "gift-cards.md").write_text(GIFT_CARDS, encoding="utf-8")
+    await writer.add_documents([load_article(tmp_path / "gift-cards.md")])
+
+    question = "can I return a gift card for cash"
+    vector = embedder.embed([question])[0]
+    reload = asyncio.create_task(server.refresh())
+    seen: list[tuple[str | None, str]] = []
+    while not reload.done():  # search on every turn of the loop while the reload awaits
+        [best] = await server.search(vector, 1, query_text=question)
+        seen.append((server.version, best.doc_id))
+        await asyncio.sleep(0)
+    assert await reload is True
+    [best] = await server.search(vector, 1, query_text=question)
+    assert best.doc_id == "gift-cards"
+    old_version = seen[0][0]
+    assert len(seen) > 1 and all(v == old_version and doc != "gift-cards" for v, doc in seen)

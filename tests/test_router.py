@@ -34,8 +34,9 @@ async def test_small_talk_is_deterministic(router, text: str, intent: str) -> No
 
 
 async def test_order_status_is_a_lookup_and_only_for_the_order_asked(router, demo_order) -> None:
-    decision = await router.route(f"where is my order {demo_order.order_id}?", CTX)
+    decision = await router.route(f"where is my order {demo_order.order_id}? my email is {demo_order.email}", CTX)
     assert decision.tier == "deterministic" and decision.intent == "track_order"
+    assert decision.verified_owner == demo_order.user_id
     assert demo_order.order_id in decision.reply
     assert demo_order.tracking_ids[0] in decision.reply
     assert decision.data["order_ids"] == [demo_order.order_id] or demo_order.order_id in str(decision.data)
@@ -50,8 +51,21 @@ async def test_order_status_asks_for_the_missing_slot_then_fills_it(router, demo
     fill = await router.route(
         demo_order.order_id, TurnContext(ticket_id=1, ticket_state="bot", pending=ask.pending)
     )
-    assert fill.tier == "deterministic" and fill.reason == "slot_filled" and fill.intent == "track_order"
-    assert demo_order.order_id in fill.reply and fill.pending is None
+    # The number alone is not proof of ownership: the bot asks for the email or postcode on it.
+    assert fill.tier == "deterministic" and fill.reason == "asked_proof" and fill.intent == "track_order"
+    assert fill.pending == {"intent": "track_order", "slot": "proof", "order_ids": [demo_order.order_id]}
+    assert demo_order.tracking_ids[0] not in fill.reply
+    proof = await router.route(
+        f"it's {demo_order.postcode}", TurnContext(ticket_id=1, ticket_state="bot", pending=fill.pending)
+    )
+    assert proof.reason == "slot_filled" and proof.pending is None and proof.verified_owner == demo_order.user_id
+    assert demo_order.tracking_ids[0] in proof.reply
+    # Later in the conversation, the ticket's verified owner needs no proof for their orders.
+    later = await router.route(
+        f"and where is {demo_order.order_id} now?",
+        TurnContext(ticket_id=1, ticket_state="bot", verified_owner=demo_order.user_id),
+    )
+    assert later.reason == "answered" and demo_order.tracking_ids[0] in later.reply
 
 
 @pytest.mark.parametrize(
@@ -117,8 +131,12 @@ async def test_invisible_only_text_is_treated_as_empty(router) -> None:
 
 
 async def test_order_lookups_are_capped_per_message(router) -> None:
-    ids = [o.order_id for o in list(router.orders._orders.values())[:6]]
-    decision = await router.route("status of orders " + " ".join(ids), CTX)
+    first = list(router.orders._orders.values())[0]
+    ids = [o.order_id for o in router.orders._orders.values() if o.user_id == first.user_id][:6]
+    assert len(ids) >= 4
+    decision = await router.route(
+        "status of orders " + " ".join(ids), TurnContext(ticket_id=1, ticket_state="bot", verified_owner=first.user_id)
+    )
     assert decision.tier == "deterministic"
     assert all(i in decision.reply for i in ids[:3])
     assert not any(i in decision.reply for i in ids[3:])
@@ -141,7 +159,8 @@ async def test_a_message_far_from_every_training_example_goes_to_a_person(router
         # A value the bot asked for is not judged by its distance to the training data.
         filled = await router.route(
             demo_order.order_id,
-            TurnContext(ticket_id=1, ticket_state="bot", pending={"intent": "track_order", "slot": "order_id"}),
+            TurnContext(ticket_id=1, ticket_state="bot", pending={"intent": "track_order", "slot": "order_id"},
+                        verified_owner=demo_order.user_id),
         )
         assert filled.reason == "slot_filled"
     finally:

@@ -20,8 +20,8 @@ async def test_reply_produced_on_b_reaches_the_socket_on_a_exactly_once(
     await asyncio.to_thread(b.start)
     assert a.health()["hot_state"] == b.health()["hot_state"] == "redis"
 
-    on_a = await ChatSocket.open(http, a.url)
-    on_b = await ChatSocket.open(http, b.url, on_a.session_id)  # the same customer, another tab
+    on_a = await ChatSocket.open(http, a.url, labels=True)
+    on_b = await ChatSocket.open(http, b.url, on_a.session_id, labels=True)  # the same customer, another tab
     for i, text in enumerate(["hi", "what payment methods do you accept?", "thanks!"]):
         await on_b.send(text, f"x-{i}")
         reply = await on_a.bot_reply()
@@ -83,7 +83,7 @@ async def test_runtime_kill_switch_is_shared_by_all_processes(
     try:
         assert "disabled (shared switch)" in cli("disabled")
         for server in (a, b):
-            chat = await ChatSocket.open(http, server.url)
+            chat = await ChatSocket.open(http, server.url, labels=True)
             await chat.send("where is my order #W5976205?", "ks-1")
             reply = await chat.bot_reply()
             assert reply["meta"]["tier"] == "human" and reply["meta"]["escalated"] is True
@@ -91,7 +91,7 @@ async def test_runtime_kill_switch_is_shared_by_all_processes(
             await chat.close()
     finally:
         assert "enabled (AGENT_MODE of each process" in cli("default")
-    chat = await ChatSocket.open(http, b.url)
+    chat = await ChatSocket.open(http, b.url, labels=True)
     await chat.send("hi", "ks-2")
     assert (await chat.bot_reply())["meta"]["tier"] == "deterministic"
     await chat.close()

@@ -276,6 +276,8 @@ BAD_FILES = [
     ("missing-column.csv", b"text,intent\nwhere is my order,track_order\n",
      "no label column 'label'; available columns: text, intent"),
     ("empty-text.csv", (_GOOD_CSV + '"   ",get_refund\n').encode(), "line 3: empty 'text'"),
+    ("unclosed-quote.csv", (_GOOD_CSV + '"refund me, please,get_refund\nrefund now,get_refund\n').encode(),
+     "line 3: a quote opened in this row is never closed, so lines 3-4"),
     ("empty-label.csv", (_GOOD_CSV + "refund me,track_order\nrefund please,\n").encode(),
      "line 4: field 'label' is missing or empty"),
     ("bad-encoding.csv", _GOOD_CSV.encode() + "caf\u00e9 order,track_order\n".encode("latin-1"),

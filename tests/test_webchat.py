@@ -16,7 +16,7 @@ def _messages(frames: list[dict]) -> list[dict]:
 
 
 async def test_chat_roundtrip(server_url: str, http: aiohttp.ClientSession) -> None:
-    chat = await ChatSocket.open(http, server_url)
+    chat = await ChatSocket.open(http, server_url, labels=True)
     assert chat.welcome["ticket_id"] is None and len(chat.session_id) >= 16
     await chat.send("Hello there!", "c-1")
     ack = await chat.until(lambda f: f["type"] == "ack")
@@ -42,7 +42,7 @@ async def test_chat_roundtrip(server_url: str, http: aiohttp.ClientSession) -> N
 
 
 async def test_reconnect_delivers_missed_messages_exactly_once(server_url: str, http: aiohttp.ClientSession) -> None:
-    chat = await ChatSocket.open(http, server_url)
+    chat = await ChatSocket.open(http, server_url, labels=True)
     await chat.send("hi", "m-1")
     first_reply = await chat.bot_reply()
     await chat.send("what payment methods do you accept?", "m-2")
@@ -84,7 +84,7 @@ async def test_duplicate_client_message_id_is_stored_once(server_url: str, http:
 
 
 async def test_bad_frames_get_clear_errors_and_the_socket_survives(server_url: str, http: aiohttp.ClientSession) -> None:
-    chat = await ChatSocket.open(http, server_url)
+    chat = await ChatSocket.open(http, server_url, labels=True)
     await chat.ws.send_str("{not json")
     err = await chat.until(lambda f: f["type"] == "error")
     assert err["code"] == "bad_frame" and "not JSON" in err["message"]
@@ -120,19 +120,35 @@ async def test_a_binary_hello_gets_an_error_before_the_close(server_url: str, ht
     assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING)
 
 
-@pytest.mark.parametrize("text,code", [("   ", "empty_message"), ("x" * 4001, "message_too_long")])
-async def test_guard_replies_and_still_stores(server_url: str, http: aiohttp.ClientSession, text: str, code: str) -> None:
-    chat = await ChatSocket.open(http, server_url)
-    await chat.send(text, "g-1")
+async def test_an_empty_message_gets_the_guard_reply_and_is_stored(server_url: str, http: aiohttp.ClientSession) -> None:
+    chat = await ChatSocket.open(http, server_url, labels=True)
+    await chat.send("   ", "g-1")
     ack = await chat.until(lambda f: f["type"] == "ack")
     reply = await chat.bot_reply()
-    assert reply["meta"]["tier"] == "guard"
-    if code == "message_too_long":
-        assert "4,001 characters" in reply["text"] and "4,000" in reply["text"]
+    assert reply["meta"]["tier"] == "guard" and reply["meta"]["intent"] is None
     await chat.close()
     back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=0)
     stored = [f for f in _messages(await back.drain()) if f["direction"] == "inbound"]
-    assert [(f["seq"], f["text"]) for f in stored] == [(ack["seq"], text)]  # the full text was kept
+    assert [(f["seq"], f["text"]) for f in stored] == [(ack["seq"], "   ")]
+    await back.close()
+
+
+async def test_a_long_message_is_routed_on_its_start_and_kept_up_to_the_storage_cap(
+    server_factory, http: aiohttp.ClientSession
+) -> None:
+    server = server_factory({"HELPLINE_MAX_STORED_CHARS": "6000"})
+    server.start()
+    text = "how long does a refund take? " + "x" * 9000
+    chat = await ChatSocket.open(http, server.url, labels=True)
+    await chat.send(text, "g-1")
+    ack = await chat.until(lambda f: f["type"] == "ack")
+    reply = await chat.bot_reply()
+    assert reply["meta"]["tier"] != "guard"
+    assert "is 9,029 characters long; I read the first 4,000" in reply["text"]
+    await chat.close()
+    back = await ChatSocket.open(http, server.url, chat.session_id, last_seq=0)
+    stored = [f for f in _messages(await back.drain()) if f["direction"] == "inbound"]
+    assert [(f["seq"], f["text"]) for f in stored] == [(ack["seq"], text[:6000])]  # cut at the cap
     await back.close()
 
 
@@ -202,7 +218,7 @@ async def test_backlog_ends_with_synced_frame(server_url: str, http: aiohttp.Cli
 
 
 async def test_text_that_is_not_valid_unicode_gets_a_clear_error(server_url: str, http: aiohttp.ClientSession) -> None:
-    chat = await ChatSocket.open(http, server_url)
+    chat = await ChatSocket.open(http, server_url, labels=True)
     # json.dumps writes the lone surrogate as an ASCII escape; the server decodes it back.
     await chat.ws.send_str(json.dumps({"type": "message", "text": "caf\udce9 order?", "client_message_id": "enc-1"}))
     err = await chat.until(lambda f: f["type"] == "error")
@@ -219,19 +235,29 @@ async def test_text_that_is_not_valid_unicode_gets_a_clear_error(server_url: str
     await back.close()
 
 
-async def test_a_client_that_remembers_more_than_the_server_still_gets_its_messages(
-    server_url: str, http: aiohttp.ClientSession
-) -> None:
-    # E.g. the database was restored from a backup while the browser kept its last seq.
+async def test_a_client_ahead_of_the_server_is_resynchronised(server_url: str, http: aiohttp.ClientSession) -> None:
+    # E.g. the database was restored from a backup while the browser kept its last seq (50): the
+    # replies made since (seq 1-4 here) must reach it, and it must drop what it showed before.
     chat = await ChatSocket.open(http, server_url, last_seq=50)
+    assert (chat.welcome["resync"], chat.welcome["last_seq"]) == (True, 0)
     await chat.send("hi", "ahead-1")
     reply = await chat.bot_reply()
     assert reply["seq"] == 2
+    await chat.send("what payment methods do you accept?", "ahead-2")
+    second = await chat.bot_reply()
     await chat.close()
     back = await ChatSocket.open(http, server_url, chat.session_id, last_seq=50)
+    assert (back.welcome["resync"], back.welcome["last_seq"]) == (True, 4)
     frames = await back.drain()
-    assert frames[-1] == {"type": "synced", "last_seq": 2}
+    assert [(f["seq"], f["text"]) for f in _messages(frames)] == [
+        (1, "hi"), (2, reply["text"]), (3, "what payment methods do you accept?"), (4, second["text"]),
+    ]
+    assert frames[-1] == {"type": "synced", "last_seq": 4}
+    # A client that is not ahead is not resynchronised.
+    level = await ChatSocket.open(http, server_url, chat.session_id, last_seq=4)
+    assert level.welcome["resync"] is False and _messages(await level.drain()) == []
     await back.close()
+    await level.close()
     ws = await http.ws_connect(server_url + "/ws/chat")
     await ws.send_json({"type": "hello", "session_id": None, "last_seq": 2**63})
     err = await ws.receive_json(timeout=10)

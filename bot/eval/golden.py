@@ -13,7 +13,7 @@ One case per line, a JSON object with these fields:
 - ``note`` (string, optional): free text for the person maintaining the set; ignored.
 
 Blank lines are skipped. Any other field is an error (a misspelt ``relevent_docs`` must not be
-silently ignored). Must not: run models or know about the router.
+silently ignored). Every line is checked before the file is refused, so one run lists all bad lines. Must not: run models or know about the router.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from config.files import read_objects
+from config.files import scan_objects
 
 OUT_OF_SCOPE = "out_of_scope"
 """The expected intent of a case the bot must not answer as if it were support for the shop."""
@@ -34,7 +34,12 @@ _INTENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 class GoldenError(ValueError):
-    """A golden file is invalid. The message names the file, the line and the field."""
+    """A golden file is invalid. The message names the file, the line and the field; ``problems``
+    lists every bad line found (``"file:line: field 'name': why"``), or just the message."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = list(problems) if problems is not None else [message]
 
 
 @dataclass(frozen=True)
@@ -156,29 +161,38 @@ def parse_case(obj: Any, where: str) -> GoldenCase:
     )
 
 
+MAX_SHOWN_PROBLEMS = 20
+"""Bad lines listed in a :class:`GoldenError`; the rest are counted."""
+
+
 def load_golden(path: Path, known_intents: Collection[str] | None = None) -> GoldenSet:
-    """Read and validate a golden JSONL file.
+    """Read and validate a golden JSONL file, checking every line before giving up.
 
     Args:
         path: the file (UTF-8, one JSON object per line).
         known_intents: the configured intent names; expected intents outside it are collected in
             ``GoldenSet.unknown_intents`` (a warning, not an error). None: not checked.
     Raises:
-        GoldenError: bad JSON, a bad field (see :func:`parse_case`), a duplicate id, or no cases;
-            the message names the file, the line and the field.
+        GoldenError: bad JSON, a bad field (see :func:`parse_case`), a duplicate id, or no cases.
+            ``problems`` holds every bad line as ``"file:line: field 'name': why"`` in file order;
+            the message is that line alone when there is one, else a count followed by the first
+            :data:`MAX_SHOWN_PROBLEMS` lines and how many more there are. A file that is not UTF-8
+            stops at the first bad byte.
         FileNotFoundError: the file does not exist.
     """
     path = Path(path)
     cases: list[GoldenCase] = []
+    problems: list[str] = []
     seen: dict[str, int] = {}
-    for number, where, obj in read_objects(path, GoldenError):
-        case = parse_case(obj, where)
-        if case.id in seen:
-            raise GoldenError(
-                f"{where}: field 'id': duplicate id {case.id!r} (first on line {seen[case.id]})"
-            )
+    for number, where, obj, why in scan_objects(path, GoldenError):
+        case = _case_or_problem(obj, where, why, seen)
+        if isinstance(case, str):
+            problems.append(case)
+            continue
         seen[case.id] = number
         cases.append(replace(case, line=number))
+    if problems:
+        raise GoldenError(_problem_message(path, problems), problems)
     if not cases:
         raise GoldenError(f"{path}: no cases (expected one JSON object per line)")
     unknown: dict[str, list[str]] = {}
@@ -188,3 +202,30 @@ def load_golden(path: Path, known_intents: Collection[str] | None = None) -> Gol
             if case.intent not in known:
                 unknown.setdefault(case.intent, []).append(case.id)
     return GoldenSet(path=path, cases=tuple(cases), unknown_intents=unknown)
+
+
+def _case_or_problem(
+    obj: dict[str, Any] | None, where: str, why: str, seen: dict[str, int]
+) -> GoldenCase | str:
+    """The case of one scanned line, or what is wrong with it (``seen``: id -> line of the cases
+    accepted so far)."""
+    if obj is None:
+        return f"{where}: {why}"
+    try:
+        case = parse_case(obj, where)
+    except GoldenError as exc:
+        return str(exc)
+    if case.id in seen:
+        return f"{where}: field 'id': duplicate id {case.id!r} (first on line {seen[case.id]})"
+    return case
+
+
+def _problem_message(path: Path, problems: list[str]) -> str:
+    if len(problems) == 1:
+        return problems[0]
+    shown = problems[:MAX_SHOWN_PROBLEMS]
+    more = len(problems) - len(shown)
+    lines = [f"{path}: {len(problems)} bad lines:", *(f"  {p}" for p in shown)]
+    if more:
+        lines.append(f"  ... and {more} more")
+    return "\n".join(lines)
