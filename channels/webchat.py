@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -326,12 +327,23 @@ class WebChatChannel:
             return
         with contextlib.ExitStack() as subscriptions:
             pumps: list[asyncio.Task[None]] = []
+            followed: set[int] = set()
 
             def follow(customer: int) -> None:
-                # Live frames of the customer reach this socket from now on.
+                # Live frames of the customer reach this socket from now on (once per customer).
+                if customer in followed:
+                    return
+                followed.add(customer)
                 live = subscriptions.enter_context(self.delivery.subscribe(customer))
                 pumps.append(asyncio.create_task(self._pump(conn, live, customer)))
 
+            if customer_id is None:
+                # No customer yet: another tab or process may create it with the first message.
+                # Listen for that announcement before looking again, so it cannot slip past.
+                announced = subscriptions.enter_context(self.delivery.subscribe(_session_key(channel, session_id)))
+                customer_id = await find_customer_id(self.conversations.db, channel, session_id)
+                if customer_id is None:
+                    pumps.append(asyncio.create_task(self._await_customer(conn, announced, follow)))
             ticket_id = ticket_state = None
             server_seq = 0
             if customer_id is not None:
@@ -357,6 +369,18 @@ class WebChatChannel:
                 for task in pumps:
                     task.cancel()
                 await asyncio.gather(*pumps, return_exceptions=True)
+
+    async def _await_customer(
+        self, conn: _Connection, announced: asyncio.Queue[Frame], follow: Callable[[int], None]
+    ) -> None:
+        # Another socket of this session stored the first message: follow that customer and send
+        # what this socket has not seen (the gap fill reads it from the database).
+        while True:
+            frame = await announced.get()
+            if frame.get("type") == "customer" and isinstance(frame.get("customer_id"), int):
+                follow(frame["customer_id"])
+                await self._send_backlog(conn, frame["customer_id"], conn.sent_seq)
+                return
 
     async def _send_backlog(self, conn: _Connection, customer_id: int, after: int) -> None:
         while True:
@@ -430,6 +454,9 @@ class WebChatChannel:
                     # here this socket receives the customer's frames.
                     customer_id = await self.conversations.customer_id(channel, session_id)
                     follow(customer_id)
+                    await self.delivery.publish(
+                        _session_key(channel, session_id), {"type": "customer", "customer_id": customer_id}
+                    )
                 accepted = await self.conversations.receive(
                     Inbound(channel=channel, address=session_id, text=text, provider_message_id=client_id,
                             origin=address),
@@ -464,6 +491,13 @@ class WebChatChannel:
             if accepted.duplicate:
                 # A re-send after a reconnect: the original is stored; make sure this socket has it.
                 await self._deliver(conn, customer_id, message_frame(accepted.message))
+
+
+def _session_key(channel: str, session_id: str) -> int:
+    """The delivery key on which sockets of a session with no customer yet hear that the customer
+    now exists: negative, so it never names a customer (customer ids are positive)."""
+    digest = hashlib.sha256(f"{channel}:{session_id}".encode()).digest()
+    return -(int.from_bytes(digest[:7], "big") + 1)
 
 
 def _secret(value: Any) -> str | None:

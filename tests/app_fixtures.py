@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -237,3 +239,66 @@ class ChatSocket:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as session:
         yield session
+
+
+class OwnRedis:
+    """A redis-server of one test: daemonized, stopped and restarted on the same port by PID."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.binary = binary
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.pidfile = workdir / "redis.pid"
+        self.pid: int | None = None
+
+    def start(self) -> None:
+        self.pidfile.unlink(missing_ok=True)
+        subprocess.run(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--daemonize", "yes", "--dir", str(self.workdir),
+             "--pidfile", str(self.pidfile), "--logfile", str(self.workdir / "redis.log")],
+            check=True, timeout=10,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.pid is None and self.pidfile.is_file() and self.pidfile.read_text().strip():
+                self.pid = int(self.pidfile.read_text())
+            if self.pid is not None and self._pong():
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), 0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16) == b"+PONG\r\n"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM the server by PID and wait until it is gone (it is not our child: a zombie
+        left for init counts as gone) and its port refuses connections."""
+        pid, self.pid = self.pid, None
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                state = "gone"
+            if state in ("gone", "Z", "X") and not self._pong():
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)

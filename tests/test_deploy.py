@@ -102,8 +102,10 @@ async def _closed_within(chat: ChatSocket, seconds: float) -> bool:
 async def test_the_example_proxy_spreads_sockets_and_survives_a_killed_process(
     server_factory, redis_url: str, start_proxy, http: aiohttp.ClientSession, database_url: str
 ) -> None:
-    a = server_factory({"HELPLINE_REDIS_URL": redis_url})
-    b = server_factory({"HELPLINE_REDIS_URL": redis_url})
+    # As deploy/README.md says: the processes trust the proxy's X-Forwarded-For (and only its).
+    behind_proxy = {"HELPLINE_REDIS_URL": redis_url, "HELPLINE_TRUSTED_PROXIES": "127.0.0.1"}
+    a = server_factory(behind_proxy)
+    b = server_factory(behind_proxy)
     # Started together on a new database: one migrates and ingests, the other waits or finds it done.
     await asyncio.gather(asyncio.to_thread(a.start), asyncio.to_thread(b.start))
     kb = a.health()["knowledge_base"]

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import socket
@@ -41,7 +40,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio
-from app_fixtures import REPO, ChatSocket, free_port
+from app_fixtures import REPO, ChatSocket, OwnRedis, free_port
 from sqlalchemy import select
 
 from state.db import open_database
@@ -214,72 +213,6 @@ def assert_replies_in_order(frames: list[dict[str, Any]], n: int, where: str) ->
     answered = [named_order(f["text"]) for f in outbound]
     assert answered == asked, f"{where}: replies not in message order:\n{asked}\n{answered}"
     assert all(not f["meta"]["escalated"] for f in outbound)
-
-
-class OwnRedis:
-    """A redis-server of one test: daemonized, stopped and restarted on the same port by PID."""
-
-    def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (apt-get install redis-server)")
-        self.binary = binary
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.pidfile = workdir / "redis.pid"
-        self.pid: int | None = None
-
-    def start(self) -> None:
-        self.pidfile.unlink(missing_ok=True)
-        subprocess.run(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "yes", "--dir", str(self.workdir),
-             "--pidfile", str(self.pidfile), "--logfile", str(self.workdir / "redis.log")],
-            check=True, timeout=10,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if self.pid is None and self.pidfile.is_file() and self.pidfile.read_text().strip():
-                self.pid = int(self.pidfile.read_text())
-            if self.pid is not None and self._pong():
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"redis-server did not answer on port {self.port}")
-
-    def _pong(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), 0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(16) == b"+PONG\r\n"
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        """SIGTERM the server by PID and wait until it is gone (it is not our child: a zombie
-        left for init counts as gone) and its port refuses connections."""
-        pid, self.pid = self.pid, None
-        if pid is None:
-            return
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][:1]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                state = "gone"
-            if state in ("gone", "Z", "X") and not self._pong():
-                return
-            time.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-
-
-# --- 1. SIGKILL mid-turn ---------------------------------------------------------------------------
 
 
 @pytest.mark.timeout(120)

@@ -29,7 +29,7 @@ from app_fixtures import ChatSocket
 from sqlalchemy import func, select
 
 from state.db import open_database
-from state.models import Customer, CustomerIdentity
+from state.models import Customer
 
 DEMO_ORDERS: dict[str, Any] = json.loads(
     (__import__("pathlib").Path(__file__).resolve().parents[1] / "config" / "orders.json").read_text()

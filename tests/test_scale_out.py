@@ -47,7 +47,7 @@ async def test_readyz_reports_the_hot_state(server_factory, redis_url: str) -> N
     with urllib.request.urlopen(server.url + "/readyz", timeout=5) as resp:
         body = json.loads(resp.read())
     assert resp.status == 200 and body["ready"] is True and body["hot_state"] == "redis"
-    assert body["reason"].startswith("redis: PING")
+    assert body["detail"].startswith("redis: PING")  # details: this test calls from the same machine
 
 
 def test_server_refuses_to_start_when_redis_is_unreachable(server_factory) -> None:
@@ -57,55 +57,3 @@ def test_server_refuses_to_start_when_redis_is_unreachable(server_factory) -> No
     with pytest.raises(RuntimeError) as err:
         server.start(timeout=60)
     assert "cannot reach Redis at redis://127.0.0.1:" in str(err.value)
-
-
-async def test_runtime_kill_switch_is_shared_by_all_processes(
-    server_factory, redis_url: str, http: aiohttp.ClientSession
-) -> None:
-    import subprocess
-    import sys
-
-    from app_fixtures import REPO
-
-    namespace_env = {"HELPLINE_REDIS_URL": redis_url}
-    a = server_factory(namespace_env)
-    b = server_factory(namespace_env)
-    await asyncio.to_thread(a.start)
-    await asyncio.to_thread(b.start)
-    env = {**a.env}
-
-    def cli(*args: str) -> str:
-        done = subprocess.run([sys.executable, "-m", "helpline.cli", "agent-mode", *args],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    try:
-        assert "disabled (shared switch)" in cli("disabled")
-        for server in (a, b):
-            chat = await ChatSocket.open(http, server.url, labels=True)
-            await chat.send("where is my order #W5976205?", "ks-1")
-            reply = await chat.bot_reply()
-            assert reply["meta"]["tier"] == "human" and reply["meta"]["escalated"] is True
-            assert reply["text"].startswith("Thanks for your message. Our assistant is switched off")
-            await chat.close()
-    finally:
-        assert "enabled (AGENT_MODE of each process" in cli("default")
-    chat = await ChatSocket.open(http, b.url, labels=True)
-    await chat.send("hi", "ks-2")
-    assert (await chat.bot_reply())["meta"]["tier"] == "deterministic"
-    await chat.close()
-
-
-def test_agent_mode_command_explains_it_needs_redis(tmp_path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    from app_fixtures import REPO
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HELPLINE_")}
-    done = subprocess.run([sys.executable, "-m", "helpline.cli", "agent-mode", "disabled"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 1
-    assert "set HELPLINE_REDIS_URL" in done.stderr and "AGENT_MODE=disabled" in done.stderr

@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import aiohttp
-import pytest
 from app_fixtures import ChatSocket
 
 

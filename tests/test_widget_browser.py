@@ -323,3 +323,63 @@ async def test_agent_replies_look_different_and_server_errors_show_inline(
     assert await notice.text_content() == "Please slow down."
     assert await notice.get_attribute("role") == "alert"
     await context.close()
+
+
+async def _set_stored(page: Any, update: str) -> None:
+    """Edit the widget's localStorage record with a JS expression over ``s`` (the parsed state)."""
+    await page.evaluate(
+        "update => { for (let i = 0; i < localStorage.length; i++) { const k = localStorage.key(i);"
+        " if (k.startsWith('helpline:')) { const s = JSON.parse(localStorage.getItem(k));"
+        " (new Function('s', update))(s); localStorage.setItem(k, JSON.stringify(s)); } } }",
+        update,
+    )
+
+
+async def test_a_session_id_the_server_never_issued_is_replaced_by_a_new_session(browser: Any, server_url: str) -> None:
+    page = await new_page(browser, server_url)
+    await send(page, "hello")
+    await wait_replies(page, 1)
+    await _set_stored(page, "s.session_id = 'a-session-id-i-made-up-myself'")
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    state = await stored_state(page)
+    assert state["session_id"] != "a-session-id-i-made-up-myself" and len(state["session_id"]) > 40
+    await send(page, "What is your return policy?")
+    await wait_replies(page, 1)
+    rows = await settles_to_server(page, server_url)
+    assert [text for _, text in rows][0] == "What is your return policy?"
+    assert page.js_errors == []
+
+
+async def test_a_widget_ahead_of_the_server_shows_the_servers_transcript(browser: Any, server_url: str) -> None:
+    """E.g. the database was restored from a backup: the widget remembers seq 40 and old bubbles."""
+    page = await new_page(browser, server_url)
+    await send(page, "hello")
+    await wait_replies(page, 1)
+    await settles_to_server(page, server_url)
+    await _set_stored(page, "s.last_seq = 40; s.messages.push({seq: 40, direction: 'outbound', author: 'bot', "
+                            "text: 'an answer the server no longer has', created_at: null, client_message_id: null})")
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    rows = await settles_to_server(page, server_url)
+    assert "an answer the server no longer has" not in [text for _, text in rows]
+    await send(page, "Which payment methods do you accept?")
+    await wait_replies(page, 2)
+    rows = await settles_to_server(page, server_url)
+    assert [text for _, text in rows][-2] == "Which payment methods do you accept?"
+    assert page.js_errors == []
+
+
+async def test_a_socket_closed_for_inactivity_waits_for_the_customer(browser: Any, server_factory) -> None:
+    server = server_factory({"HELPLINE_CHAT_IDLE_TIMEOUT_S": "2"})
+    server.start()
+    page = await new_page(browser, server.url)
+    await send(page, "hello")
+    await wait_replies(page, 1)
+    await page.locator(".hl-status[data-state=paused]").wait_for()
+    await page.wait_for_timeout(1500)
+    assert await page.locator(".hl-status").get_attribute("data-state") == "paused"  # no reconnect loop
+    await send(page, "Which payment methods do you accept?")
+    await wait_replies(page, 2)
+    await settles_to_server(page, server.url)
+    assert page.js_errors == []

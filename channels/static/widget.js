@@ -48,6 +48,7 @@
   var PONG_TIMEOUT_MS = 10000;
   var BACKOFF_BASE_MS = 500;
   var BACKOFF_MAX_MS = 30000;
+  var IDLE_CLOSE = 4000; // the server closed an idle socket: reconnect when the customer is back
   var AUTHOR_LABELS = { bot: "Assistant", agent: "Support agent", system: "", customer: "You" };
 
   // ---------------------------------------------------------------- persisted state
@@ -316,6 +317,7 @@
   var pingTimer = null;
   var pongTimer = null;
   var inFlight = [];            // client_message_ids sent on this socket and not yet acked
+  var paused = false;           // closed for inactivity; reconnect on the next interaction
 
   function send(frame) {
     if (ws && ws.readyState === WebSocket.OPEN) {
@@ -372,8 +374,10 @@
     schedulePing(); // any frame proves the socket alive
     switch (frame.type) {
       case "welcome":
-        if (frame.session_id !== state.session_id) {
-          // New session (first visit, or the server no longer knows ours): start clean.
+        if (frame.session_id !== state.session_id || frame.resync) {
+          // New session (first visit, or the server no longer knows ours), or the server has
+          // fewer messages than we remember (e.g. a restored database): show what the server
+          // sends from here on instead of what we had.
           var outbox = state.outbox;
           state = emptyState();
           state.session_id = frame.session_id;
@@ -413,6 +417,15 @@
         break;
       case "error":
         var text = frame.message || "Something went wrong.";
+        if (frame.code === "bad_session") {
+          // The server did not issue our session id (or no longer accepts it): ask for a new
+          // one at once; unsent messages stay queued for it.
+          state.session_id = null;
+          state.last_seq = 0;
+          saveState();
+          attempt = 0;
+          break;
+        }
         if (frame.code === "unavailable") {
           // Not stored, but nothing wrong with the message: keep it queued and reconnect (with
           // backoff); the outbox is sent again on connect.
@@ -453,7 +466,7 @@
       try { frame = JSON.parse(event.data); } catch (e) { return; }
       if (frame && typeof frame === "object") onFrame(frame);
     };
-    socket.onclose = function () {
+    socket.onclose = function (event) {
       if (ws !== socket) return;
       ws = null;
       ready = false;
@@ -461,8 +474,21 @@
       typing.hidden = true;
       clearTimeout(pingTimer);
       clearTimeout(pongTimer);
+      if (event.code === IDLE_CLOSE) {
+        // Closed for inactivity: stay disconnected until the customer comes back.
+        paused = true;
+        setStatus("paused", "Paused. Type a message to continue.");
+        return;
+      }
       scheduleReconnect();
     };
+  }
+
+  function resume() {
+    if (!paused) return;
+    paused = false;
+    attempt = 0;
+    connect();
   }
 
   function scheduleReconnect() {
@@ -479,7 +505,10 @@
     retryTimer = setTimeout(connect, delay);
   }
 
-  window.addEventListener("online", function () { attempt = 0; connect(); });
+  window.addEventListener("online", function () { attempt = 0; if (!paused) connect(); });
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") resume();
+  });
   window.addEventListener("offline", function () {
     if (ws) ws.close(); // a socket on a dead network may look open for minutes
   });
@@ -517,6 +546,7 @@
     input.value = "";
     autosize();
     flushOutbox();
+    paused = false;
     if (!ready && !ws) connect();
   }
 
@@ -556,6 +586,7 @@
     }
   });
   input.addEventListener("input", autosize);
+  input.addEventListener("focus", resume);
   launcher.addEventListener("click", function () { if (panel.hidden) open(); else close(); });
   closeBtn.addEventListener("click", close);
   panel.addEventListener("keydown", function (event) {
