@@ -102,6 +102,7 @@ class Embedder:
         # Use Embedder.load(); this constructor trusts its arguments.
         self._session = session
         self._tokenizer = tokenizer
+        self._tokenizers: dict[int, object] = {MAX_TOKENS: tokenizer}
         self.model_id = model_id
         self.calls = 0
         self._lock = threading.Lock()
@@ -140,12 +141,13 @@ class Embedder:
         )
         return cls(session, tokenizer, f"{MODEL_NAME}@{MODEL_SHA256[:8]}")
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Embed texts; blocking CPU work (~2.7 ms for one sentence, ~2 ms/sentence in bulk).
+    def embed(self, texts: Sequence[str], *, max_tokens: int = MAX_TOKENS) -> np.ndarray:
+        """Embed texts; blocking CPU work (~2.7 ms for one sentence, ~2 ms/sentence in bulk; the
+        cost grows with the square of the longest text's tokens, up to ~60 ms at 256).
 
         Args:
-            texts: any number of strings (empty strings are allowed); longer than 256 tokens is
-                truncated.
+            texts: any number of strings (empty strings are allowed); longer than ``max_tokens``
+                word pieces (at most 256, the model's limit) is truncated.
         Returns:
             float32 array of shape ``(len(texts), 384)``; each row has L2 norm 1 (cosine similarity
             is the dot product). ``(0, 384)`` for no texts.
@@ -159,14 +161,28 @@ class Embedder:
         if not texts:
             return out
         # Length-sorted batches keep padding (wasted compute) small.
+        tokenizer = self._tokenizer_for(max_tokens)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), BATCH_SIZE):
             idx = order[start : start + BATCH_SIZE]
-            out[idx] = self._embed_batch([texts[i] for i in idx])
+            out[idx] = self._embed_batch([texts[i] for i in idx], tokenizer)
         return out
 
-    def _embed_batch(self, batch: list[str]) -> np.ndarray:
-        encodings = self._tokenizer.encode_batch(batch)  # type: ignore[attr-defined]
+    def _tokenizer_for(self, max_tokens: int) -> object:
+        if not 1 <= max_tokens <= MAX_TOKENS:
+            raise ValueError(f"max_tokens must be 1-{MAX_TOKENS}, got {max_tokens}")
+        with self._lock:
+            tokenizer = self._tokenizers.get(max_tokens)
+            if tokenizer is None:  # a copy with its own truncation (a tokenizer's settings are shared state)
+                from tokenizers import Tokenizer
+
+                tokenizer = Tokenizer.from_str(self._tokenizer.to_str())  # type: ignore[attr-defined]
+                tokenizer.enable_truncation(max_length=max_tokens)
+                self._tokenizers[max_tokens] = tokenizer
+        return tokenizer
+
+    def _embed_batch(self, batch: list[str], tokenizer: object) -> np.ndarray:
+        encodings = tokenizer.encode_batch(batch)  # type: ignore[attr-defined]
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": mask}
@@ -184,11 +200,12 @@ class CachedEmbedder:
 
     Same interface and result as the wrapped embedder (``(n, 384)`` float32 rows); only texts not
     seen before are embedded, in one batch. At most ``max_entries`` texts are kept (oldest dropped),
-    about 1.5 KiB each. Thread-safe: the server calls it from worker threads.
+    about 1.5 KiB each plus the text (callers pass bounded texts: sentences, message prefixes). Thread-safe: the server calls it from worker threads.
     """
 
-    def __init__(self, embedder: Embedder, max_entries: int = 50_000) -> None:
+    def __init__(self, embedder: Embedder, max_entries: int = 20_000, *, max_tokens: int = MAX_TOKENS) -> None:
         self.embedder = embedder
+        self.max_tokens = max_tokens
         self.model_id = embedder.model_id
         self.dim = embedder.dim
         self.max_entries = max_entries
@@ -199,7 +216,7 @@ class CachedEmbedder:
         with self._lock:
             missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         if missing:
-            vectors = self.embedder.embed(missing)
+            vectors = self.embedder.embed(missing, max_tokens=self.max_tokens)
             with self._lock:
                 for text, vector in zip(missing, vectors):
                     self._cache[text] = vector
@@ -208,8 +225,15 @@ class CachedEmbedder:
         with self._lock:
             found = [self._cache.get(t) for t in texts]
         if any(v is None for v in found):  # evicted meanwhile by a huge batch: embed directly
-            return self.embedder.embed(list(texts))
+            return self.embedder.embed(list(texts), max_tokens=self.max_tokens)
         return np.stack(found).astype(np.float32, copy=False) if found else np.zeros((0, self.dim), np.float32)
+
+    def remember(self, text: str, vector: np.ndarray) -> None:
+        """Keep a vector computed elsewhere for ``text`` (a message the turn already embedded)."""
+        with self._lock:
+            self._cache[text] = np.asarray(vector, dtype=np.float32)
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import OrderedDict
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -72,6 +73,7 @@ from bot.entities import extract_entities
 from bot.intent_model import OUT_OF_SCOPE
 from bot.language import LanguageGate, english_words, handoff_notice
 from bot.phrases import PhraseMatcher
+from bot.understanding import model_view
 
 if TYPE_CHECKING:
     from bot.understanding import Understanding
@@ -113,6 +115,8 @@ class PriorTurn:
     the turn recorded none, e.g. a human owned the ticket). ``tier``/``reason``/``escalated``/
     ``resolved``: the bot's decision on that turn; ``tier`` None means no bot decision (a human owned
     the ticket, or the message is not answered yet). ``not_found``: order ids a lookup did not find.
+    ``complaint``: the not-helped words the turn recorded (``complaint_known`` False: an event from
+    before that was recorded; the text is read again).
     """
 
     text: str
@@ -122,6 +126,8 @@ class PriorTurn:
     escalated: bool = False
     resolved: bool = False
     not_found: tuple[str, ...] = ()
+    complaint: str | None = None
+    complaint_known: bool = False
 
     @classmethod
     def from_event(cls, text: str, payload: Mapping[str, Any] | None) -> PriorTurn:
@@ -139,6 +145,8 @@ class PriorTurn:
             escalated=bool(payload.get("escalated")),
             resolved=bool(payload.get("resolved")),
             not_found=tuple(str(x) for x in not_found) if isinstance(not_found, list) else (),
+            complaint=payload.get("complaint") if isinstance(payload.get("complaint"), str) else None,
+            complaint_known="complaint" in payload,
         )
 
 
@@ -210,6 +218,11 @@ def phrase_tokens(phrase: str) -> tuple[str, ...]:
 
 MAX_CORRECTIONS = 40
 """Unknown words spell-checked per message; real messages have a handful of typos."""
+MAX_WORD_CHARS = 24
+"""Longer tokens are never spell-checked or split (no trigger word is that long; a 4,000-character
+token, e.g. Chinese text without spaces, would cost the square of its length)."""
+TOKEN_CACHE = 64
+"""Texts whose tokens are kept: one turn asks for its message's tokens several times."""
 
 
 class Speller:
@@ -240,6 +253,7 @@ class Speller:
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
         self._by_letters = _index_by_letters(self.lexicon)
+        self._tokens: OrderedDict[str, tuple[str, ...]] = OrderedDict()
 
     def _swapped(self, token: str) -> str | None:
         return _swap_of(token, self._by_letters)
@@ -257,7 +271,7 @@ class Speller:
     def _glued(self, token: str) -> tuple[str, ...] | None:
         # "humanagent", "contactsomebody", "canttalk": two words typed without the space, at least one
         # of them a trigger word.
-        if len(token) < 5 or not token.isalpha() or token in self.known or token in self.lexicon:
+        if not 5 <= len(token) <= MAX_WORD_CHARS or not token.isalpha() or token in self.known or token in self.lexicon:
             return None
         for k in range(2, len(token) - 1):
             left, right = token[:k], token[k:]
@@ -270,7 +284,7 @@ class Speller:
     def correct(self, token: str) -> str:
         """``token`` or the lexicon word it misspells: a swap of two neighbouring letters ("agnet",
         "hcat") or the closest word by :func:`difflib.get_close_matches` at ``cutoff``."""
-        if len(token) < self.min_len or not token.isalpha() or token in self.known:
+        if not self.min_len <= len(token) <= MAX_WORD_CHARS or not token.isalpha() or token in self.known:
             return token
         with self._lock:
             hit = self._cache.get(token)
@@ -304,8 +318,23 @@ class Speller:
         """``text`` as normalised, spell-corrected tokens with :data:`BOUNDARY` at clause breaks.
 
         Only the first :data:`MAX_CORRECTIONS` unknown words of a message are looked up (a few ms each
-        at worst), so a message of 4,000 characters of near-misses cannot tie up a worker thread.
+        at worst), so a message of 4,000 characters of near-misses cannot tie up a worker thread. The
+        last :data:`TOKEN_CACHE` texts' tokens are kept (a turn asks several times). Linear in the
+        length of ``text``.
         """
+        with self._lock:
+            cached = self._tokens.get(text)
+            if cached is not None:
+                self._tokens.move_to_end(text)
+                return list(cached)
+        out = self._tokens_of(text)
+        with self._lock:
+            self._tokens[text] = tuple(out)
+            while len(self._tokens) > TOKEN_CACHE:
+                self._tokens.popitem(last=False)
+        return out
+
+    def _tokens_of(self, text: str) -> list[str]:
         out: list[str] = []
         budget = MAX_CORRECTIONS
         for tok in _split(text):
@@ -314,8 +343,8 @@ class Speller:
                     out.append(tok)
                 continue
             for word in _SLANG.get(tok, (tok,)):
-                word = self._deelongate(word)
-                if budget <= 0 or word in self.known or len(word) < self.min_len or not word.isalpha():
+                word = self._deelongate(word) if len(word) <= MAX_WORD_CHARS else word
+                if budget <= 0 or word in self.known or not self.min_len <= len(word) <= MAX_WORD_CHARS or not word.isalpha():
                     out.append(word)
                     continue
                 budget -= 1
@@ -782,20 +811,20 @@ FAILURE_KINDS = ("customer_said_not_helped", "order_not_found", "asked_slot_agai
 
 
 def turn_failed(
-    turn: PriorTurn, before: PriorTurn | None, failure_reasons: Sequence[str], customer_tokens: Sequence[str]
+    turn: PriorTurn, before: PriorTurn | None, failure_reasons: Sequence[str], said_not_helped: bool
 ) -> str | None:
     """Why the bot failed the customer on ``turn`` (``before``: the turn before it in the stretch), or
     None. Each kind counts only when listed in ``failure_reasons``:
 
     * ``customer_said_not_helped``: the customer's message says the previous answer did not help
-      (:data:`NOT_HELPED`);
+      (``said_not_helped``: :func:`says_not_helped` of its tokens, or what the turn recorded);
     * ``order_not_found``: the bot's decision (not escalated) named orders a lookup did not find;
     * ``asked_slot_again``: the bot asked again for the slot it had just asked for (the order number,
       reason ``asked_slot``, or the proof of ownership, reason ``asked_proof``);
     * any other entry is a reason prefix: a decision (not escalated) whose reason starts with it
       (``low_confidence`` -> ``low_confidence_...``) fails with that reason.
     """
-    if "customer_said_not_helped" in failure_reasons and says_not_helped(customer_tokens):
+    if "customer_said_not_helped" in failure_reasons and said_not_helped:
         return "customer_said_not_helped"
     if turn.escalated or turn.reason is None:
         return None
@@ -845,7 +874,7 @@ def repeated_message(
     ]
     if not candidates:
         return None
-    vectors = embed([t for _, t in candidates])
+    vectors = embed([model_view(t) for _, t in candidates])  # what the current message's embedding read
     sims = vectors @ current.astype(np.float32)
     best = int(np.argmax(sims))
     if float(sims[best]) < similarity:
@@ -891,6 +920,8 @@ class Escalation:
             lexicon, english_words() if known_words is None else known_words, settings.fuzzy_match_cutoff,
             guarded=topics.words() | topics.stems(),
         )
+        self._memos: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self._memo_lock = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -929,11 +960,11 @@ class Escalation:
             notice=handoff_notice(found.code),
         )
 
-    def explicit_request(self, tokens: Sequence[str], u: Understanding) -> Trigger | None:
+    def explicit_request(self, tokens: Sequence[str], u: Understanding, text: str | None = None) -> Trigger | None:
         matched = explicit_request(tokens)
         if matched:
             return Trigger("explicit_request", {"matched": matched})
-        if asks_if_bot(tokens):
+        if (self._asks_if_bot(text) if text is not None else asks_if_bot(tokens)):
             return None  # "are you a real person?": a question the bot answers (reply_instead)
         if u.intent == "contact_human_agent" and u.confidence >= self.settings.confidence_threshold:
             return Trigger("explicit_request", {"matched": None, "intent_confidence": round(u.confidence, 4)})
@@ -992,13 +1023,13 @@ class Escalation:
         stretch = since_last_handoff(prior)
         return (
             self.unsupported_language(text, reasoning_available=reasoning_available)
-            or self.explicit_request(tokens, u)
+            or self.explicit_request(tokens, u, text)
             or self.sensitive_intent(u)
             or self.sensitive_topic(tokens)
             or self.negative_sentiment(u)
             or self.conversation_sentiment(u, stretch)
             or self.repeated_message(text, u, stretch)
-            or self.repeated_failure(stretch, self._complaint(tokens))
+            or self.repeated_failure(stretch, self._complaint(text))
         )
 
     def after_tiers(self, text: str, outcome: PriorTurn, prior: Sequence[PriorTurn]) -> Trigger | None:
@@ -1009,9 +1040,31 @@ class Escalation:
             return None
         stretch = since_last_handoff(prior)
         why = turn_failed(
-            outcome, stretch[-1] if stretch else None, self.settings.failure_reasons, self.speller.tokens(text)
+            outcome, stretch[-1] if stretch else None, self.settings.failure_reasons, bool(self.complaint(text)),
         )
         return self.repeated_failure(stretch, why) if why else None
+
+    def complaint(self, text: str) -> str | None:
+        """The words with which ``text`` says the last answer did not help, or None (recorded with
+        the turn, so later turns need not read the text again)."""
+        return self._memo("complaint", text, lambda: says_not_helped(self.speller.tokens(text)))
+
+    def _asks_if_bot(self, text: str) -> str | None:
+        return self._memo("asks_if_bot", text, lambda: asks_if_bot(self.speller.tokens(text)))
+
+    def _memo(self, kind: str, text: str, compute: Callable[[], str | None]) -> str | None:
+        # A turn asks these several times about its message (check, reply_instead, after_tiers);
+        # the last few answers are kept, like the speller's tokens.
+        key = (kind, text)
+        with self._memo_lock:
+            if key in self._memos:
+                return self._memos[key]
+        value = compute()
+        with self._memo_lock:
+            self._memos[key] = value
+            while len(self._memos) > TOKEN_CACHE:
+                self._memos.popitem(last=False)
+        return value
 
     def reply_instead(self, text: str, u: Understanding) -> Reply | None:
         """The fixed reply for a turn no trigger sent to a person (ask after :meth:`check` returned None),
@@ -1019,11 +1072,10 @@ class Escalation:
         customer is talking to a bot (:func:`asks_if_bot`); ``customer_said_not_helped`` when the
         customer says the last answer did not help and the message holds no new request (see the
         module docstring). Cheap: the speller's corrections are cached by :meth:`check`."""
-        tokens = self.speller.tokens(text)
-        question = asks_if_bot(tokens)
+        question = self._asks_if_bot(text)
         if question:
             return Reply("asked_if_bot", ASKED_IF_BOT_REPLY, {"matched": question})
-        complaint = says_not_helped(tokens)
+        complaint = self.complaint(text)
         if complaint and not self._holds_request(u):
             return Reply("customer_said_not_helped", NOT_HELPED_REPLY, {"matched": complaint})
         return None
@@ -1041,16 +1093,18 @@ class Escalation:
     def _failures(self, stretch: Sequence[PriorTurn]) -> list[str]:
         out = []
         for i, turn in enumerate(stretch):
-            why = turn_failed(
-                turn, stretch[i - 1] if i else None, self.settings.failure_reasons, self.speller.tokens(turn.text)
+            complained = (
+                turn.complaint is not None if turn.complaint_known
+                else bool(says_not_helped(self.speller.tokens(turn.text)))
             )
+            why = turn_failed(turn, stretch[i - 1] if i else None, self.settings.failure_reasons, complained)
             if why:
                 out.append(why)
         return out
 
-    def _complaint(self, tokens: Sequence[str]) -> str | None:
+    def _complaint(self, text: str) -> str | None:
         listed = "customer_said_not_helped" in self.settings.failure_reasons
-        return "customer_said_not_helped" if listed and says_not_helped(tokens) else None
+        return "customer_said_not_helped" if listed and self.complaint(text) else None
 
     def _sentiment_of(self, turn: PriorTurn) -> float:
         return turn.sentiment if turn.sentiment is not None else self.sentiment(turn.text)

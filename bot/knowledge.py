@@ -772,6 +772,20 @@ LOAD_ATTEMPTS = 3
 """A load that sees the pointer move while it reads the rows reads again, at most this many times."""
 
 
+def _top_in_memory(state: _Snapshot, query: np.ndarray, k: int, lexical: np.ndarray | None) -> list[Passage]:
+    scores: np.ndarray = state.matrix @ query
+    if lexical is not None:
+        scores = scores + LEXICAL_WEIGHT * lexical
+    k = min(k, len(scores))
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    passages = []
+    for i in top:
+        doc_id, title, heading, body = state.rows[i]
+        passages.append(Passage(doc_id, title, heading, body, score=float(scores[i])))
+    return passages
+
+
 class KnowledgeBase:
     """The active knowledge-base version in the database, plus search over it.
 
@@ -914,24 +928,15 @@ class KnowledgeBase:
         SQL even if a reload swaps in another."""
         if state.version is None or not state.rows:
             return []
+        # TF-IDF of the question and the in-memory scoring are CPU work: off the event loop.
         lexical = (
-            state.lexical.scores(query_text)
+            await asyncio.to_thread(state.lexical.scores, query_text)
             if query_text is not None and state.lexical.size == len(state.rows)
             else None
         )
         if self._db.backend == "postgresql":
             return await self._search_sql(query, k, state, lexical)
-        scores: np.ndarray = state.matrix @ query
-        if lexical is not None:
-            scores = scores + LEXICAL_WEIGHT * lexical
-        k = min(k, len(scores))
-        top = np.argpartition(-scores, k - 1)[:k]
-        top = top[np.argsort(-scores[top], kind="stable")]
-        passages = []
-        for i in top:
-            doc_id, title, heading, body = state.rows[i]
-            passages.append(Passage(doc_id, title, heading, body, score=float(scores[i])))
-        return passages
+        return await asyncio.to_thread(_top_in_memory, state, query, k, lexical)
 
     async def _search_sql(
         self, query: np.ndarray, k: int, state: _Snapshot, lexical: np.ndarray | None

@@ -57,6 +57,8 @@ _NOISE = re.compile(
     r"|#?\b[A-Za-z]{0,3}\d[\w-]*"  # order ids, numbers, codes
 )
 _WORD = re.compile(r"[^\W\d_]{2,}")
+SAMPLE_CHARS = 400
+"""Characters of a message (after ids, emails and links are removed) the language is judged on."""
 # Scripts written without spaces between words: Han, Hiragana, Katakana, Hangul, Thai.
 _NO_SPACE_SCRIPT = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\u0e00-\u0e7f]")
 
@@ -154,7 +156,8 @@ class LanguageGate:
         """The most likely language of ``text``, or None when the text is too short to tell (fewer
         than ``min_words`` words of two or more letters once ids, emails, links and numbers are
         removed, and fewer than ``min_cjk_chars`` characters of a script written without spaces)."""
-        cleaned = _NOISE.sub(" ", text)
+        # A sample is enough to tell a language, and lingua's cost grows with the text.
+        cleaned = _NOISE.sub(" ", text[: SAMPLE_CHARS * 2])[:SAMPLE_CHARS]
         found = _WORD.findall(cleaned)
         words = len(found)
         cjk = len(_NO_SPACE_SCRIPT.findall(cleaned))

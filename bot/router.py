@@ -35,11 +35,11 @@ from bot.entities import bare_postcode
 from bot.ownership import AttemptLimits, Proof
 from bot.answers import compose_answer
 from bot.embeddings import CachedEmbedder
-from bot.escalation import Escalation, PriorTurn, Trigger
+from bot.escalation import Escalation, PriorTurn, Reply, Trigger
 from bot.guard import check_input
 from bot.intent_model import OUT_OF_SCOPE, IntentSpec
 from bot.knowledge import KnowledgeBase
-from bot.understanding import Understander, Understanding
+from bot.understanding import MODEL_TOKENS, Understander, Understanding, model_view
 from config.settings import Settings
 from state.orders import OrderStore
 
@@ -75,7 +75,9 @@ class Decision:
 
     ``reply`` None means send nothing. ``escalate`` hands the ticket to a human; ``resolve`` marks
     it resolved (the customer said goodbye); ``pending`` is the slot the bot now waits for;
-    ``verified_owner`` the order owner the customer proved to be on this turn (the ticket keeps it).
+    ``verified_owner`` the order owner the customer proved to be on this turn (the ticket keeps it);
+    ``complaint`` the words with which the customer said the last answer did not help, if any (kept
+    so later turns count the failure without reading the message again).
     ``cost_usd`` is 0 on local tiers.
     """
 
@@ -97,6 +99,7 @@ class Decision:
     cost_usd: float = 0.0
     data: dict[str, Any] = field(default_factory=dict)
     verified_owner: str | None = None
+    complaint: str | None = None
 
     def event_payload(self) -> dict[str, Any]:
         """JSON-able record of the decision for the append-only event log."""
@@ -115,6 +118,7 @@ class Decision:
             "kb_version": self.kb_version,
             "models": self.models,
             "cost_usd": self.cost_usd,
+            "complaint": self.complaint,
             "data": self.data,
         }
 
@@ -139,9 +143,11 @@ class Router:
         self.attempts = attempts
         # Answers are quoted from knowledge-base sentences, which recur across questions.
         self.sentence_embedder = CachedEmbedder(understander.embedder)
-        # Earlier customer messages are embedded through the same cache, so each only once.
+        # Earlier customer messages, as the turn embedded them (their model view), for the
+        # repeated-message check: each embedded once.
+        self.message_embedder = CachedEmbedder(understander.embedder, 5_000, max_tokens=MODEL_TOKENS)
         self.escalation = Escalation.from_settings(
-            settings, self.sentence_embedder.embed, understander.sentiment.compound
+            settings, self.message_embedder.embed, understander.sentiment.compound
         )
 
     @property
@@ -155,7 +161,9 @@ class Router:
         if guarded is not None:
             return Decision(tier="guard", reason=guarded.code, reply=guarded.reply)
 
-        u = await asyncio.to_thread(self.understander.understand, text)
+        # Every CPU step runs in a worker thread: the event loop only waits (sockets, webhooks and
+        # other customers' turns go on meanwhile).
+        u, trigger, instead, complaint = await asyncio.to_thread(self._assess, text, ctx)
         base = dict(
             intent=u.intent,
             confidence=round(u.confidence, 4),
@@ -165,23 +173,31 @@ class Router:
                       "postcodes": list(u.entities.postcodes)},
             models=self.understander.model_ids,
             kb_version=self.knowledge.version,
-        )
-
-        trigger = await asyncio.to_thread(
-            self.escalation.check, text, u, ctx.prior, reasoning_available=self.reasoning_available
+            complaint=complaint,
         )
         if trigger is not None:
             return Decision(
                 tier="human", reason=trigger.reason, reply=trigger.reply(HANDOFF_REPLY), escalate=True,
                 data=dict(trigger.data), **base,
             )
-        instead = self.escalation.reply_instead(text, u)  # "are you a bot?", "that didn't help"
         decision = await self._tiers(text, u, ctx, base) if instead is None else Decision(
             tier="deterministic", reason=instead.reason, reply=instead.text, data=dict(instead.data), **base
         )
         outcome = PriorTurn.from_event(text, decision.event_payload())
-        failed = self.escalation.after_tiers(text, outcome, ctx.prior)
+        failed = await asyncio.to_thread(self.escalation.after_tiers, text, outcome, ctx.prior)
         return decision if failed is None else self._hand_over(decision, failed)
+
+    def _assess(
+        self, text: str, ctx: TurnContext
+    ) -> tuple[Understanding, Trigger | None, Reply | None, str | None]:
+        """Blocking: understand the message, check the escalation triggers and, when none fires,
+        whether a fixed reply ("are you a bot?", "that didn't help") replaces the tiers."""
+        u = self.understander.understand(text)
+        # The next turns compare their message with this one (repeated message): embedded once.
+        self.message_embedder.remember(model_view(text), u.embedding)
+        trigger = self.escalation.check(text, u, ctx.prior, reasoning_available=self.reasoning_available)
+        instead = None if trigger is not None else self.escalation.reply_instead(text, u)
+        return u, trigger, instead, self.escalation.complaint(text)
 
     async def _tiers(self, text: str, u: Understanding, ctx: TurnContext, base: dict[str, Any]) -> Decision:
         if ctx.pending and self._fills_pending(ctx.pending, u, text):
@@ -307,7 +323,7 @@ class Router:
         # The eval harness scores retrieval at depth 5 (hit@5), so at least 5 candidates are ranked
         # and recorded; the answer is composed from the top ``retrieval_top_k`` only.
         ranked = await self.knowledge.search(
-            u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=text
+            u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=model_view(text)
         )
         base["data"] = {"retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
         passages = ranked[: self.settings.retrieval_top_k]

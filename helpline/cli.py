@@ -507,6 +507,8 @@ def eval_command(golden: Path, model_dir: Path | None, report_dir: Path | None, 
     import os
 
     from bot.eval.command import EvalInputError, EvalOptions, run_command
+
+    logging.getLogger("helpline.conversation").setLevel(logging.WARNING)  # no per-turn lines: the report has them
     from bot.eval.gates import DEFAULT_GATES
     from bot.eval.prices import DEFAULT_PRICES
 
