@@ -228,6 +228,23 @@ class CachedEmbedder:
             return self.embedder.embed(list(texts), max_tokens=self.max_tokens)
         return np.stack(found).astype(np.float32, copy=False) if found else np.zeros((0, self.dim), np.float32)
 
+    def embed_recent(self, texts: Sequence[str]) -> np.ndarray:
+        """Like :meth:`embed` for texts ordered oldest to newest, but of the texts not cached only
+        the newest is embedded; the others get rows of zeros. For comparing a message with earlier
+        ones (remembered when their turns ran) at the cost of at most one embedding, also after a
+        restart or an eviction."""
+        with self._lock:
+            found = [self._cache.get(t) for t in texts]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if missing:
+            newest = missing[-1]
+            found[newest] = self.embed([texts[newest]])[0]
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for i, vector in enumerate(found):
+            if vector is not None:
+                out[i] = vector
+        return out
+
     def remember(self, text: str, vector: np.ndarray) -> None:
         """Keep a vector computed elsewhere for ``text`` (a message the turn already embedded)."""
         with self._lock:

@@ -221,6 +221,9 @@ MAX_CORRECTIONS = 40
 MAX_WORD_CHARS = 24
 """Longer tokens are never spell-checked or split (no trigger word is that long; a 4,000-character
 token, e.g. Chinese text without spaces, would cost the square of its length)."""
+REPEAT_LOOKBACK = 3
+"""Earlier customer messages a message is compared with for the repeated-message trigger (a
+repeat is of something said lately; the cost of a turn stays bounded whatever the history)."""
 TOKEN_CACHE = 64
 """Texts whose tokens are kept: one turn asks for its message's tokens several times."""
 
@@ -860,7 +863,8 @@ def repeated_message(
     """Whether ``current_text`` repeats an earlier customer message of the stretch.
 
     ``current``: its (384,) L2-normalised embedding; ``earlier``: earlier customer texts of the stretch;
-    ``embed``: texts -> (n, 384) L2-normalised rows. A repeat has at least ``min_words`` words (as does
+    ``embed``: texts -> (n, 384) L2-normalised rows (a row of zeros for a text the caller chose not to
+    embed: it never counts as repeated). A repeat has at least ``min_words`` words (as does
     the earlier message), names the same order ids and emails (so "where is order #W1" then "... #W2"
     is not one), and has cosine similarity >= ``similarity`` with the earlier message.
     Returns ``{"similarity": cos, "earlier": index into earlier}`` for the closest repeat, or None.
@@ -1001,7 +1005,7 @@ class Escalation:
         if u.intent in self.settings.repeat_ignore_intents or not stretch:
             return None
         found = repeated_message(
-            u.embedding, text, [t.text for t in stretch], self.embed,
+            u.embedding, text, [t.text for t in stretch[-REPEAT_LOOKBACK:]], self.embed,
             similarity=self.settings.repeat_similarity, min_words=self.settings.repeat_min_words,
         )
         return Trigger("repeated_message", found) if found else None

@@ -147,7 +147,7 @@ class Router:
         # repeated-message check: each embedded once.
         self.message_embedder = CachedEmbedder(understander.embedder, 5_000, max_tokens=MODEL_TOKENS)
         self.escalation = Escalation.from_settings(
-            settings, self.message_embedder.embed, understander.sentiment.compound
+            settings, self.message_embedder.embed_recent, understander.sentiment.compound
         )
 
     @property

@@ -64,6 +64,7 @@ class Understander:
         self.intent_model = intent_model
         self.sentiment = sentiment
         self.calls = 0
+        embedder.embed(["warm up"], max_tokens=MODEL_TOKENS)  # builds that tokenizer now, not in a turn
 
     def understand(self, text: str) -> Understanding:
         self.calls += 1
