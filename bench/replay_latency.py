@@ -180,8 +180,31 @@ def write_result(result: dict[str, Any], output: Path) -> None:
     os.replace(tmp, output)
 
 
+def embedding_rate(dataset: Path, text_column: str, rows: int, seed: int) -> dict[str, Any]:
+    """The embedding model's own throughput on this machine, now: sentences per second over the
+    replayed texts in length-sorted batches of 64 (its best case), run in this process before the
+    server starts, so the turn rate can be compared with it."""
+    import random
+
+    from bot.embeddings import Embedder
+    from bot.placeholders import fill_placeholders
+
+    found, _ = read_message_rows(dataset, text_column, None, purpose="replay")
+    rng = random.Random(seed)
+    rng.shuffle(found)
+    texts = [fill_placeholders(row.text, rng) for row in found[:rows]]
+    embedder = Embedder.load()
+    embedder.embed(texts[:64])  # warm up
+    started = time.perf_counter()
+    embedder.embed(texts)
+    seconds = time.perf_counter() - started
+    return {"sentences": len(texts), "seconds": round(seconds, 2), "per_s": round(len(texts) / seconds, 1)}
+
+
 async def bench(args: argparse.Namespace) -> int:
     backend = args.backend or backend_name(args.database_url)
+    embed_rate = await asyncio.to_thread(embedding_rate, args.dataset, args.text_column, args.rows, args.seed)
+    print(f"embedding model alone: {embed_rate['per_s']} sentences/s", file=sys.stderr)
     output = args.output or RESULTS_DIR / f"replay-{backend}.json"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -237,6 +260,8 @@ async def bench(args: argparse.Namespace) -> int:
         "intent_scored": report.intent_scored,
         "replay_s": round(replay_s, 2),
         "turns_per_s": round(report.turns / replay_s, 1) if replay_s else None,
+        "embedding_rate": embed_rate,
+        "turns_per_s_vs_embedding_rate": round(report.turns / replay_s / embed_rate["per_s"], 3) if replay_s else None,
         "server": {
             "command": command,
             "startup_s": round(startup_s, 2),

@@ -64,6 +64,20 @@ def _fit(unit: str) -> str:
     return (unit * (LIMIT // max(1, len(unit)) + 1))[:LIMIT]
 
 
+ANSWERED = [
+    "which payment methods do you accept? ", "do you ship to Canada? ", "how do I reset my password? ",
+    "how can I change my delivery address? ", "how do I unsubscribe from the newsletter? ",
+]
+"""Questions the bot answers from the knowledge base; repeated to 4,000 characters they stay answered
+(no handoff), so every one of them is routed in full, retrieval included."""
+
+
+def answered_long(i: int) -> str:
+    """The ``i``-th costly message that the bot answers rather than hands over: a question repeated to
+    4,000 characters (cycling through five, so none repeats one of the customer's last three)."""
+    return _fit(ANSWERED[i % len(ANSWERED)])
+
+
 def worst_cases(seed: int = 0) -> dict[str, str]:
     """Messages of at most 4,000 characters aimed at each step's worst path."""
     rnd = random.Random(seed)
@@ -84,6 +98,7 @@ def worst_cases(seed: int = 0) -> dict[str, str]:
         "repeated request for a person": _fit("I want to talk to a person who is not a bot but my order is late. "),
         "negations and buts": _fit("not bad but not good, never so happy but no "),
         "knowledge-base question, padded": "how long does a refund take to reach my card? " + _fit("please ")[:LIMIT - 47],
+        "answered question, repeated to 4,000": answered_long(seed),
     }
 
 

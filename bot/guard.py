@@ -1,7 +1,9 @@
 """Input guard: the first step of every turn, before any model runs.
 
 Rejects what no tier should see (empty or oversized text) with a clear reply. The message itself has
-already been stored by intake; the guard only decides that it is not routed.
+already been stored by intake; the guard only decides that it is not routed. The conversation
+service passes at most ``max_message_chars`` characters (a longer message is routed on its start),
+so on the live path only empty messages stop here; the length check protects other callers.
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bot.tfidf import Tfidf
 import yaml
 
 from bot.embeddings import Embedder
@@ -249,50 +251,6 @@ def char_ngrams(text: str) -> list[str]:
     return grams
 
 
-class _Tfidf:
-    """TF-IDF (sublinear tf, smoothed idf, L2 rows) over a fixed vocabulary; numpy inference."""
-
-    def __init__(self, vocabulary: Sequence[str], idf: np.ndarray, analyzer: Any) -> None:
-        self.terms = list(vocabulary)
-        self.index = {t: i for i, t in enumerate(self.terms)}
-        self.idf = idf.astype(np.float64)
-        self.analyzer = analyzer
-
-    @classmethod
-    def fit(cls, texts: Sequence[str], analyzer: Any) -> _Tfidf:
-        df: Counter[str] = Counter()
-        for text in texts:
-            df.update(set(analyzer(text)))
-        terms = sorted(df)
-        n = len(texts)
-        idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms])
-        return cls(terms, idf, analyzer)
-
-    def row(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """(indices, values) of one text's L2-normalised TF-IDF vector."""
-        counts = Counter(g for g in self.analyzer(text) if g in self.index)
-        if not counts:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        idx = np.fromiter((self.index[g] for g in counts), dtype=np.int64, count=len(counts))
-        tf = 1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))
-        values = tf * self.idf[idx]
-        return idx, values / np.linalg.norm(values)
-
-    def matrix(self, texts: Sequence[str]) -> Any:
-        from scipy.sparse import csr_matrix
-
-        indptr, indices, data = [0], [], []
-        for text in texts:
-            idx, values = self.row(text)
-            indices.append(idx)
-            data.append(values)
-            indptr.append(indptr[-1] + len(idx))
-        return csr_matrix(
-            (np.concatenate(data) if data else [], np.concatenate(indices) if indices else [], indptr),
-            shape=(len(texts), len(self.terms)),
-        )
-
-
 def _softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
@@ -368,8 +326,8 @@ class IntentModel:
         embedder: Embedder,
         emb_coef: np.ndarray,
         emb_intercept: np.ndarray,
-        word: _Tfidf,
-        char: _Tfidf,
+        word: Tfidf,
+        char: Tfidf,
         tfidf_coef: np.ndarray,
         tfidf_intercept: np.ndarray,
         temperature: float,
@@ -681,8 +639,8 @@ class IntentModel:
             embedder=embedder,
             emb_coef=arrays["emb_coef"],
             emb_intercept=arrays["emb_intercept"],
-            word=_Tfidf(meta["word_vocabulary"], arrays["word_idf"], word_ngrams),
-            char=_Tfidf(meta["char_vocabulary"], arrays["char_idf"], char_ngrams),
+            word=Tfidf(meta["word_vocabulary"], arrays["word_idf"], word_ngrams),
+            char=Tfidf(meta["char_vocabulary"], arrays["char_idf"], char_ngrams),
             tfidf_coef=arrays["tfidf_coef"],
             tfidf_intercept=arrays["tfidf_intercept"],
             temperature=meta["temperature"],
@@ -701,8 +659,8 @@ class IntentModel:
 class _Fitted:
     emb_coef: np.ndarray
     emb_intercept: np.ndarray
-    word: _Tfidf
-    char: _Tfidf
+    word: Tfidf
+    char: Tfidf
     tfidf_coef: np.ndarray
     tfidf_intercept: np.ndarray
 
@@ -735,8 +693,8 @@ def _fit(texts: Sequence[str], embeddings: np.ndarray, y: np.ndarray, n_classes:
 
     emb_lr = LogisticRegression(C=EMBEDDING_C, max_iter=3000)
     emb_lr.fit(embeddings, y)
-    word = _Tfidf.fit(texts, word_ngrams)
-    char = _Tfidf.fit(texts, char_ngrams)
+    word = Tfidf.fit(texts, word_ngrams)
+    char = Tfidf.fit(texts, char_ngrams)
     x = hstack([word.matrix(texts), char.matrix(texts)]).tocsr()
     tfidf_lr = LogisticRegression(C=TFIDF_C, max_iter=3000)
     tfidf_lr.fit(x, y)

@@ -8,7 +8,9 @@ frequency) and character 3-5-grams inside words, which survive typos and plural 
 ("refnd", "giftcards").
 
 Built in memory from the chunk texts when a knowledge-base version is loaded (milliseconds for
-hundreds of chunks); nothing is stored. Must not: read the database or embed anything.
+hundreds of chunks); nothing is stored. The TF-IDF is :mod:`bot.tfidf` (numpy, scikit-learn's
+formulas and analyzers, without importing scikit-learn in the server). Must not: read the database or
+embed anything.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.feature_extraction.text import TfidfVectorizer
+
+from bot.tfidf import Tfidf, char_wb_analyzer, english_stop_words, word_analyzer
 
 
 class LexicalIndex:
@@ -28,24 +31,22 @@ class LexicalIndex:
 
     def __init__(self, texts: Sequence[str]) -> None:
         self.size = len(texts)
-        self._views: list[tuple[TfidfVectorizer, object]] = []
+        self._views: list[tuple[Tfidf, object]] = []
         if not texts:
             return
-        for vectorizer in (
-            TfidfVectorizer(sublinear_tf=True, stop_words="english", ngram_range=(1, 2)),
-            TfidfVectorizer(sublinear_tf=True, analyzer="char_wb", ngram_range=(3, 5)),
-        ):
-            try:
-                matrix = vectorizer.fit_transform(texts)
-            except ValueError:  # every text is stop words only: this view has no vocabulary
+        for analyzer in (word_analyzer((1, 2), english_stop_words()), char_wb_analyzer((3, 5))):
+            tfidf = Tfidf.fit(texts, analyzer)
+            if not tfidf.terms:  # every text is stop words only: this view has no vocabulary
                 continue
-            self._views.append((vectorizer, matrix))
+            self._views.append((tfidf, tfidf.matrix(texts)))
 
     def scores(self, query: str) -> np.ndarray:
         """Similarity of ``query`` to every indexed text, shape ``(size,)``, values in [0, 1]."""
         total = np.zeros(self.size, dtype=np.float32)
         if not self._views:
             return total
-        for vectorizer, matrix in self._views:
-            total += (matrix @ vectorizer.transform([query]).T).toarray().ravel().astype(np.float32)
+        for tfidf, matrix in self._views:
+            idx, values = tfidf.row(query)
+            if len(idx):
+                total += np.asarray(matrix[:, idx] @ values, dtype=np.float32).ravel()
         return total / len(self._views)

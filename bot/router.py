@@ -2,7 +2,8 @@
 
 Order of checks, every turn:
 
-1. guard: empty or oversized input gets a clear reply (tier ``guard``), no model runs;
+1. guard: empty input (or, for a caller that did not cut it, oversized input) gets a clear reply
+   (tier ``guard``), no model runs; the conversation service routes at most ``max_message_chars``;
 2. understand: intent + calibrated confidence, entities (order id, email), sentiment;
 3. escalation triggers (:mod:`bot.escalation`): an unsupported language, an explicit request for a
    person, a sensitive topic or intent, negative sentiment in this message or over the conversation,

@@ -25,8 +25,8 @@ live frame that skips seqs (another process published them and they have not arr
 pulls the missing ones from the database, where seqs commit in order.
 
 What one connection may cost is bounded: the backlog is read in pages of :data:`BACKLOG_PAGE`
-messages, the live queue holds at most :data:`LIVE_QUEUE_FRAMES` frames (a socket that falls behind
-is refilled from the database), a client that does not read a frame within
+messages, the live queue holds at most ``state.delivery.LIVE_QUEUE_FRAMES`` frames (a socket that
+falls behind is refilled from the database), a client that does not read a frame within
 ``chat_send_timeout_s`` is disconnected, a socket with no customer message for
 ``chat_idle_timeout_s`` is closed (4000), and one client address may hold ``chat_sockets_per_address``
 sockets and start ``new_sessions_per_address`` sessions per window.
@@ -79,7 +79,6 @@ MAX_FRAME_BYTES = 256 * 1024
 BACKLOG_PAGE = 25
 """Messages read from the database per backlog page (a stored message holds up to
 ``max_stored_chars`` characters), so a connection holds at most one page at a time."""
-LIVE_QUEUE_FRAMES = 100
 RESYNC_MESSAGES = 200
 """Messages sent to a client the server resynchronises (its transcript is replaced with these)."""
 IDLE_CLOSE = 4000
@@ -292,7 +291,9 @@ class WebChatChannel:
                                  "the admin token (Authorization: Bearer ...)")
                 await ws.close(code=WSCloseCode.POLICY_VIOLATION)
                 return None
-            if not await self.limiter.hit(
+            # Replayed traffic comes from an operator (this machine or the admin token): the
+            # per-address limits are for the public.
+            if not replay and not await self.limiter.hit(
                 f"sessions:{address}", self.settings.new_sessions_per_address, self.settings.session_window_s
             ):
                 await conn.error("rate_limited", "Too many new chats from your address; please try again later.")
@@ -421,7 +422,8 @@ class WebChatChannel:
         active_at = loop.time()
         while True:
             try:
-                msg = await conn.ws.receive(timeout=max(0.0, active_at + idle_s - loop.time()))
+                # (aiohttp reads a timeout of 0 as "none": never pass less than a millisecond)
+                msg = await conn.ws.receive(timeout=max(0.001, active_at + idle_s - loop.time()))
             except asyncio.TimeoutError:
                 await conn.ws.close(code=IDLE_CLOSE, message=b"idle")
                 return
@@ -459,7 +461,7 @@ class WebChatChannel:
                     )
                 accepted = await self.conversations.receive(
                     Inbound(channel=channel, address=session_id, text=text, provider_message_id=client_id,
-                            origin=address),
+                            origin=None if channel == REPLAY else address),
                     customer_id,
                 )
             except RateLimited as exc:

@@ -49,6 +49,13 @@ from state.tickets import BOT_SILENT_STATES, TicketState, transition
 
 log = logging.getLogger(__name__)
 
+RATE_CHARS = 1000
+"""Each full thousand characters of a message counts as one more message against the rate limits:
+a 4,000-character message (up to ~3x the cost of a short one) counts five."""
+LONG_MESSAGE_CHARS = 1000
+"""Messages longer than this are routed one at a time per process (they cost up to ~3x a short one;
+see bench/turn_cost.py), so a flood of them cannot starve ordinary turns."""
+
 
 @dataclass(frozen=True)
 class Inbound:
@@ -108,6 +115,10 @@ class Conversations:
         self._active: set[int] = set()  # tickets with a worker in this process
         self._again: set[int] = set()  # tickets whose worker must make one more pass
         self._reopen_window = timedelta(seconds=settings.reopen_window_s)
+        # Long messages cost a few times a short one: one at a time per process, so a flood of
+        # them (an attack, a customer pasting a document) queues among itself instead of taking
+        # the CPU that everyone else's turns need.
+        self._long_turns = asyncio.Semaphore(1)
 
     async def _configured_mode(self) -> AgentMode:
         return self.settings.agent_mode
@@ -139,7 +150,7 @@ class Conversations:
             duplicate = await self._known_duplicate(inbound, customer_id)
             if duplicate is not None:
                 return duplicate
-            await self._rate_limit(customer_id, inbound.origin)
+            await self._rate_limit(customer_id, inbound.origin, weight=1 + len(text) // RATE_CHARS)
             async with self.locks.hold(f"intake:{customer_id}"):
                 accepted = await accept_inbound(
                     self.db,
@@ -162,16 +173,18 @@ class Conversations:
                 log.warning("message %s stored; its live echo was not published: %s", accepted.message.id, exc)
         return accepted
 
-    async def _rate_limit(self, customer_id: int, origin: str | None) -> None:
+    async def _rate_limit(self, customer_id: int, origin: str | None, *, weight: int) -> None:
         """Raise :class:`RateLimited` when the customer, or the network address the message came
-        from, sent more than its limit in the rate window (refused messages count too)."""
+        from, sent more than its limit in the rate window (refused messages count too). A message
+        weighs 1 plus 1 per :data:`RATE_CHARS` characters, so long (costly) messages use the limit
+        up faster."""
         if self.limiter is None:
             return
         window = self.settings.customer_rate_window_s
-        if not await self.limiter.hit(f"customer:{customer_id}", self.settings.customer_rate_limit, window):
+        if not await self.limiter.hit(f"customer:{customer_id}", self.settings.customer_rate_limit, window, weight):
             raise RateLimited(f"more than {self.settings.customer_rate_limit} messages in {window} s")
         if origin is not None and not await self.limiter.hit(
-            f"address:{origin}", self.settings.address_rate_limit, window
+            f"address:{origin}", self.settings.address_rate_limit, window, weight
         ):
             raise RateLimited(f"more than {self.settings.address_rate_limit} messages from your address in {window} s")
 
@@ -294,18 +307,21 @@ class Conversations:
         else:
             await self._typing(customer.id, on=True)
             limit = self.settings.max_message_chars
-            decision = await self.router.route(
-                message.text[:limit],  # routing cost is bounded by the limit, whatever was stored
-                TurnContext(
-                    ticket_id=ticket.id,
-                    ticket_state=state.value,
-                    pending=ticket.pending,
-                    customer_email=customer.email,
-                    prior=prior,
-                    verified_owner=ticket.verified_owner,
-                    customer_id=customer.id,
-                ),
+            context = TurnContext(
+                ticket_id=ticket.id,
+                ticket_state=state.value,
+                pending=ticket.pending,
+                customer_email=customer.email,
+                prior=prior,
+                verified_owner=ticket.verified_owner,
+                customer_id=customer.id,
             )
+            text = message.text[:limit]  # routing cost is bounded by the limit, whatever was stored
+            if len(text) > LONG_MESSAGE_CHARS:
+                async with self._long_turns:
+                    decision = await self.router.route(text, context)
+            else:
+                decision = await self.router.route(text, context)
             self._note_truncation(message, decision)
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         await self._send(await self._commit_turn(message, decision, latency_ms, history, epoch))

@@ -27,10 +27,16 @@ class Delivery(Protocol):
         ...
 
 
+LIVE_QUEUE_FRAMES = 100
+"""Frames one subscriber (an open socket) may have waiting; more are dropped for that subscriber,
+which refills the gap from the database (frames are numbered), so a socket that does not read holds
+at most this many."""
+
+
 class InProcessDelivery:
     """Subscribers are ``asyncio.Queue`` objects keyed by customer id, in this process only."""
 
-    def __init__(self, queue_size: int = 1000) -> None:
+    def __init__(self, queue_size: int = LIVE_QUEUE_FRAMES) -> None:
         self._subscribers: dict[int, set[asyncio.Queue[Frame]]] = {}
         self._queue_size = queue_size
 

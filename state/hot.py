@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 
 
 class RateLimiter(Protocol):
-    async def hit(self, key: str, limit: int, window_s: int) -> bool:
-        """Count a hit on ``key``; True (allowed) while at most ``limit`` hits in ``window_s`` s."""
+    async def hit(self, key: str, limit: int, window_s: int, weight: int = 1) -> bool:
+        """Count a hit of ``weight`` (default 1) on ``key``; True (allowed) while the hits in
+        ``window_s`` s total at most ``limit``."""
         ...
 
     async def count(self, key: str) -> int:
@@ -69,14 +70,14 @@ class InProcessRateLimiter:
     def __init__(self) -> None:
         self._counters = _Expiring()
 
-    async def hit(self, key: str, limit: int, window_s: int) -> bool:
-        if window_s < 1:
-            raise ValueError(f"window_s must be at least 1 s, got {window_s}")
+    async def hit(self, key: str, limit: int, window_s: int, weight: int = 1) -> bool:
+        if window_s < 1 or weight < 1:
+            raise ValueError(f"window_s and weight must be at least 1, got {window_s}, {weight}")
         now = time.monotonic()
         entry = self._counters.live(key, now)
         expires, count = entry if entry is not None else (now + window_s, 0)
-        self._counters.entries[key] = (expires, count + 1)
-        return count + 1 <= limit
+        self._counters.entries[key] = (expires, count + weight)
+        return count + weight <= limit
 
     async def count(self, key: str) -> int:
         entry = self._counters.live(key, time.monotonic())

@@ -49,7 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from state.delivery import Frame, InProcessDelivery
+from state.delivery import LIVE_QUEUE_FRAMES, Frame, InProcessDelivery
 from state.locks import InProcessLocks, Lease
 
 log = logging.getLogger(__name__)
@@ -347,7 +347,9 @@ class RedisDelivery:
     ``last_seq`` and receives what it missed (how web chat already works).
     """
 
-    def __init__(self, client: Redis, *, namespace: str = DEFAULT_NAMESPACE, queue_size: int = 1000) -> None:
+    def __init__(
+        self, client: Redis, *, namespace: str = DEFAULT_NAMESPACE, queue_size: int = LIVE_QUEUE_FRAMES
+    ) -> None:
         self._client = client
         self._prefix = f"{namespace}:deliver:"
         self._pattern = _glob_escape(self._prefix) + "*"
@@ -446,12 +448,12 @@ class RedisDelivery:
 # --- rate limits, idempotency -------------------------------------------------------------
 
 
-# KEYS[1] counter; ARGV[1] window seconds. Returns the count in the current window. The TTL check
-# also repairs a counter left without expiry (it can't happen through this script, but a manual
-# INCR would otherwise block the key forever).
+# KEYS[1] counter; ARGV[1] window seconds, ARGV[2] weight of this hit. Returns the count in the
+# current window. The TTL check also repairs a counter left without expiry (it can't happen through
+# this script, but a manual INCR would otherwise block the key forever).
 _HIT = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 or redis.call('TTL', KEYS[1]) < 0 then
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) or redis.call('TTL', KEYS[1]) < 0 then
     redis.call('EXPIRE', KEYS[1], ARGV[1])
 end
 return count
@@ -470,12 +472,12 @@ class RedisRateLimiter:
         self._prefix = f"{namespace}:rate:"
         self._hit = client.register_script(_HIT)
 
-    async def hit(self, key: str, limit: int, window_s: int) -> bool:
-        """Count one hit on ``key``; True when it is within ``limit`` hits per ``window_s``
-        seconds (refused hits count too). Raises ``redis.exceptions.RedisError``."""
-        if window_s < 1:
-            raise ValueError(f"window_s must be at least 1 s, got {window_s}")
-        count = await self._hit(keys=[self._prefix + key], args=[int(window_s)])
+    async def hit(self, key: str, limit: int, window_s: int, weight: int = 1) -> bool:
+        """Count a hit of ``weight`` on ``key``; True when the window's total is within ``limit``
+        per ``window_s`` seconds (refused hits count too). Raises ``redis.exceptions.RedisError``."""
+        if window_s < 1 or weight < 1:
+            raise ValueError(f"window_s and weight must be at least 1, got {window_s}, {weight}")
+        count = await self._hit(keys=[self._prefix + key], args=[int(window_s), int(weight)])
         return int(count) <= limit
 
     async def count(self, key: str) -> int:

@@ -317,3 +317,14 @@ async def test_order_ids_with_non_ascii_digits_are_not_order_ids() -> None:
     assert extract_entities("order #W\u0665\u0669\u0667\u0666\u0662\u0660\u0665").order_ids == ()
     assert extract_entities("order #W\uff15\uff19\uff17\uff16\uff12\uff10\uff15").order_ids == ()
     assert normalise_order_id("W\u0665\u0669\u0667\u0666\u0662\u0660\u0665") is None
+
+
+def test_the_example_order_number_belongs_to_no_one(demo: JsonOrderStore, tau: JsonOrderStore) -> None:
+    """Examples shown to customers (the bot's questions, the knowledge base) must not be someone's order."""
+    from bot.actions import EXAMPLE_ORDER_ID
+
+    kb = "\n".join(p.read_text(encoding="utf-8") for p in (CONFIG_DIR / "kb").glob("*.md"))
+    named = set(extract_entities(kb).order_ids)
+    assert named == {EXAMPLE_ORDER_ID}, named
+    for store in (demo, tau):
+        assert store._orders.get(EXAMPLE_ORDER_ID) is None

@@ -251,7 +251,7 @@ def _raw_websocket(port: int, hello: dict[str, Any], rcvbuf: int = 4096) -> sock
 async def test_a_client_that_does_not_read_is_disconnected_and_holds_one_page(server_factory, http) -> None:
     server = server_factory({
         "HELPLINE_CHAT_SEND_TIMEOUT_S": "2", "HELPLINE_MAX_STORED_CHARS": "100000",
-        "HELPLINE_CUSTOMER_RATE_LIMIT": "1000", "HELPLINE_ADDRESS_RATE_LIMIT": "1000",
+        "HELPLINE_CUSTOMER_RATE_LIMIT": "100000", "HELPLINE_ADDRESS_RATE_LIMIT": "100000",
     })
     server.start()
     chat = await ChatSocket.open(http, server.url)

@@ -1,6 +1,6 @@
 """What happened to one golden case, as read back from the database, and how it is judged.
 
-Definitions (the README's "Reading the eval" section repeats them):
+Definitions (docs/eval.md, "What the numbers mean", repeats them):
 
 - a case's **turns** are its customer messages; each has the turn event the conversation service
   wrote (the router Decision's ``event_payload()`` plus ``latency_ms``) and the bot's reply, if any.
