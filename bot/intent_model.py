@@ -810,8 +810,22 @@ def save_versioned(model: IntentModel, models_dir: Path) -> Path:
     return target
 
 
+def train_and_save(intents_file: Path, models_dir: Path) -> str:
+    """Train the model of ``intents_file`` with the default embedder and save it under
+    ``models_dir``; returns its version. For a separate process (:func:`load_or_train` with
+    ``train_elsewhere``): it loads its own embedder. Raises ``IntentConfigError``."""
+    from bot.embeddings import Embedder as _Embedder
+
+    embedder = _Embedder.load()
+    version = model_version(Path(intents_file).read_bytes(), embedder.model_id)
+    model = IntentModel.train(load_intents(Path(intents_file)), embedder, version=version)
+    save_versioned(model, Path(models_dir))
+    return version
+
+
 def load_or_train(
-    intents_file: Path, models_dir: Path, embedder: Embedder, model_dir: Path | None = None
+    intents_file: Path, models_dir: Path, embedder: Embedder, model_dir: Path | None = None,
+    *, train_elsewhere: bool = False,
 ) -> IntentModel:
     """The model the server uses.
 
@@ -819,6 +833,10 @@ def load_or_train(
     exactly that (IntentModelError if missing). Otherwise the version of ``intents_file`` (see
     :func:`model_version`) names ``models_dir/<version>``: load it if present, else validate the
     file, train (a few seconds) and save there atomically (:func:`save_versioned`).
+
+    ``train_elsewhere``: train in a child process (:func:`train_and_save`) and load what it saved, so
+    a long-running server never holds training's memory (its peak is over 1 GB; freed memory is
+    rarely returned to the system).
 
     Raises:
         IntentConfigError: the intents file is invalid (only checked when training).
@@ -835,6 +853,15 @@ def load_or_train(
     if (target / "meta.json").is_file():
         return IntentModel.load(target, embedder)
 
+    if train_elsewhere:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            trained = pool.submit(train_and_save, intents_file, Path(models_dir)).result()
+        if trained != version:  # the file changed while it trained: load what was trained
+            target = Path(models_dir) / trained
+        return IntentModel.load(target, embedder)
     specs = load_intents(intents_file)
     model = IntentModel.train(specs, embedder, version=version)
     save_versioned(model, Path(models_dir))

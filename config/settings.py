@@ -152,7 +152,8 @@ class Settings(BaseSettings):
         "is cut (the message records its original length)."
     )
     customer_rate_limit: int = Field(
-        60, ge=1, description="Most messages one customer may send per rate window; more are refused."
+        60, ge=1, description="Most messages one customer may send per rate window (a message weighs 1 plus 1 "
+        "per full 1,000 characters); more are refused."
     )
     customer_rate_window_s: int = Field(60, ge=1, description="The rate window, in seconds.")
     address_rate_limit: int = Field(

@@ -9,6 +9,7 @@ exactly the code path live traffic takes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -93,7 +94,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         else:
             log.info("loading the intent model (trained on first start, a few seconds)")
         intent_model = await asyncio.to_thread(
-            load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir
+            functools.partial(
+                load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir,
+                train_elsewhere=True,
+            )
         )
         knowledge = KnowledgeBase(db, embedder)
         await knowledge.load()

@@ -233,26 +233,46 @@ def build_app(settings: Settings) -> web.Application:
     return app
 
 
-def limit_malloc_arenas(arenas: int = 2) -> None:
-    """Cap glibc's malloc arenas (``M_ARENA_MAX``) before the worker threads start.
-
-    glibc gives each thread that allocates its own arena (up to 8 per core), and memory freed in an
-    arena is rarely returned: with the turn threads, the database driver's threads and the model's
-    threads, a busy process held hundreds of MB it no longer used. Two arenas cost nothing
-    measurable here (docs/benchmarks.md). Same as ``MALLOC_ARENA_MAX=2``; a no-op on
-    other C libraries.
-    """
+def _libc() -> Any:
     import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
-    if not name:
-        return
     try:
-        libc = ctypes.CDLL(name)
-        libc.mallopt(ctypes.c_int(-8), ctypes.c_int(arenas))  # M_ARENA_MAX (malloc.h)
-    except (OSError, AttributeError):
-        pass
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def tune_malloc(arenas: int = 2, mmap_threshold: int = 256 * 1024) -> None:
+    """glibc malloc settings for a long-running server, set before the worker threads start.
+
+    - ``M_ARENA_MAX`` 2: glibc gives each allocating thread an arena of its own (up to 8 per core),
+      and memory freed in an arena is rarely returned; with the turn threads, the database driver's
+      and the model's, a busy process held hundreds of MB it no longer used.
+    - ``M_MMAP_THRESHOLD`` fixed at 256 KiB: blocks above it (model activations, a knowledge-base
+      ingest's batches) are mapped and unmapped on free. By default glibc raises the threshold
+      after each such free, so later large blocks come from the heap and stay in the RSS.
+
+    Same as ``MALLOC_ARENA_MAX=2 MALLOC_MMAP_THRESHOLD_=262144``; a no-op on other C libraries.
+    Measured in docs/benchmarks.md.
+    """
+    import ctypes
+
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return
+    libc.mallopt(ctypes.c_int(-8), ctypes.c_int(arenas))  # M_ARENA_MAX (malloc.h)
+    libc.mallopt(ctypes.c_int(-3), ctypes.c_int(mmap_threshold))  # M_MMAP_THRESHOLD
+
+
+def release_free_memory() -> None:
+    """Give memory freed during start-up (training, ingest) back to the system (``malloc_trim``)."""
+    import ctypes
+
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(ctypes.c_size_t(0))
 
 
 def serve(settings: Settings) -> None:
@@ -263,7 +283,7 @@ def serve(settings: Settings) -> None:
     proxies exempt), and ``http_idle_timeout_s`` to send a complete request.
     """
     log.info("data folder %s; database %s", settings.data_dir, settings.database_display)
-    limit_malloc_arenas()
+    tune_malloc()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(_serve(settings))
@@ -302,6 +322,7 @@ async def _serve(settings: Settings) -> None:
             },
         )
         await site.start()
+        release_free_memory()
         log.info("serving on http://%s:%d (Ctrl-C or SIGTERM to stop)", settings.host, settings.port)
         await asyncio.Event().wait()  # until a signal raises GracefulExit here
     finally:
