@@ -964,13 +964,15 @@ class Escalation:
             notice=handoff_notice(found.code),
         )
 
-    def explicit_request(self, tokens: Sequence[str], u: Understanding, text: str | None = None) -> Trigger | None:
+    def explicit_request(
+        self, tokens: Sequence[str], u: Understanding, text: str | None = None, *, use_intent: bool = True
+    ) -> Trigger | None:
         matched = explicit_request(tokens)
         if matched:
             return Trigger("explicit_request", {"matched": matched})
         if (self._asks_if_bot(text) if text is not None else asks_if_bot(tokens)):
             return None  # "are you a real person?": a question the bot answers (reply_instead)
-        if u.intent == "contact_human_agent" and u.confidence >= self.settings.confidence_threshold:
+        if use_intent and u.intent == "contact_human_agent" and u.confidence >= self.settings.confidence_threshold:
             return Trigger("explicit_request", {"matched": None, "intent_confidence": round(u.confidence, 4)})
         return None
 
@@ -1019,16 +1021,22 @@ class Escalation:
 
     # -- entries --------------------------------------------------------------------------------
 
-    def check(self, text: str, u: Understanding, prior: Sequence[PriorTurn], *, reasoning_available: bool) -> Trigger | None:
+    def check(
+        self, text: str, u: Understanding, prior: Sequence[PriorTurn], *, reasoning_available: bool,
+        answers_question: bool = False,
+    ) -> Trigger | None:
         """The first trigger that fires for customer ``text`` (understood as ``u``) given the ticket's
         earlier turns ``prior`` (oldest first), in :data:`REASONS` order; None when none fires.
-        Blocking CPU work (may embed earlier messages): run it off the event loop."""
+        ``answers_question``: the message gives what the bot just asked for (an order number, an
+        email or postcode); then the intent model's guess is not a trigger (a bare email reads as
+        anything to it), only the words are. Blocking CPU work (may embed earlier messages): run
+        it off the event loop."""
         tokens = self.speller.tokens(text)
         stretch = since_last_handoff(prior)
         return (
             self.unsupported_language(text, reasoning_available=reasoning_available)
-            or self.explicit_request(tokens, u, text)
-            or self.sensitive_intent(u)
+            or self.explicit_request(tokens, u, text, use_intent=not answers_question)
+            or (None if answers_question else self.sensitive_intent(u))
             or self.sensitive_topic(tokens)
             or self.negative_sentiment(u)
             or self.conversation_sentiment(u, stretch)

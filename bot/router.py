@@ -196,7 +196,10 @@ class Router:
         u = self.understander.understand(text)
         # The next turns compare their message with this one (repeated message): embedded once.
         self.message_embedder.remember(model_view(text), u.embedding)
-        trigger = self.escalation.check(text, u, ctx.prior, reasoning_available=self.reasoning_available)
+        answering = bool(ctx.pending) and self._fills_pending(ctx.pending or {}, u, text)
+        trigger = self.escalation.check(
+            text, u, ctx.prior, reasoning_available=self.reasoning_available, answers_question=answering
+        )
         instead = None if trigger is not None else self.escalation.reply_instead(text, u)
         return u, trigger, instead, self.escalation.complaint(text)
 

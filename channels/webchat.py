@@ -204,6 +204,7 @@ class WebChatChannel:
         self.proxies = tuple(proxies)
         self._sockets: set[web.WebSocketResponse] = set()
         self._by_address: Counter[str] = Counter()
+        self._refused_origins: set[str | None] = set()
 
     async def send(self, message: Message) -> str | None:
         """Outbound sender (the outbox calls it): publish the message to the customer's open
@@ -212,6 +213,16 @@ class WebChatChannel:
         from the backlog at their next connect. Web chat has no provider message id: returns None."""
         await self.delivery.publish(message.customer_id, message_frame(message))
         return None
+
+    def _log_refused_origin(self, origin: str | None) -> None:
+        # A warning the first time per origin (a page the team forgot to allow, whose customers see
+        # the chat "reconnecting" for ever); then quiet, so an attacker cannot flood the log.
+        if origin in self._refused_origins or len(self._refused_origins) >= 100:
+            log.debug("web-chat refused: origin %r not allowed", origin)
+            return
+        self._refused_origins.add(origin)
+        log.warning("web-chat refused: origin %r is not allowed (HELPLINE_ALLOWED_ORIGINS); its "
+                    "visitors cannot chat", origin)
 
     @property
     def open_sockets(self) -> int:
@@ -227,7 +238,7 @@ class WebChatChannel:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not origin_allowed(request, self.settings.allowed_origins):
-            log.info("web-chat refused: origin %r not allowed", request.headers.get("Origin"))
+            self._log_refused_origin(request.headers.get("Origin"))
             return web.Response(status=403, text="This page may not open the chat (origin not allowed).\n")
         address = client_address(request, self.proxies)
         if self._by_address[address] >= self.settings.chat_sockets_per_address:
@@ -302,7 +313,7 @@ class WebChatChannel:
             channel = REPLAY if replay else WEBCHAT
             return self.sessions.issue(channel), channel, last_seq
         channel = self.sessions.channel_of(session_id)
-        if channel is None and len(session_id) >= LEGACY_MIN_LENGTH:
+        if channel is None and self.settings.legacy_session_ids and len(session_id) >= LEGACY_MIN_LENGTH:
             # An id from before signed ids: valid while its customer exists.
             if await find_customer_id(self.conversations.db, WEBCHAT, session_id) is not None:
                 channel = WEBCHAT

@@ -93,6 +93,10 @@ class Settings(BaseSettings):
         None, description="Signs web-chat session ids. Unset: a random key is created once and kept "
         "in the database (every process of the deployment shares it). Changing it ends every session."
     )
+    legacy_session_ids: bool = Field(
+        True, description="Accept the unsigned web-chat session ids of releases before 0.2 while their "
+        "customer exists; turn off once the widgets in use have moved to signed ids."
+    )
     admin_token: SecretStr | None = Field(
         None, description="Bearer token that shows operational details (/healthz) and lets "
         "helpline replay mark its traffic, for callers that are not on this machine."
@@ -134,8 +138,8 @@ class Settings(BaseSettings):
     # --- kill switch ---------------------------------------------------------------------------
     agent_mode: AgentMode = Field(AgentMode.enabled, validation_alias="AGENT_MODE")
     disabled_reply: str = Field(
-        "Thanks for your message. Our assistant is switched off right now; a member of our support "
-        "team will reply here as soon as possible.",
+        "Thanks for your message. Our assistant is switched off right now; we will reply here as soon "
+        "as we can.",
         description="Static auto-reply sent to every customer message while AGENT_MODE=disabled.",
     )
 
@@ -304,6 +308,20 @@ class Settings(BaseSettings):
         0.6, ge=0, le=1, description="With English supported, a message whose share of English words "
         "is at least this is never judged foreign (guards against the detector on short messages)."
     )
+
+    @field_validator("allowed_origins", mode="after")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        import re
+
+        origin = re.compile(r"https?://[A-Za-z0-9*.-]+(:[0-9]{1,5})?/?")
+        for entry in value:
+            if entry != "*" and not origin.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not an origin: write scheme://host[:port], e.g. https://shop.example.com "
+                    "or https://*.example.com, or * for any"
+                )
+        return value
 
     @field_validator("trusted_proxies", mode="after")
     @classmethod

@@ -26,9 +26,18 @@ T = TypeVar("T")
 
 
 def _settings(**overrides: object) -> Settings:
+    from pydantic import ValidationError
+
     try:
         base = Settings()
-    except Exception as exc:  # pydantic's message names the setting and the problem
+    except ValidationError as exc:  # name the variables people set, not the field names
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            name = "AGENT_MODE" if field == "agent_mode" else f"HELPLINE_{field.upper()}"
+            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        raise click.ClickException("invalid settings: " + "; ".join(problems)) from None
+    except Exception as exc:  # a config file that cannot be read, or is not a mapping
         raise click.ClickException(f"invalid settings: {exc}") from None
     values = {k: v for k, v in overrides.items() if v is not None}
     return base.model_copy(update=values) if values else base
@@ -47,11 +56,19 @@ def main(verbose: bool) -> None:
             logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
-@main.command()
+@main.command(epilog="Exit status: 0 stopped by SIGINT/SIGTERM, 1 a configuration problem (named in one "
+                     "line) or the port is taken.")
 @click.option("--host", default=None, help="Bind address (default HELPLINE_HOST or 127.0.0.1).")
 @click.option("--port", default=None, type=int, help="Port (default HELPLINE_PORT or 8080).")
 def serve(host: str | None, port: int | None) -> None:
-    """Run the server (web chat at http://HOST:PORT/)."""
+    """Run the server (web chat at http://HOST:PORT/).
+
+    Everything it keeps (SQLite database, trained models) is in the data folder, HELPLINE_DATA_DIR
+    (default ./var of the folder you start it from); it logs the folder at start. Example:
+
+    \b
+        HELPLINE_DATA_DIR=/srv/helpline helpline serve --port 8090
+    """
     from bot.embeddings import ModelIntegrityError
     from bot.escalation import TopicConfigError
     from bot.intent_model import IntentConfigError, IntentModelError
@@ -349,7 +366,13 @@ def agent_mode(mode: str | None) -> None:
     get their answers from the bot within one sweep interval of switching it back on, unless an
     agent has taken their ticket.
 
-    Exit status: 0 done, 1 the database cannot be reached.
+    Run it where the server runs (the same HELPLINE_DATA_DIR or HELPLINE_DATABASE_URL): it refuses a
+    data folder with no database rather than create one. Example:
+
+    \b
+        HELPLINE_DATA_DIR=/srv/helpline helpline agent-mode disabled
+
+    Exit status: 0 done, 1 no database there, or it cannot be reached or is not migrated.
     """
     import getpass
     import socket
@@ -359,12 +382,17 @@ def agent_mode(mode: str | None) -> None:
     from state.migrate import ensure_schema
 
     settings = _settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if not settings.database_url and not (settings.data_dir / "helpline.db").is_file():
+        # A switch written where no server reads it would look like success and change nothing.
+        raise click.ClickException(
+            f"no Helpline database at {settings.database_display}: run this where the server runs, or "
+            "set HELPLINE_DATA_DIR (or HELPLINE_DATABASE_URL) to the server's"
+        )
     actor = f"cli:{getpass.getuser()}@{socket.gethostname()}"
 
     async def run() -> str | None:
         url = settings.effective_database_url
-        await ensure_schema(url, settings.migrate.value)
+        await ensure_schema(url, "refuse")  # never create or migrate a database from here
         database = open_database(url)
         try:
             if mode is not None:
@@ -378,18 +406,38 @@ def agent_mode(mode: str | None) -> None:
     except Exception as exc:  # unreachable database or pending migrations: say so plainly
         raise click.ClickException(f"cannot read or set the switch in the database: {exc}") from None
     effective = shared or settings.agent_mode.value
-    source = "set for every process" if shared else "AGENT_MODE of each process (no switch set)"
+    source = (
+        "set for every process using this database" if shared else "AGENT_MODE of each process (no switch set)"
+    )
     click.echo(f"agent mode: {effective} ({source}; database {settings.database_display})")
 
 
-@main.command()
-@click.argument("url", default="http://127.0.0.1:8080")
+def _local_url() -> str:
+    """The server this machine's settings describe: http://HELPLINE_HOST:HELPLINE_PORT (a wildcard
+    bind address means this machine)."""
+    settings = _settings()
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{host}:{settings.port}"
+
+
+@main.command(epilog="Exit status: 0 done, 1 the connection was lost for good, 2 the server cannot be "
+                     "reached or refused the session.")
+@click.argument("url", required=False)
 @click.option("--session", "session_id", default=None, help="Resume a web-chat session id.")
-def chat(url: str, session_id: str | None) -> None:
-    """Chat with a running server from the terminal (same websocket as the widget)."""
+def chat(url: str | None, session_id: str | None) -> None:
+    """Chat with a running server from the terminal (same websocket as the widget).
+
+    URL defaults to http://HELPLINE_HOST:HELPLINE_PORT (http://127.0.0.1:8080). Type a line to send
+    it; /quit or Ctrl-D leaves. Examples:
+
+    \b
+        helpline chat
+        helpline chat https://help.example.com --session SESSION_ID
+        echo "Where is my order?" | helpline chat http://127.0.0.1:8090
+    """
     from helpline.chat_client import run_chat
 
-    sys.exit(asyncio.run(run_chat(url, session_id=session_id)))
+    sys.exit(asyncio.run(run_chat(url or _local_url(), session_id=session_id)))
 
 
 def _check_writable(path: Path, option: str) -> None:
@@ -411,7 +459,8 @@ def _check_writable(path: Path, option: str) -> None:
               help="YAML mapping 'file label: Helpline intent' when the label names differ.")
 @click.option("--limit", type=int, default=None, help="Replay N rows (seeded sample).")
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Customers in flight at once.")
-@click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="The running server.")
+@click.option("--url", default=None,
+              help="The running server (default http://HELPLINE_HOST:HELPLINE_PORT, i.e. http://127.0.0.1:8080).")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed for the sample and the placeholder values.")
 @click.option("--show", is_flag=True,
@@ -424,7 +473,7 @@ def _check_writable(path: Path, option: str) -> None:
               help="The server's admin token, needed when the server is not on this machine.")
 @click.option("--json", "json_line", is_flag=True, help="Print one JSON object as the last line.")
 def replay(file: Path, text_column: str, label_column: str | None, label_map: Path | None,
-           limit: int | None, concurrency: int, url: str, seed: int, show: bool, out_file: Path | None,
+           limit: int | None, concurrency: int, url: str | None, seed: int, show: bool, out_file: Path | None,
            token: str | None, json_line: bool) -> None:
     """Send real customer messages through a running server, each row as a new customer, and report
     tiers, escalations, intent accuracy (with --label-column) and latency.
@@ -450,7 +499,7 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
     try:
         report = asyncio.run(
             run_replay(file, text_column=text_column, label_column=label_column, label_map=label_map,
-                       limit=limit, concurrency=concurrency, url=url, seed=seed, token=token)
+                       limit=limit, concurrency=concurrency, url=url or _local_url(), seed=seed, token=token)
         )
     except ReplayInputError as exc:
         raise InputError(str(exc)) from None

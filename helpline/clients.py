@@ -28,6 +28,8 @@ from aiohttp import hdrs, web
 
 Network = IPv4Network | IPv6Network
 UNKNOWN = "unknown"
+FORWARDING_HEADERS = (hdrs.X_FORWARDED_FOR, hdrs.FORWARDED, "X-Real-IP", "X-Forwarded-Host", "True-Client-IP")
+"""Any of these on a request means a proxy relayed it: the peer is not the client."""
 
 
 def parse_networks(values: Sequence[str]) -> tuple[Network, ...]:
@@ -85,11 +87,12 @@ def _loopback(address: str) -> bool:
 
 
 def is_local(request: web.BaseRequest, proxies: Sequence[Network]) -> bool:
-    """True for a caller on this machine: a loopback peer sending no forwarding header, or a
-    loopback client named by a trusted proxy. A forwarding header from an untrusted peer makes the
-    caller not local (a proxy we were not told about may be relaying the public)."""
+    """True for a caller on this machine: a loopback peer sending no forwarding header (any of
+    :data:`FORWARDING_HEADERS`), or a loopback client named by a trusted proxy. A forwarding header
+    from an untrusted peer makes the caller not local (a proxy we were not told about may be
+    relaying the public)."""
     peer = peer_address(request)
-    forwarded = hdrs.X_FORWARDED_FOR in request.headers or hdrs.FORWARDED in request.headers
+    forwarded = any(header in request.headers for header in FORWARDING_HEADERS)
     if not forwarded:
         return _loopback(peer)
     if not _trusted(peer, proxies):

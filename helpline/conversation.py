@@ -344,13 +344,13 @@ class Conversations:
     def _log_turn(self, message: Message, decision: Decision | None, latency_ms: float) -> None:
         # One line per turn for operators: no message text unless asked for (it is customer data).
         if decision is None:
-            log.info("turn ticket=%s message=%s tier=- reason=human_owns_ticket latency_ms=%.1f",
-                     message.ticket_id, message.id, latency_ms)
+            log.info("turn ticket=%s message=%s channel=%s tier=- reason=human_owns_ticket latency_ms=%.1f",
+                     message.ticket_id, message.id, message.channel, latency_ms)
             return
         text = f" text={message.text[:200]!r}" if self.settings.log_message_text else ""
         log.info(
-            "turn ticket=%s message=%s tier=%s reason=%s intent=%s confidence=%s latency_ms=%.1f%s",
-            message.ticket_id, message.id, decision.tier, decision.reason, decision.intent,
+            "turn ticket=%s message=%s channel=%s tier=%s reason=%s intent=%s confidence=%s latency_ms=%.1f%s",
+            message.ticket_id, message.id, message.channel, decision.tier, decision.reason, decision.intent,
             decision.confidence, latency_ms, text,
         )
         if decision.escalate:

@@ -335,6 +335,7 @@ async def return_kill_switch_tickets(db: Database, *, limit: int = 200) -> list[
                     .values(processed_at=None)
                 )
             transition(session, ticket, TicketState.bot, reason="kill_switch_lifted", reanswer=len(ids))
+            ticket.handoff_summary = None  # the summary was for a person; the bot has the ticket again
         moved.append(ticket_id)
     return moved
 

@@ -150,12 +150,21 @@ async def test_customers_who_wrote_while_the_bot_was_off_are_answered_when_it_is
     assert len(await _replies(rt, taken.ticket.id)) == 1  # the agent's ticket got no bot answer
 
 
-def test_the_switch_command_names_the_database_it_used(tmp_path) -> None:
+def test_the_switch_is_refused_where_no_server_keeps_its_database(tmp_path, server_factory) -> None:
+    """Run from another folder, the command used to create an empty database there, set the switch
+    in it and report success while the running server kept answering."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HELPLINE_", "AGENT_MODE"))}
-    env["HELPLINE_DATA_DIR"] = str(tmp_path / "var")
-    done = _cli(env, "disabled")
+    env["HELPLINE_DATA_DIR"] = str(tmp_path / "elsewhere")
+    for args in (("disabled",), ()):
+        done = _cli(env, *args)
+        assert done.returncode == 1, done
+        assert f"no Helpline database at {tmp_path / 'elsewhere' / 'helpline.db'}" in done.stderr
+    assert not (tmp_path / "elsewhere").exists()
+    server = server_factory()
+    server.start()
+    done = _cli({**server.env}, "disabled")
     assert done.returncode == 0, done.stderr
-    assert f"database {tmp_path / 'var' / 'helpline.db'}" in done.stdout
+    assert "disabled (set for every process using this database; database " in done.stdout
 
 
 @pytest.mark.parametrize("mode", ["disable", "off"])

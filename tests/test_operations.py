@@ -35,7 +35,7 @@ async def test_the_server_names_its_data_folder_and_logs_each_turn_without_text(
     server.stop()
     log = server.log_path.read_text()
     assert f"data folder {server.env['HELPLINE_DATA_DIR']}; database " in log
-    turns = re.findall(r"turn ticket=\d+ message=\d+ tier=(\w+) reason=(\w+) intent=\w+ confidence=[\d.]+ latency_ms=[\d.]+", log)
+    turns = re.findall(r"turn ticket=\d+ message=\d+ channel=webchat tier=(\w+) reason=(\w+) intent=\w+ confidence=[\d.]+ latency_ms=[\d.]+", log)
     assert turns == [("retrieval", "answered"), ("human", "explicit_request")], log
     assert re.search(r"escalated ticket=\d+ reason=explicit_request", log)
     assert "pineapple" not in log

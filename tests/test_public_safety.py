@@ -374,3 +374,34 @@ async def test_the_chat_accepts_only_allowed_origins(server_factory, http) -> No
     assert await origin("https://evil.example") == 403
     assert await origin("https://example.org.evil.example") == 403
     assert await origin("http://shop.example.com") == 403  # scheme matters
+
+
+def test_a_malformed_allowed_origin_stops_the_settings() -> None:
+    from pydantic import ValidationError
+
+    from config.settings import Settings
+
+    with pytest.raises(ValidationError, match="is not an origin"):
+        Settings(allowed_origins=["127.0.0.1:8091"])  # no scheme: it would never match
+    assert Settings(allowed_origins=["https://*.example.com", "http://127.0.0.1:8091/", "*"]).allowed_origins
+
+
+async def test_any_forwarding_header_makes_a_loopback_caller_anonymous(server_url: str) -> None:
+    for header in ("X-Real-IP", "X-Forwarded-For", "Forwarded", "True-Client-IP"):
+        value = "for=203.0.113.5" if header == "Forwarded" else "203.0.113.5"
+        assert json.loads(_get(server_url + "/healthz", {header: value})[2]) == {"status": "ok"}, header
+
+
+async def test_unsigned_session_ids_of_earlier_releases_can_be_switched_off(app_settings, aiohttp_client) -> None:
+    from helpline.server import RUNTIME, build_app
+    from state.conversations import get_or_create_customer
+
+    legacy = "L" * 32  # what the previous release issued: secrets.token_urlsafe(24)
+    for accept, expected in ((True, "welcome"), (False, "error")):
+        client = await aiohttp_client(build_app(app_settings.model_copy(update={"legacy_session_ids": accept})))
+        await get_or_create_customer(client.server.app[RUNTIME].db, "webchat", legacy)
+        ws = await client.ws_connect("/ws/chat")
+        await ws.send_json({"type": "hello", "session_id": legacy, "last_seq": 0})
+        assert (await ws.receive_json(timeout=10))["type"] == expected
+        await ws.close()
+        await client.close()

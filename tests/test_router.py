@@ -165,3 +165,20 @@ async def test_a_message_far_from_every_training_example_goes_to_a_person(router
         assert filled.reason == "slot_filled"
     finally:
         model.oos_threshold = saved
+
+
+async def test_a_bare_email_answering_the_proof_question_is_not_read_as_a_request_for_a_person(router) -> None:
+    """Owners answering "what is the email on the order?" with just their address were handed to a
+    person: the intent model reads a bare email as anything (often contact_human_agent)."""
+    orders = list(router.orders._orders.values())[:20]
+    for order in orders:
+        ask = await router.route(f"where is my order {order.order_id}?", CTX)
+        assert ask.reason == "asked_proof", ask
+        answer = await router.route(order.email, TurnContext(ticket_id=1, ticket_state="bot", pending=ask.pending))
+        assert (answer.tier, answer.reason, answer.escalate) == ("deterministic", "slot_filled", False), (order.email, answer)
+        assert answer.verified_owner == order.user_id
+    # Words still count: asking for a person while answering is a request for a person.
+    ask = await router.route(f"where is my order {orders[0].order_id}?", CTX)
+    words = await router.route(f"{orders[0].email} and I want to talk to a real person",
+                               TurnContext(ticket_id=1, ticket_state="bot", pending=ask.pending))
+    assert words.reason == "explicit_request" and words.escalate
