@@ -193,7 +193,7 @@ async def _next_frame(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
                 raise _TurnFailed("protocol", f"server sent a frame that is not an object: {msg.data[:80]!r}")
             if frame.get("type") == "error":
                 code = str(frame.get("code") or "unknown")
-                raise _TurnFailed(f"error:{code}", f"error frame {code}: {frame.get('message', '')}")
+                raise _TurnFailed(f"error:{code}", str(frame.get("message") or code))
             return frame
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             raise _TurnFailed("closed", f"server closed the connection (code {ws.close_code})")
@@ -463,7 +463,11 @@ def print_report(report: ReplayReport, *, json_line: bool, file: TextIO | None =
     where = f" against {report.url}" if report.url else ""
     lines = [f"Replayed {report.turns:,} turns{where}: {answered:,} answered, {report.errors:,} errors"]
     if report.turns and not answered:
-        lines.append(f"  ALL {report.turns:,} turns failed; is the server running{where}?")
+        if set(report.error_kinds) == {"error:forbidden"}:
+            lines.append("  ALL turns were refused: the server accepts replayed traffic from its own machine, "
+                         "or with its admin token (--token or HELPLINE_ADMIN_TOKEN)")
+        else:
+            lines.append(f"  ALL {report.turns:,} turns failed; is the server running{where}?")
     if answered:
         lines.append(f"Tiers:           {_tier_shares(report)}")
         known = report.escalation_known

@@ -253,11 +253,11 @@ async def test_failed_rows_show_their_error(start_server, tmp_path: Path) -> Non
     url, _ = await start_server("error")
     report = await run_replay(_write_csv(tmp_path / "rows.csv"), text_column="text", url=url, progress=False)
     first = report.rows[0]
-    assert (first.reply, first.tier, first.error) == (None, None, "error:message_too_long: error frame message_too_long: too long")
+    assert (first.reply, first.tier, first.error) == (None, None, "error:message_too_long: too long")
     shown = io.StringIO()
     print_rows(report, file=shown)
     assert shown.getvalue().startswith(
-        "line 2\n  customer: I want a refund please\n  error:    error:message_too_long: error frame"
+        "line 2\n  customer: I want a refund please\n  error:    error:message_too_long: too long"
     )
 
 
