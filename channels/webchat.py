@@ -151,8 +151,12 @@ class _SlowReader(Exception):
 class _Connection:
     """One open socket: a single writer lock, the highest seq sent on it, and what it may see."""
 
-    def __init__(self, ws: web.WebSocketResponse, *, internal: bool, send_timeout_s: float) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, *, internal: bool, send_timeout_s: float,
+        transport: asyncio.BaseTransport | None = None,
+    ) -> None:
         self.ws = ws
+        self.transport = transport
         self.sent_seq = 0
         self.internal = internal  # replay traffic: frames keep the bot's labels
         self.send_timeout_s = send_timeout_s
@@ -177,6 +181,12 @@ class _Connection:
                 raise _SlowReader() from None
             except ConnectionError:
                 pass
+
+    def drop(self) -> None:
+        """Cut a client that does not read: no close handshake (it would wait on the same full
+        buffer); it resumes from its last seq when it reconnects."""
+        if self.transport is not None:
+            self.transport.abort()
 
     async def error(self, code: str, message: str, client_message_id: str | None = None) -> None:
         await self.send(
@@ -260,13 +270,14 @@ class WebChatChannel:
         ws = web.WebSocketResponse(heartbeat=30.0, max_msg_size=MAX_FRAME_BYTES)
         await ws.prepare(request)
         self._sockets.add(ws)
-        conn = _Connection(ws, internal=False, send_timeout_s=self.settings.chat_send_timeout_s)
+        conn = _Connection(
+            ws, internal=False, send_timeout_s=self.settings.chat_send_timeout_s, transport=request.transport
+        )
         try:
             await self._converse(request, conn, address)
         except _SlowReader:
             log.info("web-chat client %s did not read for %.0f s; disconnected", address, conn.send_timeout_s)
-            if request.transport is not None:
-                request.transport.abort()
+            conn.drop()
         finally:
             self._sockets.discard(ws)
         return ws
@@ -337,50 +348,62 @@ class WebChatChannel:
             await conn.error("unavailable", "We cannot open the chat just now; reconnecting shortly.")
             await conn.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"storage unavailable")
             return
-        with contextlib.ExitStack() as subscriptions:
-            pumps: list[asyncio.Task[None]] = []
-            followed: set[int] = set()
+        pumps: list[asyncio.Task[None]] = []
+        try:
+            with contextlib.ExitStack() as subscriptions:
+                await self._open(conn, session_id, channel, customer_id, last_seq, address, subscriptions, pumps)
+        except self.conversations.outage_errors as exc:
+            log.warning("web-chat session stopped, storage unavailable: %s", exc)
+            await conn.error("unavailable", "We cannot keep the chat open just now; reconnecting shortly.")
+            await conn.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"storage unavailable")
+        finally:
+            # Every way out (a slow reader, an outage, the client leaving) stops this socket's pumps.
+            for task in pumps:
+                task.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
 
-            def follow(customer: int) -> None:
-                # Live frames of the customer reach this socket from now on (once per customer).
-                if customer in followed:
-                    return
-                followed.add(customer)
-                live = subscriptions.enter_context(self.delivery.subscribe(customer))
-                pumps.append(asyncio.create_task(self._pump(conn, live, customer)))
+    async def _open(
+        self, conn: _Connection, session_id: str, channel: str, customer_id: int | None, last_seq: int,
+        address: str, subscriptions: contextlib.ExitStack, pumps: list[asyncio.Task[None]],
+    ) -> None:
+        """Welcome, backlog, then the read loop, with the customer's live frames followed."""
+        followed: set[int] = set()
 
+        def follow(customer: int) -> None:
+            # Live frames of the customer reach this socket from now on (once per customer).
+            if customer in followed:
+                return
+            followed.add(customer)
+            live = subscriptions.enter_context(self.delivery.subscribe(customer))
+            pumps.append(asyncio.create_task(self._pump(conn, live, customer)))
+
+        if customer_id is None:
+            # No customer yet: another tab or process may create it with the first message.
+            # Listen for that announcement before looking again, so it cannot slip past.
+            announced = subscriptions.enter_context(self.delivery.subscribe(_session_key(channel, session_id)))
+            customer_id = await find_customer_id(self.conversations.db, channel, session_id)
             if customer_id is None:
-                # No customer yet: another tab or process may create it with the first message.
-                # Listen for that announcement before looking again, so it cannot slip past.
-                announced = subscriptions.enter_context(self.delivery.subscribe(_session_key(channel, session_id)))
-                customer_id = await find_customer_id(self.conversations.db, channel, session_id)
-                if customer_id is None:
-                    pumps.append(asyncio.create_task(self._await_customer(conn, announced, follow)))
-            ticket_id = ticket_state = None
-            server_seq = 0
-            if customer_id is not None:
-                follow(customer_id)
-                async with self.conversations.db.sessions() as session:
-                    ticket = await open_ticket(session, customer_id)
-                if ticket is not None:
-                    ticket_id, ticket_state = ticket.id, ticket.state
-                server_seq = await customer_last_seq(self.conversations.db, customer_id)
-            resync = last_seq > server_seq
-            start = max(0, server_seq - RESYNC_MESSAGES) if resync else last_seq
-            conn.sent_seq = start
-            await conn.send({
-                "type": "welcome", "session_id": session_id, "ticket_id": ticket_id,
-                "ticket_state": ticket_state, "last_seq": server_seq, "resync": resync,
-            })
-            if customer_id is not None:
-                await self._send_backlog(conn, customer_id, start)
-            await conn.send({"type": "synced", "last_seq": conn.sent_seq})
-            try:
-                await self._read(conn, session_id, channel, customer_id, address, follow)
-            finally:
-                for task in pumps:
-                    task.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
+                pumps.append(asyncio.create_task(self._await_customer(conn, announced, follow)))
+        ticket_id = ticket_state = None
+        server_seq = 0
+        if customer_id is not None:
+            follow(customer_id)
+            async with self.conversations.db.sessions() as session:
+                ticket = await open_ticket(session, customer_id)
+            if ticket is not None:
+                ticket_id, ticket_state = ticket.id, ticket.state
+            server_seq = await customer_last_seq(self.conversations.db, customer_id)
+        resync = last_seq > server_seq
+        start = max(0, server_seq - RESYNC_MESSAGES) if resync else last_seq
+        conn.sent_seq = start
+        await conn.send({
+            "type": "welcome", "session_id": session_id, "ticket_id": ticket_id,
+            "ticket_state": ticket_state, "last_seq": server_seq, "resync": resync,
+        })
+        if customer_id is not None:
+            await self._send_backlog(conn, customer_id, start)
+        await conn.send({"type": "synced", "last_seq": conn.sent_seq})
+        await self._read(conn, session_id, channel, customer_id, address, follow)
 
     async def _await_customer(
         self, conn: _Connection, announced: asyncio.Queue[Frame], follow: Callable[[int], None]
@@ -417,7 +440,7 @@ class WebChatChannel:
                 await self._deliver(conn, customer_id, await live.get())
         except _SlowReader:
             log.info("web-chat client did not read for %.0f s; disconnected", conn.send_timeout_s)
-            await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"slow reader")
+            conn.drop()
 
     async def _read(
         self,
