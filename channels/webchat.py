@@ -176,8 +176,11 @@ class _Connection:
             if self.ws.closed:
                 return
             try:
-                await asyncio.wait_for(self.ws.send_str(json.dumps(frame)), self.send_timeout_s)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that
+                # lands as the send completes, and a pump cancelled at shutdown then waited for ever.
+                async with asyncio.timeout(self.send_timeout_s):
+                    await self.ws.send_str(json.dumps(frame))
+            except TimeoutError:
                 raise _SlowReader() from None
             except ConnectionError:
                 pass
@@ -442,6 +445,17 @@ class WebChatChannel:
             log.info("web-chat client did not read for %.0f s; disconnected", conn.send_timeout_s)
             conn.drop()
 
+    async def _announce_customer(self, channel: str, session_id: str, customer_id: int) -> None:
+        """Tell this session's other open tabs (subscribed to the session, not yet to a customer)
+        which customer to follow. Live delivery only: when the shared state refuses the publish, the
+        message is still taken, and those tabs catch up from the database when they reconnect."""
+        try:
+            await self.delivery.publish(
+                _session_key(channel, session_id), {"type": "customer", "customer_id": customer_id}
+            )
+        except self.conversations.outage_errors as exc:
+            log.warning("session's other tabs not told of customer %s: %s", customer_id, exc)
+
     async def _read(
         self,
         conn: _Connection,
@@ -490,9 +504,7 @@ class WebChatChannel:
                     # here this socket receives the customer's frames.
                     customer_id = await self.conversations.customer_id(channel, session_id)
                     follow(customer_id)
-                    await self.delivery.publish(
-                        _session_key(channel, session_id), {"type": "customer", "customer_id": customer_id}
-                    )
+                    await self._announce_customer(channel, session_id, customer_id)
                 accepted = await self.conversations.receive(
                     Inbound(channel=channel, address=session_id, text=text, provider_message_id=client_id,
                             origin=None if channel == REPLAY else address),

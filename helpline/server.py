@@ -158,7 +158,8 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"ready": False, "reason": "starting"}, status=503)
     detail = _privileged(request)
     try:
-        await asyncio.wait_for(rt.db.server_version(), 2.0)
+        async with asyncio.timeout(2.0):
+            await rt.db.server_version()
     except Exception as exc:  # any failure to answer means: send traffic elsewhere
         body: dict[str, Any] = {"ready": False, "reason": "database"}
         if detail:

@@ -175,7 +175,8 @@ async def open_hot_state(
     client = redis_client(redis_url)
     delivery = RedisDelivery(client, namespace=namespace)
     try:
-        await asyncio.wait_for(ping(client), 5.0)
+        async with asyncio.timeout(5.0):
+            await ping(client)
         await delivery.start()
     except (TimeoutError, RedisError, OSError) as exc:
         await delivery.close()
@@ -210,7 +211,8 @@ async def ready(h: HotState) -> tuple[bool, str]:
     from state.redis_hot import RedisDelivery, ping
 
     try:
-        rtt = await asyncio.wait_for(ping(h.client), 1.0)
+        async with asyncio.timeout(1.0):
+            rtt = await ping(h.client)
     except TimeoutError:
         return False, "redis: no answer to PING within 1 s"
     except (RedisError, OSError) as exc:

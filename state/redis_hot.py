@@ -284,7 +284,8 @@ class RedisLocks:
         confirmed = time.monotonic()  # expiry is at least ttl after this
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self._ttl_s / 3)
+                async with asyncio.timeout(self._ttl_s / 3):
+                    await stop.wait()
             if stop.is_set():
                 return
             attempt = time.monotonic()

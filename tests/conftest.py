@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
+import shutil
 import uuid
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
@@ -64,10 +65,25 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         lines = ["helpline database backend: sqlite (a fresh temp file per test)"]
     else:
         where = f"{server.username or 'postgres'}@{server.host}:{server.port or 5432}"
-        lines = [f"helpline database backend: postgresql at {where} (a fresh database per test)"]
+        lines = [
+            f"helpline database backend: postgresql at {where} (a fresh database per test; "
+            "only the tests that use a database run)"
+        ]
     if _require_all():
         lines.append(f"{REQUIRE_ALL_ENV}=1: skipped tests fail")
     return lines
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On Postgres, run only the tests that use a database (``database_url``): the rest do not
+    depend on the backend and already ran in the SQLite pass of ``./dev test``."""
+    if server_database_url() is None:
+        return
+    keep = [item for item in items if "database_url" in getattr(item, "fixturenames", ())]
+    dropped = [item for item in items if "database_url" not in getattr(item, "fixturenames", ())]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 # --- database fixtures ---------------------------------------------------------------------------
@@ -89,15 +105,64 @@ async def _admin(server: URL, statement: str) -> None:
         await connection.close()
 
 
-@pytest.fixture
-def database_url(tmp_path: Path) -> Iterator[str]:
-    """SQLAlchemy async URL of a fresh, empty database (no tables) on the selected backend."""
+# Tests that start the application get a database as its first start leaves it (schema at head,
+# shipped knowledge base ingested), copied from one made per session: ingesting costs seconds of
+# embedding, and a run starts the server a few hundred times. A test that needs the first start
+# itself (migrating and ingesting an empty database) is marked ``fresh_database``.
+APP_FIXTURES = frozenset({"server_factory", "server_url", "app_settings", "helpline_client"})
+
+
+async def _seed(url: str) -> None:
+    from bot.embeddings import Embedder
+    from bot.knowledge import KnowledgeBase
+    from config.settings import Settings
+    from state.db import open_database
+    from state.migrate import upgrade
+
+    await upgrade(url)
+    db = open_database(url)
+    try:
+        await KnowledgeBase(db, await asyncio.to_thread(Embedder.load)).ingest(Settings().kb_dir)
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The seeded database every application test starts from: a SQLite file's path, or the name
+    of a Postgres template database."""
     server = server_database_url()
     if server is None:
-        yield f"sqlite+aiosqlite:///{tmp_path / 'helpline.db'}"
+        path = tmp_path_factory.mktemp("seed") / "helpline.db"
+        run_coroutine(_seed(f"sqlite+aiosqlite:///{path}"))
+        yield str(path)
+        return
+    name = f"seed_{uuid.uuid4().hex[:16]}"
+    run_coroutine(_admin(server, f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"))
+    try:
+        run_coroutine(_seed(server.set(database=name).render_as_string(hide_password=False)))
+        yield name
+    finally:
+        run_coroutine(_admin(server, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def database_url(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """SQLAlchemy async URL of a fresh database on the selected backend: empty (no tables), or for
+    a test that starts the application, a copy of :func:`seeded_template`."""
+    seeded = APP_FIXTURES.intersection(request.fixturenames) and not request.node.get_closest_marker(
+        "fresh_database"
+    )
+    template = request.getfixturevalue("seeded_template") if seeded else None
+    server = server_database_url()
+    if server is None:
+        path = tmp_path / "helpline.db"
+        if template is not None:
+            shutil.copyfile(template, path)
+        yield f"sqlite+aiosqlite:///{path}"
         return
     name = f"test_{uuid.uuid4().hex[:16]}"
-    run_coroutine(_admin(server, f"CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8'"))
+    run_coroutine(_admin(server, f"CREATE DATABASE {name} TEMPLATE {template or 'template0'} ENCODING 'UTF8'"))
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:

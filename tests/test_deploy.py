@@ -99,6 +99,7 @@ async def _closed_within(chat: ChatSocket, seconds: float) -> bool:
     return False
 
 
+@pytest.mark.fresh_database
 async def test_the_example_proxy_spreads_sockets_and_survives_a_killed_process(
     server_factory, redis_url: str, start_proxy, http: aiohttp.ClientSession, database_url: str
 ) -> None:

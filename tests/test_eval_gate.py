@@ -56,7 +56,7 @@ def test_smoke_gate_passes_with_the_shipped_bot(run_eval) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     s = last_json(proc)
     assert s["gate"] == {"passed": True, "failed": []}
-    assert s["cases"] == 55 and s["turns"] == 63
+    assert s["cases"] == 55 and s["turns"] == 64
     assert s["oos_cases"] == 7 and s["escalation_cases"] == 48 and s["retrieval_cases"] == 28
     assert s["groundedness"] >= 0.85 and s["unscored"] == 0 and s["claim_answers"] >= 25
     assert s["wrong_answer_rate"] <= 0.02

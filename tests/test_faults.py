@@ -46,7 +46,8 @@ from sqlalchemy import select
 from state.db import open_database
 from state.models import CustomerIdentity, Event, Message, Ticket
 
-ORDER_IDS: list[str] = list(json.loads((REPO / "config" / "orders.json").read_text()))
+ORDERS: dict[str, Any] = json.loads((REPO / "config" / "orders.json").read_text())
+ORDER_IDS: list[str] = list(ORDERS)
 
 NO_RATE_LIMIT = {  # the suite shares one Redis and customer ids restart with each fresh database
     "HELPLINE_CUSTOMER_RATE_LIMIT": "100000",
@@ -65,7 +66,9 @@ FAST_TAKEOVER = {  # a crashed holder blocks a ticket 2 s; the sweep looks every
 
 
 def order_question(order_id: str) -> str:
-    return f"where is my order {order_id}?"
+    """A status question that carries its proof of ownership, so every one is answered (an order
+    number alone gets a proof question, and a third unanswered one a handoff)."""
+    return f"where is my order {order_id}? my email is {ORDERS[order_id]['email']}"
 
 
 def named_order(text: str) -> str | None:
@@ -143,7 +146,7 @@ async def db_rows(database_url: str, session_id: str) -> dict[str, Any]:
         async with db.sessions() as session:
             customer_id = await session.scalar(
                 select(CustomerIdentity.customer_id).where(
-                    CustomerIdentity.channel == "webchat", CustomerIdentity.address == session_id
+                    CustomerIdentity.channel.in_(("webchat", "replay")), CustomerIdentity.address == session_id
                 )
             )
             assert customer_id is not None, f"no customer for session {session_id}"
@@ -211,7 +214,9 @@ def assert_replies_in_order(frames: list[dict[str, Any]], n: int, where: str) ->
     assert len(outbound) == n, f"{where}: {len(outbound)} replies, expected {n}"
     asked = [named_order(f["text"]) for f in inbound]
     answered = [named_order(f["text"]) for f in outbound]
-    assert answered == asked, f"{where}: replies not in message order:\n{asked}\n{answered}"
+    assert answered == asked, (
+        f"{where}: replies not in message order:\n{asked}\n{answered}\n" + "\n".join(f["text"] for f in outbound)
+    )
     assert all(not f["meta"]["escalated"] for f in outbound)
 
 
@@ -302,7 +307,7 @@ async def test_redis_outage_refuses_intake_and_recovers_by_itself(
 
         own.stop()
         down = await wait_status(server.url + "/readyz", 503, 10)
-        assert down["ready"] is False and "redis" in down["reason"], down
+        assert (down["ready"], down["reason"], down["hot_state"]) == (False, "hot_state", "redis"), down
 
         mark = len(sock.frames)
         await sock.send(order_question(ORDER_IDS[1]), "outage-1")

@@ -269,6 +269,35 @@ async def test_a_client_that_does_not_read_is_disconnected_and_holds_one_page(se
         sock.close()
 
 
+class _SendGate:
+    """The one method of a websocket that :class:`channels.webchat._Connection` sends with, whose
+    send completes when the test says so."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent = asyncio.get_running_loop().create_future()
+
+    async def send_str(self, data: str) -> None:
+        await self.sent
+
+
+async def test_a_send_cancelled_as_it_completes_is_still_cancelled() -> None:
+    """Shutdown cancels each socket's pumps; a pump whose send finished in the same loop turn kept
+    running (Python 3.11's wait_for drops that cancellation), waited for the next live frame for
+    ever, and the server ignored SIGTERM."""
+    from channels.webchat import _Connection
+
+    ws = _SendGate()
+    conn = _Connection(ws, internal=False, send_timeout_s=5)  # type: ignore[arg-type]
+    sending = asyncio.create_task(conn.send({"type": "pong"}))
+    await asyncio.sleep(0)  # the task now waits on the send
+    ws.sent.set_result(None)
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+
+
 async def test_an_idle_chat_socket_is_closed_with_code_4000(server_factory, http) -> None:
     server = server_factory({"HELPLINE_CHAT_IDLE_TIMEOUT_S": "2"})
     server.start()
