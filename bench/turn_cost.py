@@ -83,6 +83,7 @@ def worst_cases(seed: int = 0) -> dict[str, str]:
     near = "humen operater representitive agnet suprvisor managr sucide harrased laywer".split()
     return {
         "dots (a.a.a., 2,000 clauses)": _fit("a."),
+        "percent runs (a%a%a%, the email pattern's old worst case)": _fit("a%"),
         "one 4,000-letter token": "a" * LIMIT,
         "random letter words": " ".join(
             "".join(rnd.choice(string.ascii_lowercase) for _ in range(rnd.randint(5, 9))) for _ in range(600)

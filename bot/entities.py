@@ -28,9 +28,13 @@ class Entities:
     postcodes: tuple[str, ...] = ()
 
 
+# Linear in the text: a match starts only where a run of local-part characters starts (the
+# look-behind excludes every one of them, "%" included), and a local part is at most 64 characters
+# (RFC 5321, 4.5.3.1.1). Without both, "a%a%a%..." made every "a" a start that scanned the rest of
+# the run: 4,000 characters cost 0.2-0.5 s.
 _EMAIL = re.compile(
-    r"(?<![\w.+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]*[A-Za-z0-9_%+-])?@"
-    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
+    r"(?<![\w.%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,62}[A-Za-z0-9_%+-])?@"
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,}(?![\w-])"
 )
 
 # An id ends where a word, a hyphenated run (phone numbers, dates) or a decimal (prices) does not go on.

@@ -64,11 +64,15 @@ def build_summary(
     emails: Sequence[str],
     history: Sequence[HistoryLine],
     evidence: Mapping[str, Any] | None = None,
+    verified_owner: str | None = None,
     max_customer_lines: int = 3,
 ) -> str:
     """Plain-text summary, one fact per line, most useful first. ``history`` is oldest first;
     ``evidence`` is the escalation trigger's data (``language``, ``topic``), printed for the agent
-    queue's routing."""
+    queue's routing. ``verified_owner``: the order-store account the customer proved to be in this
+    conversation (order number + email or postcode, see bot.ownership), or None; when orders are
+    mentioned the summary says whether ownership was proved, so that an agent does not give a
+    guesser what the bot refused."""
     lines = [f"Escalated because {_describe_reason(reason)}."]
     evidence = evidence or {}
     if evidence.get("language"):
@@ -80,6 +84,16 @@ def build_summary(
         lines.append(f"Likely intent: {intent}{conf}.")
     if order_ids:
         lines.append("Order ids mentioned: " + ", ".join(dict.fromkeys(order_ids)) + ".")
+    if order_ids and verified_owner is None:
+        lines.append(
+            "Ownership NOT verified: the customer has not proved they own any order (order number "
+            "+ email or postcode on it). Share no order details until they do."
+        )
+    elif verified_owner is not None:
+        lines.append(
+            f"Verified owner of order-store account {verified_owner} (proved in this conversation); "
+            "an order of another account is not verified."
+        )
     if emails:
         lines.append("Emails mentioned: " + ", ".join(dict.fromkeys(emails)) + ".")
     if sentiment is not None and sentiment <= -0.3:

@@ -36,6 +36,12 @@ class Proof:
     def __bool__(self) -> bool:
         return bool(self.emails or self.postcodes)
 
+    def guesses(self) -> int:
+        """Distinct emails and postcodes offered (normalised): each is one guess at the order's."""
+        return len({normalise_email(e) for e in self.emails}) + len(
+            {normalise_postcode(p) for p in self.postcodes}
+        )
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -80,6 +86,11 @@ def matches(order: Order, proof: Proof) -> str | None:
     return None
 
 
+MAX_GUESSES_PER_MESSAGE = 2
+"""A customer proves ownership with their email or their postcode (or both): a message offering
+more candidates than this is a guessing list and is not checked."""
+
+
 @dataclass(frozen=True)
 class AttemptLimits:
     """Failed ownership checks allowed per customer and per order number in ``window_s`` seconds,
@@ -90,31 +101,45 @@ class AttemptLimits:
     per_order: int
     window_s: int
 
-    async def locked(self, customer_id: int | None, order_id: str) -> bool:
-        if await self.limiter.count(f"verify-order:{order_id}") >= self.per_order:
-            return True
-        return customer_id is not None and (
-            await self.limiter.count(f"verify-customer:{customer_id}") >= self.per_customer
-        )
-
-    async def failed(self, customer_id: int | None, order_id: str) -> None:
-        await self.limiter.hit(f"verify-order:{order_id}", self.per_order, self.window_s)
+    async def left(self, customer_id: int | None, order_id: str) -> int:
+        """Wrong guesses still allowed on ``order_id`` for this customer (0: locked)."""
+        left = self.per_order - await self.limiter.count(f"verify-order:{order_id}")
         if customer_id is not None:
-            await self.limiter.hit(f"verify-customer:{customer_id}", self.per_customer, self.window_s)
+            left = min(left, self.per_customer - await self.limiter.count(f"verify-customer:{customer_id}"))
+        return max(0, left)
+
+    async def locked(self, customer_id: int | None, order_id: str) -> bool:
+        return await self.left(customer_id, order_id) == 0
+
+    async def failed(self, customer_id: int | None, order_id: str, guesses: int = 1) -> None:
+        """Count ``guesses`` wrong guesses (one per email or postcode offered)."""
+        await self.limiter.hit(f"verify-order:{order_id}", self.per_order, self.window_s, guesses)
+        if customer_id is not None:
+            await self.limiter.hit(f"verify-customer:{customer_id}", self.per_customer, self.window_s, guesses)
 
 
 async def verify(
     order_id: str, proof: Proof, orders: OrderStore, limits: AttemptLimits | None, customer_id: int | None
 ) -> Verdict:
-    """Check ``proof`` for ``order_id`` (normalised). Counts a failure on a mismatch; answers
-    ``locked`` without checking once a limit is reached. Raises the order store's and the hot
-    state's errors."""
-    if limits is not None and await limits.locked(customer_id, order_id):
-        return Verdict("locked")
+    """Check ``proof`` for ``order_id`` (normalised). Every email and postcode offered is one
+    guess: a mismatch counts them all as failures, and a message offering more than
+    :data:`MAX_GUESSES_PER_MESSAGE`, or more than the limits have left, is not checked at all (and
+    counted), so that a limit of N means N guesses, not N messages of many. Answers ``locked``
+    without checking once a limit is reached. Raises the order store's and the hot state's errors."""
+    guesses = proof.guesses()
+    if limits is not None:
+        left = await limits.left(customer_id, order_id)
+        if left == 0:
+            return Verdict("locked")
+        if guesses > min(left, MAX_GUESSES_PER_MESSAGE):
+            await limits.failed(customer_id, order_id, guesses)
+            return Verdict("mismatch")
+    elif guesses > MAX_GUESSES_PER_MESSAGE:
+        return Verdict("mismatch")
     order = await orders.get(order_id)
     by = matches(order, proof) if order is not None else None
     if order is None or by is None:
         if limits is not None:
-            await limits.failed(customer_id, order_id)
+            await limits.failed(customer_id, order_id, guesses)
         return Verdict("mismatch")
     return Verdict("verified", order, by)

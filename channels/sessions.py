@@ -15,6 +15,7 @@ exists; :meth:`SessionIssuer.channel_of` leaves that lookup to the caller.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 
 from itsdangerous import BadSignature, Signer
@@ -45,5 +46,10 @@ class SessionIssuer:
         try:
             value = self._signer.unsign(session_id).decode("ascii")
         except (BadSignature, UnicodeError, ValueError):
+            return None
+        # base64url leaves unused bits in the signature's last character, and the decoder accepts
+        # each of their spellings: only the one this server wrote names the session (otherwise
+        # one issued id became four customers, and the new-session limit four times as loose).
+        if not hmac.compare_digest(self._signer.sign(value).decode("ascii"), session_id):
             return None
         return _CHANNEL.get(value[:1])

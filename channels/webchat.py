@@ -161,6 +161,9 @@ class _Connection:
         self.internal = internal  # replay traffic: frames keep the bot's labels
         self.send_timeout_s = send_timeout_s
         self._lock = asyncio.Lock()
+        # Set once the welcome is sent: live frames (a typing hint of a turn still running from an
+        # earlier connection) wait for it, so that the welcome is always a socket's first frame.
+        self.welcomed = asyncio.Event()
 
     async def send(self, frame: Frame) -> None:
         """Send ``frame`` once (message frames: only seqs above the last sent). Raises
@@ -403,6 +406,7 @@ class WebChatChannel:
             "type": "welcome", "session_id": session_id, "ticket_id": ticket_id,
             "ticket_state": ticket_state, "last_seq": server_seq, "resync": resync,
         })
+        conn.welcomed.set()
         if customer_id is not None:
             await self._send_backlog(conn, customer_id, start)
         await conn.send({"type": "synced", "last_seq": conn.sent_seq})
@@ -413,6 +417,7 @@ class WebChatChannel:
     ) -> None:
         # Another socket of this session stored the first message: follow that customer and send
         # what this socket has not seen (the gap fill reads it from the database).
+        await conn.welcomed.wait()
         while True:
             frame = await announced.get()
             if frame.get("type") == "customer" and isinstance(frame.get("customer_id"), int):
@@ -439,6 +444,7 @@ class WebChatChannel:
 
     async def _pump(self, conn: _Connection, live: asyncio.Queue[Frame], customer_id: int) -> None:
         try:
+            await conn.welcomed.wait()
             while True:
                 await self._deliver(conn, customer_id, await live.get())
         except _SlowReader:

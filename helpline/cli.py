@@ -271,12 +271,16 @@ def kb_add(files: tuple[Path, ...]) -> None:
     the first line is '# Title' and each '## Section' is one passage. A new knowledge-base version
     results; unchanged passages are not embedded again.
     """
-    from bot.knowledge import load_article
+    from bot.knowledge import chunk_article, load_article
 
     try:
         documents = [load_article(file) for file in files]
     except (ValueError, OSError) as exc:
         raise InputError(str(exc)) from None
+    for file, document in zip(files, documents, strict=True):
+        if not chunk_article(document.doc_id, document.title, document.markdown):
+            # It would be stored and listed, and never quoted.
+            raise InputError(f"{file}: no text under the title: add '## Question' sections with answers")
     _kb_write(_settings(), lambda knowledge: knowledge.add_documents(documents))
 
 
@@ -405,11 +409,14 @@ def agent_mode(mode: str | None) -> None:
         shared = asyncio.run(run())
     except Exception as exc:  # unreachable database or pending migrations: say so plainly
         raise click.ClickException(f"cannot read or set the switch in the database: {exc}") from None
-    effective = shared or settings.agent_mode.value
-    source = (
-        "set for every process using this database" if shared else "AGENT_MODE of each process (no switch set)"
-    )
-    click.echo(f"agent mode: {effective} ({source}; database {settings.database_display})")
+    if shared:
+        click.echo(f"agent mode: {shared} (set for every process using database {settings.database_display})")
+    else:
+        # This shell's AGENT_MODE says nothing about the servers' (set in their own environment).
+        click.echo(
+            f"agent mode: no switch set in database {settings.database_display}; each process follows its "
+            f"own AGENT_MODE (enabled unless its environment says disabled; see /healthz agent_mode)"
+        )
 
 
 def _local_url() -> str:

@@ -66,6 +66,12 @@ def client_address(request: web.BaseRequest, proxies: Sequence[Network]) -> str:
     peer = peer_address(request)
     if not proxies or not _trusted(peer, proxies):
         return peer
+    return _forwarded_client(request, proxies) or peer
+
+
+def _forwarded_client(request: web.BaseRequest, proxies: Sequence[Network]) -> str | None:
+    """The client a trusted proxy names in ``X-Forwarded-For``, or None when it names none (no
+    header, an empty one, or an unparsable hop)."""
     chain: list[str] = []
     for header in request.headers.getall(hdrs.X_FORWARDED_FOR, []):
         chain.extend(part.strip() for part in header.split(","))
@@ -73,10 +79,10 @@ def client_address(request: web.BaseRequest, proxies: Sequence[Network]) -> str:
         try:
             ip_address(hop)
         except ValueError:
-            return peer
+            return None
         if not _trusted(hop, proxies):
             return hop
-    return chain[0] if chain else peer
+    return chain[0] if chain else None
 
 
 def _loopback(address: str) -> bool:
@@ -90,14 +96,17 @@ def is_local(request: web.BaseRequest, proxies: Sequence[Network]) -> bool:
     """True for a caller on this machine: a loopback peer sending no forwarding header (any of
     :data:`FORWARDING_HEADERS`), or a loopback client named by a trusted proxy. A forwarding header
     from an untrusted peer makes the caller not local (a proxy we were not told about may be
-    relaying the public)."""
+    relaying the public), and so does a trusted proxy that does not name its client in a readable
+    ``X-Forwarded-For`` (one that sends only ``X-Real-IP`` or ``Forwarded``, or junk): the caller
+    is then unknown, not this machine."""
     peer = peer_address(request)
     forwarded = any(header in request.headers for header in FORWARDING_HEADERS)
     if not forwarded:
         return _loopback(peer)
     if not _trusted(peer, proxies):
         return False
-    return _loopback(client_address(request, proxies))
+    client = _forwarded_client(request, proxies)
+    return client is not None and _loopback(client)
 
 
 def has_admin_token(request: web.BaseRequest, token: str | None) -> bool:

@@ -37,6 +37,7 @@ from state.conversations import (
     next_pending_inbound,
     next_seq,
     recent_messages,
+    return_kill_switch_ticket,
     return_kill_switch_tickets,
     tickets_with_pending_inbound,
 )
@@ -296,6 +297,14 @@ class Conversations:
             history = await recent_messages(session, ticket.id, self.settings.history_turns)
             prior = await self._prior_turns(session, ticket.id, history, message)
         disabled = (await self.agent_mode()) is AgentMode.disabled
+        if (
+            not disabled and state is TicketState.escalated and ticket.escalation_reason == "kill_switch"
+            and await return_kill_switch_ticket(self.db, ticket.id)
+        ):
+            # The switch was lifted and the sweep has not come by yet: the bot takes the ticket
+            # back now, and the caller's loop answers its messages oldest first, this one too
+            # (it used to be marked handled by a person, who never saw it).
+            return
 
         decision: Decision | None
         if state in BOT_SILENT_STATES and not (disabled and state is TicketState.escalated):
@@ -335,7 +344,9 @@ class Conversations:
         if length <= limit:
             return
         decision.data = {**decision.data, "routed_chars": limit, "message_chars": length}
-        if decision.reply is not None:
+        # A handoff's reply stays as it is: a person reads the whole message, and the bot, silent
+        # from now on, must not ask for the question again.
+        if decision.reply is not None and not decision.escalate:
             decision.reply += (
                 f"\n\n(Your message is {length:,} characters long; I read the first {limit:,}. "
                 "If your question comes later, please send it on its own. Nothing you sent was lost.)"
@@ -460,7 +471,9 @@ class Conversations:
                 pass
             elif decision.escalate:
                 if TicketState(ticket.state) not in BOT_SILENT_STATES:
-                    ticket.handoff_summary = self._summary(decision, history, message)
+                    ticket.handoff_summary = self._summary(
+                        decision, history, message, decision.verified_owner or ticket.verified_owner
+                    )
                     transition(
                         session, ticket, TicketState.escalated, reason=decision.reason, now=now,
                         summary=ticket.handoff_summary,
@@ -509,7 +522,9 @@ class Conversations:
             message, entry_id = reply
             await self.outbox.send_now(entry_id, message)
 
-    def _summary(self, decision: Decision, history: list[Message], message: Message) -> str:
+    def _summary(
+        self, decision: Decision, history: list[Message], message: Message, verified_owner: str | None
+    ) -> str:
         lines = [HistoryLine(m.author, m.text) for m in history if m.id != message.id]
         lines.append(HistoryLine("customer", message.text))
         order_ids: list[str] = []
@@ -528,6 +543,7 @@ class Conversations:
             emails=emails,
             history=lines,
             evidence=decision.data,
+            verified_owner=verified_owner,
         )
 
     async def _fail_turn(self, message: Message, epoch: int | None) -> None:

@@ -92,7 +92,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         if settings.intent_model_dir is not None:
             log.info("loading the intent model from %s", settings.intent_model_dir)
         else:
-            log.info("loading the intent model (trained on first start, a few seconds)")
+            log.info("loading the intent model from %s (trained there first if it has none: under a minute)",
+                     settings.models_dir)
         intent_model = await asyncio.to_thread(
             functools.partial(
                 load_or_train, settings.intents_file, settings.models_dir, embedder, settings.intent_model_dir,

@@ -58,9 +58,19 @@ PAGES = ("/",)
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Any) -> web.StreamResponse:
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        # 404, 405, a refused websocket handshake...: raised, and they get the headers too.
+        _add_security_headers(request, exc)
+        raise
     if isinstance(response, web.WebSocketResponse) or response.prepared:
         return response
+    _add_security_headers(request, response)
+    return response
+
+
+def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "no-referrer")
@@ -69,7 +79,6 @@ async def security_headers(request: web.Request, handler: Any) -> web.StreamResp
     headers.setdefault("Content-Security-Policy", PAGE_CSP if is_page else FILE_CSP)
     if request.path in EMBEDDABLE:
         headers["Cross-Origin-Resource-Policy"] = "cross-origin"
-    return response
 
 
 def _privileged(request: web.Request) -> bool:

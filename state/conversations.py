@@ -301,43 +301,48 @@ async def return_kill_switch_tickets(db: Database, *, limit: int = 200) -> list[
                 )
             ).scalars()
         )
-    moved: list[int] = []
-    for ticket_id in candidates:
-        async with db.write() as session:
-            ticket = await session.get(Ticket, ticket_id, with_for_update=True, populate_existing=True)
-            if ticket is None or ticket.state != TicketState.escalated.value or ticket.escalation_reason != "kill_switch":
-                continue  # an agent took it, or another process moved it first
-            handed_over = await session.scalar(
-                select(func.max(Event.id)).where(
-                    Event.ticket_id == ticket_id,
-                    Event.kind == "transition",
-                    Event.payload["to"].as_string() == TicketState.escalated.value,
-                )
+    return [ticket_id for ticket_id in candidates if await return_kill_switch_ticket(db, ticket_id)]
+
+
+async def return_kill_switch_ticket(db: Database, ticket_id: int) -> bool:
+    """Give the bot back one ticket the kill switch handed over (see
+    :func:`return_kill_switch_tickets`); False when an agent took it or another process moved it
+    first. The conversation service also calls it when a message arrives on such a ticket after the
+    switch is lifted, before the sweep has come by."""
+    async with db.write() as session:
+        ticket = await session.get(Ticket, ticket_id, with_for_update=True, populate_existing=True)
+        if ticket is None or ticket.state != TicketState.escalated.value or ticket.escalation_reason != "kill_switch":
+            return False  # an agent took it, or another process moved it first
+        handed_over = await session.scalar(
+            select(func.max(Event.id)).where(
+                Event.ticket_id == ticket_id,
+                Event.kind == "transition",
+                Event.payload["to"].as_string() == TicketState.escalated.value,
             )
-            auto_replied = [
-                payload.get("message_id")
-                for payload in (
-                    await session.execute(
-                        select(Event.payload).where(
-                            Event.ticket_id == ticket_id,
-                            Event.kind == "turn",
-                            Event.id > (handed_over or 0),
-                            Event.payload["reason"].as_string() == "kill_switch",
-                        )
-                    )
-                ).scalars()
-            ]
-            ids = [i for i in auto_replied if isinstance(i, int)]
-            if ids:
+        )
+        auto_replied = [
+            payload.get("message_id")
+            for payload in (
                 await session.execute(
-                    update(Message)
-                    .where(Message.id.in_(ids), Message.direction == "inbound")
-                    .values(processed_at=None)
+                    select(Event.payload).where(
+                        Event.ticket_id == ticket_id,
+                        Event.kind == "turn",
+                        Event.id > (handed_over or 0),
+                        Event.payload["reason"].as_string() == "kill_switch",
+                    )
                 )
-            transition(session, ticket, TicketState.bot, reason="kill_switch_lifted", reanswer=len(ids))
-            ticket.handoff_summary = None  # the summary was for a person; the bot has the ticket again
-        moved.append(ticket_id)
-    return moved
+            ).scalars()
+        ]
+        ids = [i for i in auto_replied if isinstance(i, int)]
+        if ids:
+            await session.execute(
+                update(Message)
+                .where(Message.id.in_(ids), Message.direction == "inbound")
+                .values(processed_at=None)
+            )
+        transition(session, ticket, TicketState.bot, reason="kill_switch_lifted", reanswer=len(ids))
+        ticket.handoff_summary = None  # the summary was for a person; the bot has the ticket again
+    return True
 
 
 async def recent_messages(session: AsyncSession, ticket_id: int, limit: int) -> list[Message]:

@@ -313,6 +313,31 @@ async def test_failed_proofs_are_limited_per_customer_and_per_order(demo: JsonOr
                          attempts=limits, customer_id=10)).resolved is True
 
 
+async def test_every_postcode_or_email_offered_is_one_guess(demo: JsonOrderStore) -> None:
+    """A break test guessed 440 postcodes per message and found an order after 3,960 wrong guesses
+    under a limit of 10 per order: the limit counted messages, not guesses."""
+    from state.hot import InProcessRateLimiter
+
+    limiter = InProcessRateLimiter()
+    limits = AttemptLimits(limiter, per_customer=100, per_order=10, window_s=3600)
+    right = (await demo.get("#W5976205")).postcode  # type: ignore[union-attr]
+    guesses = " ".join(f"zip {n:05d}" for n in range(27000, 27200)) + f" zip {right}"
+    listed = await proved(demo, f"#W5976205 {guesses}", attempts=limits, customer_id=1)
+    # A list is not checked, even though it holds the right postcode, and counts every guess.
+    assert listed.data["orders"] == [] and listed.data["not_found"] == ["#W5976205"]
+    assert await limiter.count("verify-order:#W5976205") == 201
+    # The order is now locked for everyone, the right postcode alone included.
+    assert (await proved(demo, f"#W5976205 zip {right}", attempts=limits, customer_id=2)).escalate is True
+
+    # Two candidates (an email and a postcode) are a normal proof; a wrong pair counts 2.
+    fresh = AttemptLimits(InProcessRateLimiter(), per_customer=100, per_order=10, window_s=3600)
+    two = await proved(demo, "#W5976205 zip 11111 email nobody@example.com", attempts=fresh, customer_id=3)
+    assert two.data["not_found"] == ["#W5976205"]
+    assert await fresh.limiter.count("verify-order:#W5976205") == 2
+    both = await proved(demo, f"#W5976205 zip {right} email nobody@example.com", attempts=fresh, customer_id=3)
+    assert both.resolved is True
+
+
 async def test_order_ids_with_non_ascii_digits_are_not_order_ids() -> None:
     assert extract_entities("order #W\u0665\u0669\u0667\u0666\u0662\u0660\u0665").order_ids == ()
     assert extract_entities("order #W\uff15\uff19\uff17\uff16\uff12\uff10\uff15").order_ids == ()

@@ -116,6 +116,15 @@ async def test_the_example_proxy_spreads_sockets_and_survives_a_killed_process(
 
     with urllib.request.urlopen(url + "/readyz", timeout=5) as resp:
         assert resp.status == 200
+    # The demo page served through the proxy may open the chat: its Origin is the proxy's own host
+    # and port (the example used to pass Host without the port, and the widget was refused).
+    page = await http.ws_connect(url + "/ws/chat", headers={"Origin": url})
+    await page.send_json({"type": "hello", "session_id": None, "last_seq": 0})
+    assert (await page.receive_json(timeout=10))["type"] == "welcome"
+    await page.close()
+    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+        await http.ws_connect(url + "/ws/chat", headers={"Origin": "http://127.0.0.1:1"})
+    assert refused.value.status == 403
     # Two customers through the proxy: least_conn puts the second socket on the other process.
     chats = [await ChatSocket.open(http, url, labels=True) for _ in range(2)]
     for i, chat in enumerate(chats):

@@ -633,6 +633,22 @@ async def test_two_orders_not_found_escalate_the_ticket(helpline_client) -> None
     assert turns[1]["data"]["why"] == ["order_not_found", "order_not_found"]
     assert turns[1]["data"]["not_found"] == ["#W7654321"]  # the lookup's facts stay on record
     assert ticket.state == "escalated" and ticket.escalation_reason == "repeated_failure"
+    # The agent must not give a guesser what the bot refused.
+    assert "Ownership NOT verified" in ticket.handoff_summary, ticket.handoff_summary
+    assert "Verified owner" not in ticket.handoff_summary
+
+
+async def test_the_handoff_summary_names_the_verified_owner(helpline_client) -> None:
+    rt = helpline_client.server.app[RUNTIME]
+    order = next(iter(rt.orders._orders.values()))
+    ticket, turns = await _converse(rt, "esc-e2e-verified", [
+        f"where is my order {order.order_id}? my email is {order.email}",
+        "I want to talk to a real person",
+    ])
+    assert [t["reason"] for t in turns] == ["answered", "explicit_request"], turns
+    summary = ticket.handoff_summary
+    assert f"Verified owner of order-store account {order.user_id}" in summary, summary
+    assert "NOT verified" not in summary
 
 
 async def test_a_german_message_goes_to_a_person_tagged_with_the_language(helpline_client) -> None:

@@ -393,6 +393,10 @@ def test_kb_add_remove_and_list(kb_env: Path) -> None:
     untitled = kb_env.parent / "untitled.md"
     untitled.write_text("## No title\nText.\n", encoding="utf-8")
     assert _kb_cli("add", str(untitled)).exit_code == 2
+    bare = kb_env.parent / "bare.md"
+    bare.write_text("# Just a title\n\n", encoding="utf-8")  # would be listed and never quoted
+    refused = _kb_cli("add", str(bare))
+    assert refused.exit_code == 2 and "bare.md: no text under the title" in refused.output, refused.output
 
 
 # --- real data: tau-bench retail wiki and ABCD guidelines, with our golden questions ---------------

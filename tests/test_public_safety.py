@@ -128,6 +128,19 @@ async def test_hellos_create_no_customers_and_the_first_message_creates_one(
     assert await _customers(database_url) == 1
 
 
+def test_only_the_issued_spelling_of_a_session_id_is_accepted() -> None:
+    """The signature's last base64url character carries unused bits: a break test turned one issued
+    id into four accepted ones, each a new customer."""
+    from channels.sessions import SessionIssuer
+
+    issuer = SessionIssuer("k" * 32)
+    issued = issuer.issue()
+    assert issuer.channel_of(issued) == "webchat"
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    others = [issued[:-1] + c for c in alphabet if c != issued[-1]]
+    assert [o for o in others if issuer.channel_of(o) is not None] == []
+
+
 async def test_new_sessions_are_limited_per_client_address(server_factory, http) -> None:
     server = server_factory({"HELPLINE_NEW_SESSIONS_PER_ADDRESS": "3", "HELPLINE_TRUSTED_PROXIES": "127.0.0.1"})
     server.start()
@@ -344,10 +357,18 @@ async def test_a_replay_session_needs_a_local_caller_or_the_admin_token(server_f
     assert (await hello({**remote, "Authorization": "Bearer s3cret-admin-token-0123"}))["type"] == "welcome"
     assert (await hello({"Authorization": "Bearer wrong"}))["type"] == "welcome"  # local: no token needed
     assert (await hello({**remote, "Authorization": "Bearer wrong"}))["code"] == "forbidden"
+    # From the trusted proxy, a request that does not name its client in a readable X-Forwarded-For
+    # is from someone unknown, not from this machine (a break test got replay sessions, and the
+    # health details, this way).
+    for unnamed in ({"X-Real-IP": "8.8.8.8"}, {"Forwarded": "for=8.8.8.8"}, {"X-Forwarded-For": "junk"},
+                    {"X-Forwarded-For": ""}):
+        assert (await hello(unnamed))["code"] == "forbidden", unnamed
+        assert json.loads(_get(server.url + "/healthz", unnamed)[2]) == {"status": "ok"}, unnamed
+    assert (await hello({"X-Forwarded-For": "127.0.0.1"}))["type"] == "welcome"  # the proxy's own machine
 
 
-def _get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, headers=headers or {})
+def _get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, headers=headers or {}, method=method, data=b"" if method == "POST" else None)
     try:
         with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
@@ -365,6 +386,13 @@ async def test_pages_and_files_carry_security_headers(server_url: str) -> None:
     assert status == 200 and headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Cross-Origin-Resource-Policy"] == "cross-origin"  # other sites embed it
     assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+    # Error responses are raised, not returned: they carry the headers too.
+    for path, method, expected in (("/nope", "GET", 404), ("/healthz", "POST", 405), ("/ws/chat", "GET", 400)):
+        status, headers, _ = _get(server_url + path, method=method)
+        assert status == expected, (path, status)
+        assert headers.get("X-Content-Type-Options") == "nosniff", (path, headers)
+        assert "frame-ancestors 'none'" in headers.get("Content-Security-Policy", ""), (path, headers)
+
 
 
 async def test_health_endpoints_tell_anonymous_callers_only_the_status(server_factory) -> None:

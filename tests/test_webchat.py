@@ -151,6 +151,17 @@ async def test_a_long_message_is_routed_on_its_start_and_kept_up_to_the_storage_
     await back.close()
 
 
+async def test_a_long_message_handed_to_a_person_does_not_ask_for_the_question_again(
+    server_url: str, http: aiohttp.ClientSession
+) -> None:
+    chat = await ChatSocket.open(http, server_url, labels=True)
+    await chat.send("I want to talk to a real person. " + "My order never came. " * 230, "g-1")
+    reply = await chat.bot_reply()
+    assert reply["meta"]["escalated"] is True
+    assert "member of our support team" in reply["text"] and "send it on its own" not in reply["text"]
+    await chat.close()
+
+
 async def test_persistence_across_restart(server_factory, http: aiohttp.ClientSession) -> None:
     server = server_factory()
     server.start()
