@@ -85,6 +85,12 @@ IDLE_CLOSE = 4000
 """Close code for a socket idle for ``chat_idle_timeout_s``: the client should not reconnect until
 the customer is back (the widget reconnects on the next keystroke, click or focus)."""
 
+FRAME_WINDOW_S = 10.0
+FRAMES_PER_WINDOW = 100
+"""Frames of any kind one socket may send per window (pings, re-sends of stored messages, broken
+frames: none of them reach the per-customer message limit). The widget sends a ping every 25 s and
+messages at the customer's pace; past this the socket is closed (1008) and may reconnect."""
+
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{8,128}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _PUBLIC_META: dict[str, Any] | None = None
@@ -474,6 +480,7 @@ class WebChatChannel:
         loop = asyncio.get_running_loop()
         idle_s = self.settings.chat_idle_timeout_s
         active_at = loop.time()
+        window_start, frames = loop.time(), 0
         while True:
             try:
                 # (aiohttp reads a timeout of 0 as "none": never pass less than a millisecond)
@@ -485,6 +492,15 @@ class WebChatChannel:
                 return
             if msg.type == WSMsgType.ERROR:
                 log.info("web-chat socket error: %s", conn.ws.exception())
+                return
+            if loop.time() - window_start >= FRAME_WINDOW_S:
+                window_start, frames = loop.time(), 0
+            frames += 1
+            if frames > FRAMES_PER_WINDOW:
+                log.info("web-chat client %s sent over %d frames in %.0f s; closed", address,
+                         FRAMES_PER_WINDOW, FRAME_WINDOW_S)
+                await conn.error("too_many_frames", "Too many frames; reconnect and slow down.")
+                await conn.ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many frames")
                 return
             if msg.type != WSMsgType.TEXT:
                 await conn.error("bad_frame", "only JSON text frames are accepted")

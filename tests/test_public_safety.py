@@ -311,6 +311,21 @@ async def test_a_send_cancelled_as_it_completes_is_still_cancelled() -> None:
         await sending
 
 
+async def test_a_socket_flooding_frames_is_closed(server_url: str, http) -> None:
+    """Pings, re-sends and broken frames never reach the per-customer message limit: a break test
+    flooded pings from four sockets and slowed every other customer's turns to seconds."""
+    from channels.webchat import FRAMES_PER_WINDOW
+
+    chat = await ChatSocket.open(http, server_url)
+    for _ in range(FRAMES_PER_WINDOW + 1):
+        await chat.ws.send_json({"type": "ping"})
+    frames = []
+    while (msg := await chat.ws.receive(timeout=10)).type == aiohttp.WSMsgType.TEXT:
+        frames.append(json.loads(msg.data))
+    assert [f["type"] for f in frames].count("pong") == FRAMES_PER_WINDOW
+    assert frames[-1]["code"] == "too_many_frames" and chat.ws.close_code == 1008
+
+
 async def test_an_idle_chat_socket_is_closed_with_code_4000(server_factory, http) -> None:
     server = server_factory({"HELPLINE_CHAT_IDLE_TIMEOUT_S": "2"})
     server.start()
