@@ -41,11 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from bot.tfidf import Tfidf
 import yaml
 
 from bot.embeddings import Embedder
+from bot.tfidf import Tfidf
 
 TIERS = ("deterministic", "retrieval", "reasoning", "human")
 MIN_EXAMPLES = 15

@@ -108,9 +108,6 @@ class AttemptLimits:
             left = min(left, self.per_customer - await self.limiter.count(f"verify-customer:{customer_id}"))
         return max(0, left)
 
-    async def locked(self, customer_id: int | None, order_id: str) -> bool:
-        return await self.left(customer_id, order_id) == 0
-
     async def failed(self, customer_id: int | None, order_id: str, guesses: int = 1) -> None:
         """Count ``guesses`` wrong guesses (one per email or postcode offered)."""
         await self.limiter.hit(f"verify-order:{order_id}", self.per_order, self.window_s, guesses)

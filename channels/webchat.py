@@ -54,8 +54,20 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from channels.sessions import LEGACY_MIN_LENGTH, REPLAY, WEBCHAT, SessionIssuer
 from config.settings import Settings
-from helpline.clients import Network, client_address, has_admin_token, is_local, origin_allowed
-from helpline.conversation import Conversations, Inbound, RateLimited, ServiceUnavailable
+from helpline.clients import (
+    UNKNOWN,
+    Network,
+    client_address,
+    has_admin_token,
+    is_local,
+    origin_allowed,
+)
+from helpline.conversation import (
+    Conversations,
+    Inbound,
+    RateLimited,
+    ServiceUnavailable,
+)
 from state.conversations import (
     customer_last_seq,
     find_customer_id,
@@ -159,10 +171,11 @@ class _Connection:
 
     def __init__(
         self, ws: web.WebSocketResponse, *, internal: bool, send_timeout_s: float,
-        transport: asyncio.BaseTransport | None = None,
+        transport: asyncio.BaseTransport | None = None, address: str = UNKNOWN,
     ) -> None:
         self.ws = ws
         self.transport = transport
+        self.address = address
         self.sent_seq = 0
         self.internal = internal  # replay traffic: frames keep the bot's labels
         self.send_timeout_s = send_timeout_s
@@ -170,6 +183,8 @@ class _Connection:
         # Set once the welcome is sent: live frames (a typing hint of a turn still running from an
         # earlier connection) wait for it, so that the welcome is always a socket's first frame.
         self.welcomed = asyncio.Event()
+        self._window_start = 0.0
+        self._frames = 0
 
     async def send(self, frame: Frame) -> None:
         """Send ``frame`` once (message frames: only seqs above the last sent). Raises
@@ -197,8 +212,16 @@ class _Connection:
     def drop(self) -> None:
         """Cut a client that does not read: no close handshake (it would wait on the same full
         buffer); it resumes from its last seq when it reconnects."""
+        log.info("web-chat client %s did not read for %.0f s; disconnected", self.address, self.send_timeout_s)
         if self.transport is not None:
             self.transport.abort()
+
+    def frame_allowed(self, now: float) -> bool:
+        """Count one frame from the client; False past :data:`FRAMES_PER_WINDOW` in the window."""
+        if now - self._window_start >= FRAME_WINDOW_S:
+            self._window_start, self._frames = now, 0
+        self._frames += 1
+        return self._frames <= FRAMES_PER_WINDOW
 
     async def error(self, code: str, message: str, client_message_id: str | None = None) -> None:
         await self.send(
@@ -283,12 +306,12 @@ class WebChatChannel:
         await ws.prepare(request)
         self._sockets.add(ws)
         conn = _Connection(
-            ws, internal=False, send_timeout_s=self.settings.chat_send_timeout_s, transport=request.transport
+            ws, internal=False, send_timeout_s=self.settings.chat_send_timeout_s, transport=request.transport,
+            address=address,
         )
         try:
             await self._converse(request, conn, address)
         except _SlowReader:
-            log.info("web-chat client %s did not read for %.0f s; disconnected", address, conn.send_timeout_s)
             conn.drop()
         finally:
             self._sockets.discard(ws)
@@ -454,7 +477,6 @@ class WebChatChannel:
             while True:
                 await self._deliver(conn, customer_id, await live.get())
         except _SlowReader:
-            log.info("web-chat client did not read for %.0f s; disconnected", conn.send_timeout_s)
             conn.drop()
 
     async def _announce_customer(self, channel: str, session_id: str, customer_id: int) -> None:
@@ -480,7 +502,6 @@ class WebChatChannel:
         loop = asyncio.get_running_loop()
         idle_s = self.settings.chat_idle_timeout_s
         active_at = loop.time()
-        window_start, frames = loop.time(), 0
         while True:
             try:
                 # (aiohttp reads a timeout of 0 as "none": never pass less than a millisecond)
@@ -493,10 +514,7 @@ class WebChatChannel:
             if msg.type == WSMsgType.ERROR:
                 log.info("web-chat socket error: %s", conn.ws.exception())
                 return
-            if loop.time() - window_start >= FRAME_WINDOW_S:
-                window_start, frames = loop.time(), 0
-            frames += 1
-            if frames > FRAMES_PER_WINDOW:
+            if not conn.frame_allowed(loop.time()):
                 log.info("web-chat client %s sent over %d frames in %.0f s; closed", address,
                          FRAMES_PER_WINDOW, FRAME_WINDOW_S)
                 await conn.error("too_many_frames", "Too many frames; reconnect and slow down.")

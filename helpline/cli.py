@@ -25,17 +25,26 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
+def _env_name(field: str) -> str:
+    """The environment variable that sets settings field ``field`` (its alias, or the prefix + name)."""
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info is not None else None
+    if isinstance(alias, str):
+        return alias
+    return f"{Settings.model_config.get('env_prefix', '')}{field}".upper()
+
+
 def _settings(**overrides: object) -> Settings:
     from pydantic import ValidationError
 
     try:
         base = Settings()
     except ValidationError as exc:  # name the variables people set, not the field names
-        problems = []
-        for error in exc.errors():
-            field = str(error["loc"][0]) if error["loc"] else "?"
-            name = "AGENT_MODE" if field == "agent_mode" else f"HELPLINE_{field.upper()}"
-            problems.append(f"{name}: {error['msg']} (got {error.get('input')!r})")
+        problems = [
+            f"{_env_name(str(error['loc'][0]) if error['loc'] else '?')}: {error['msg']} "
+            f"(got {error.get('input')!r})"
+            for error in exc.errors()
+        ]
         raise click.ClickException("invalid settings: " + "; ".join(problems)) from None
     except Exception as exc:  # a config file that cannot be read, or is not a mapping
         raise click.ClickException(f"invalid settings: {exc}") from None
@@ -499,7 +508,13 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
     reports and sends tier, intent and confidence with each reply. A server accepts that from its
     own machine, or from anywhere with its admin token (--token).
     """
-    from helpline.replay import ReplayInputError, print_report, print_rows, run_replay, write_rows
+    from helpline.replay import (
+        ReplayInputError,
+        print_report,
+        print_rows,
+        run_replay,
+        write_rows,
+    )
 
     if out_file is not None:
         _check_writable(out_file, "--out")  # before the run, which may take minutes
