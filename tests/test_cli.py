@@ -20,6 +20,14 @@ def _serve(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_bad_settings_are_one_line_naming_the_environment_variables(tmp_path: Path) -> None:
+    result = _serve(tmp_path, HELPLINE_CHAT_SEND_TIMEOUT_S="soon", AGENT_MODE="sleeping")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [error] = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert error.startswith("Error: invalid settings: ") and "'soon'" in error and "'sleeping'" in error, error
+    assert "HELPLINE_CHAT_SEND_TIMEOUT_S: " in error and "AGENT_MODE: " in error, error
+
+
 @pytest.mark.parametrize("layout", ["missing", "no_weights"])
 def test_a_bad_intent_model_dir_is_one_clear_error(tmp_path: Path, layout: str) -> None:
     model_dir = tmp_path / "model"
