@@ -104,6 +104,37 @@ def read_memory_mb(pid: int) -> dict[str, float | None]:
     return found
 
 
+def read_cpu_s(pid: int) -> float | None:
+    """CPU seconds (user + system, every thread) ``pid`` has used so far, from ``/proc/PID/stat``
+    (fields 14 and 15, in clock ticks; proc(5)); None where /proc does not say."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_budget(turns: int, replay_s: float, server_cpu_s: float | None, client_cpu_s: float,
+               embed_per_s: float, cores: int) -> dict[str, Any]:
+    """Where the CPU of a turn went, in milliseconds per turn, against what the target allows.
+
+    ``target_ms_per_turn``: the CPU time all ``cores`` can give one turn when turns/s must reach half
+    the embedding model's batch rate (cores x 1000 / (0.5 x rate)); ``embedding_ms_per_turn``: the
+    part of it the model itself needs at its batch rate (cores x 1000 / rate, since the batch run
+    used every core); ``server_ms_per_turn`` and ``load_generator_ms_per_turn`` what this run used.
+    """
+    per_turn = (lambda seconds: round(seconds * 1000 / turns, 1)) if turns else (lambda seconds: None)
+    return {
+        "cores": cores,
+        "server_ms_per_turn": per_turn(server_cpu_s) if server_cpu_s is not None else None,
+        "load_generator_ms_per_turn": per_turn(client_cpu_s),
+        "target_ms_per_turn": round(cores * 1000 / (0.5 * embed_per_s), 1),
+        "embedding_ms_per_turn": round(cores * 1000 / embed_per_s, 1),
+        "server_cores_busy": round(server_cpu_s / replay_s, 2) if server_cpu_s is not None and replay_s else None,
+    }
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = None
     try:
@@ -226,6 +257,8 @@ async def bench(args: argparse.Namespace) -> int:
                 print(f"error: {exc}\n--- server log (last lines) ---\n{_log_tail(log_path)}", file=sys.stderr)
                 return 1
             print(f"server healthy after {startup_s:.1f} s; replaying {args.rows} rows", file=sys.stderr)
+            server_cpu_before = read_cpu_s(proc.pid)
+            client_cpu_before = time.process_time()
             started = time.perf_counter()
             try:
                 report: ReplayReport = await run_replay(
@@ -237,6 +270,12 @@ async def bench(args: argparse.Namespace) -> int:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
             replay_s = time.perf_counter() - started
+            client_cpu_s = time.process_time() - client_cpu_before
+            server_cpu_after = read_cpu_s(proc.pid)
+            server_cpu_s = (
+                server_cpu_after - server_cpu_before
+                if server_cpu_before is not None and server_cpu_after is not None else None
+            )
             memory = read_memory_mb(proc.pid)  # while it is still up, after the load
         finally:
             exit_status = stop_server(proc)
@@ -262,6 +301,8 @@ async def bench(args: argparse.Namespace) -> int:
         "turns_per_s": round(report.turns / replay_s, 1) if replay_s else None,
         "embedding_rate": embed_rate,
         "turns_per_s_vs_embedding_rate": round(report.turns / replay_s / embed_rate["per_s"], 3) if replay_s else None,
+        "cpu": cpu_budget(report.turns, replay_s, server_cpu_s, client_cpu_s, embed_rate["per_s"],
+                          machine_info()["nproc"] or 1),
         "server": {
             "command": command,
             "startup_s": round(startup_s, 2),

@@ -135,6 +135,26 @@ class Settings(BaseSettings):
         "disconnected (slow reader); it resumes from its last seq when it reconnects."
     )
 
+    # --- agent inbox ---------------------------------------------------------------------------
+    agent_session_idle_s: int = Field(
+        4 * 3600, ge=60, description="An agent login unused for this long ends (idle expiry), s."
+    )
+    agent_session_max_s: int = Field(
+        12 * 3600, ge=60, description="An agent login ends this long after it started, used or not, s."
+    )
+    login_attempts_per_address: int = Field(
+        20, ge=1, description="Login attempts one client address may make per login window."
+    )
+    login_failures_per_email: int = Field(
+        5, ge=1, description="Failed logins for one agent email per login window; then that email is "
+        "refused for the rest of the window (the right password too)."
+    )
+    login_window_s: int = Field(900, ge=1, description="The window of both login limits, s.")
+    cookie_secure: bool | None = Field(
+        None, description="Mark the agent login cookie Secure (sent over https only). Unset: when "
+        "the request came over https (directly, or per X-Forwarded-Proto from a trusted proxy)."
+    )
+
     # --- kill switch ---------------------------------------------------------------------------
     agent_mode: AgentMode = Field(AgentMode.enabled, validation_alias="AGENT_MODE")
     disabled_reply: str = Field(

@@ -1,4 +1,4 @@
-"""The ``helpline`` command: serve, db, kb, chat, replay.
+"""The ``helpline`` command: serve, db, kb, agents, agent-mode, chat, replay.
 
 Each command builds :class:`config.settings.Settings` once (environment + optional config file) and
 passes it down; options given here override the corresponding settings.
@@ -157,7 +157,7 @@ def kb() -> None:
     """
 
 
-def _kb_run(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
+def _db_run(settings: Settings, action: Callable[[Database], Awaitable[T]]) -> T:
     """Run ``action`` on the configured database (schema checked or migrated first); ``ValueError``
     (a bad source, an unknown doc id) becomes exit status 2."""
     from state.db import open_database
@@ -196,7 +196,7 @@ def _kb_write(
         knowledge = KnowledgeBase(database, await asyncio.to_thread(Embedder.load))
         return await write(knowledge), knowledge
 
-    update, knowledge = _kb_run(settings, action)
+    update, knowledge = _db_run(settings, action)
     if show_change:
         _echo_change(update.change)
     reused = knowledge.chunks - knowledge.embedded_last
@@ -258,7 +258,7 @@ def kb_ingest(path: Path, replace: bool) -> None:
         ids = {d.doc_id for d in documents}
         return describe_change(stored, documents, [d.doc_id for d in stored if d.doc_id not in ids])
 
-    change = _kb_run(settings, preview)
+    change = _db_run(settings, preview)
     _echo_change(change)
     if change.removed and not replace:
         if not _stdin_is_interactive():
@@ -305,7 +305,7 @@ def kb_list() -> None:
     """List the documents of the active knowledge-base version: doc id, chunks (passages), title."""
     from bot.knowledge import active_documents
 
-    version, documents = _kb_run(_settings(), active_documents)
+    version, documents = _db_run(_settings(), active_documents)
     if version is None:
         click.echo("knowledge base: empty (nothing ingested yet)")
         return
@@ -426,6 +426,73 @@ def agent_mode(mode: str | None) -> None:
             f"agent mode: no switch set in database {settings.database_display}; each process follows its "
             f"own AGENT_MODE (enabled unless its environment says disabled; see /healthz agent_mode)"
         )
+
+
+@main.group(epilog="Agents log in at /agent on the server (see docs/agent-inbox.md).")
+def agents() -> None:
+    """Manage the people who work the agent inbox (stored in the server's database)."""
+
+
+def _password(password_stdin: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return click.prompt("Password (12+ characters)", hide_input=True, confirmation_prompt=True)
+
+
+@agents.command("add", epilog=f"Exit status: 0 created, {INPUT_EXIT}; a duplicate email is refused.")
+@click.argument("email")
+@click.option("--role", type=click.Choice(["agent", "admin"]), default="agent", show_default=True,
+              help="admin also manages agents and the kill switch.")
+@click.option("--name", default=None, help="Name shown to other agents (default: the email).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def agents_add(email: str, role: str, name: str | None, password_stdin: bool) -> None:
+    """Create an agent account with a password (asked twice unless --password-stdin). Example:
+
+    \b
+        helpline agents add lead@example.com --role admin
+    """
+    from state.agents import add_agent
+
+    password = _password(password_stdin)
+    agent = _db_run(_settings(), lambda db: add_agent(db, email, password, role=role, display_name=name))
+    click.echo(f"agent {agent.id} {agent.email} ({agent.role}) created; log in at /agent")
+
+
+@agents.command("list", epilog="Exit status: 0 done.")
+def agents_list() -> None:
+    """Every agent: id, email, role, and whether it is disabled."""
+    from state.agents import list_agents
+
+    found = _db_run(_settings(), list_agents)
+    if not found:
+        click.echo("no agents yet: helpline agents add EMAIL")
+    for agent in found:
+        state = "disabled" if agent.disabled else "active"
+        click.echo(f"{agent.id}\t{agent.email}\t{agent.role}\t{state}\t{agent.display_name or ''}")
+
+
+@agents.command("disable", epilog=f"Exit status: 0 done, {INPUT_EXIT} (an unknown email).")
+@click.argument("email")
+@click.option("--enable", is_flag=True, help="Enable a disabled agent again instead.")
+def agents_disable(email: str, enable: bool) -> None:
+    """Stop an agent from logging in; its open sessions end at once (tickets it owns stay assigned
+    until an admin transfers them)."""
+    from state.agents import set_disabled
+
+    agent = _db_run(_settings(), lambda db: set_disabled(db, email, not enable))
+    click.echo(f"agent {agent.email} {'disabled' if agent.disabled else 'enabled'}")
+
+
+@agents.command("password", epilog=f"Exit status: 0 done, {INPUT_EXIT}.")
+@click.argument("email")
+@click.option("--password-stdin", is_flag=True, help="Read the password from the first line of stdin.")
+def agents_password(email: str, password_stdin: bool) -> None:
+    """Set a new password for an agent; its open sessions end."""
+    from state.agents import set_password
+
+    password = _password(password_stdin)
+    _db_run(_settings(), lambda db: set_password(db, email, password))
+    click.echo(f"password of {email.strip().lower()} changed; its sessions ended")
 
 
 def _local_url() -> str:

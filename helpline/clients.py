@@ -109,6 +109,15 @@ def is_local(request: web.BaseRequest, proxies: Sequence[Network]) -> bool:
     return client is not None and _loopback(client)
 
 
+def is_https(request: web.BaseRequest, proxies: Sequence[Network]) -> bool:
+    """True when the client's request came over https: directly, or per the first
+    ``X-Forwarded-Proto`` value of a trusted proxy (anyone else's header is ignored)."""
+    if request.secure:
+        return True
+    proto = request.headers.get("X-Forwarded-Proto", "").split(",")[0].strip().lower()
+    return proto == "https" and _trusted(peer_address(request), proxies)
+
+
 def has_admin_token(request: web.BaseRequest, token: str | None) -> bool:
     """True when ``token`` is configured and the request carries ``Authorization: Bearer TOKEN``
     (compared in constant time)."""

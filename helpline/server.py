@@ -30,6 +30,7 @@ from config.settings import Settings
 from helpline import __version__
 from helpline.clients import has_admin_token, is_local, parse_networks
 from helpline.connections import GuardedSite
+from helpline.inbox import InboxRoutes
 from helpline.jobs import run_worker
 from helpline.memory import release_free_memory, tune_malloc
 from helpline.runtime import Runtime, open_runtime
@@ -241,6 +242,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/ws/chat", chat_socket)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
+    InboxRoutes(settings, lambda: app[RUNTIME], app[PROXIES]).add_to(app)
     return app
 
 

@@ -137,6 +137,7 @@ class Ticket(Base):
             sqlite_where=text(OPEN_TICKET_SQL),
             postgresql_where=text(OPEN_TICKET_SQL),
         ),
+        Index("ix_tickets_state_priority", "state", "priority"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -154,10 +155,44 @@ class Ticket(Base):
     # Order-store user id the customer proved to be in this conversation (order number plus the
     # email or postcode on the order); order details go only to orders this owner owns.
     verified_owner: Mapped[str | None] = mapped_column(String(128))
+    # The agent who owns the ticket (an atomic claim sets it; see state.inbox.claim).
+    assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    priority: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column()
     closed_at: Mapped[datetime | None] = mapped_column()
+
+
+class Agent(Base):
+    """A person who works the inbox. ``role``: ``agent`` (works tickets) or ``admin`` (also manages
+    agents and the kill switch). ``password_hash``: argon2id (PHC string). A disabled agent cannot
+    log in and its sessions stop working."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(200))
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None] = mapped_column()
+
+
+class AgentSession(Base):
+    """One agent login. The browser's cookie holds a random token; only its SHA-256 is stored, so a
+    copy of the database logs nobody in. ``seen_at`` drives the idle expiry, ``expires_at`` is the
+    absolute one."""
+
+    __tablename__ = "agent_sessions"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column()
 
 
 class Message(Base):

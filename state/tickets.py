@@ -40,7 +40,7 @@ TRANSITIONS: dict[TicketState, frozenset[TicketState]] = {
     S.awaiting_customer: frozenset({S.bot, S.escalated, S.resolved, S.closed}),
     S.escalated: frozenset({S.human, S.bot, S.resolved, S.closed}),
     S.human: frozenset({S.bot, S.awaiting_customer, S.resolved, S.closed}),
-    S.resolved: frozenset({S.bot, S.closed}),
+    S.resolved: frozenset({S.bot, S.human, S.closed}),  # human: an agent reopens it
     S.closed: frozenset(),
 }
 """Legal moves: ``TRANSITIONS[from]`` is the set of states reachable in one step."""

@@ -430,6 +430,26 @@ def test_bench_helpers(tmp_path: Path) -> None:
     assert info["nproc"] >= 1 and info["python"].startswith("3.")
 
 
+def test_bench_cpu_accounting() -> None:
+    import os
+    import time as clock
+
+    before = bench.read_cpu_s(os.getpid())
+    spin_until = clock.process_time() + 0.3
+    while clock.process_time() < spin_until:
+        pass
+    after = bench.read_cpu_s(os.getpid())
+    assert before is not None and after is not None and 0.25 <= after - before <= 1.5
+    assert bench.read_cpu_s(2**22 + 7) is None  # no such process
+    # 100 turns in 10 s; the server used 8 s of CPU, the load generator 1 s; the model embeds 250/s on 2 cores.
+    budget = bench.cpu_budget(100, 10.0, 8.0, 1.0, 250.0, 2)
+    assert budget == {
+        "cores": 2, "server_ms_per_turn": 80.0, "load_generator_ms_per_turn": 10.0,
+        "target_ms_per_turn": 16.0, "embedding_ms_per_turn": 8.0, "server_cores_busy": 0.8,
+    }
+    assert bench.cpu_budget(0, 1.0, None, 0.0, 250.0, 2)["server_ms_per_turn"] is None
+
+
 def test_bench_end_to_end_on_the_fake_server(tmp_path: Path) -> None:
     data = tmp_path / "bitext.csv"
     data.write_text(
@@ -452,6 +472,7 @@ def test_bench_end_to_end_on_the_fake_server(tmp_path: Path) -> None:
     assert result["report"]["intent_accuracy"] == 1.0
     assert result["server"]["rss_mb"] > 1 and result["server"]["exit_status"] is not None
     assert result["machine"]["nproc"] >= 1
+    assert result["cpu"]["server_ms_per_turn"] > 0 and result["cpu"]["load_generator_ms_per_turn"] > 0
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -26,7 +26,7 @@ EXPECTED_LEGAL = {
     (S.awaiting_customer, S.resolved), (S.awaiting_customer, S.closed),
     (S.escalated, S.human), (S.escalated, S.bot), (S.escalated, S.resolved), (S.escalated, S.closed),
     (S.human, S.bot), (S.human, S.awaiting_customer), (S.human, S.resolved), (S.human, S.closed),
-    (S.resolved, S.bot), (S.resolved, S.closed),
+    (S.resolved, S.bot), (S.resolved, S.human), (S.resolved, S.closed),
 }
 ALL_PAIRS = list(itertools.product(list(S), list(S)))
 

@@ -1,0 +1,318 @@
+"""The agent inbox at ``/agent``: login, the queue, the ticket page and its actions (aiohttp routes).
+
+Server-rendered Jinja2 templates (``helpline/templates/agent``, autoescape on for every template)
+and one stylesheet; no script, no asset from a third party, no build step. Every request under
+``/agent`` except the login form and the stylesheet checks, in this order:
+
+1. the session cookie (``helpline_agent``: HttpOnly, SameSite=Strict, path ``/agent``, Secure over
+   https; idle and absolute expiry in settings; a new session id at every login) -- a page without
+   one redirects to the login form, any other request gets 403;
+2. on every POST, the session's CSRF token (form field ``csrf_token``, compared in constant time)
+   and, when the browser sends one, an ``Origin`` of this server (403 otherwise);
+3. the caller's right to the ticket, decided in :mod:`state.inbox` (a ticket the caller may not
+   read is 404, the same as one that does not exist).
+
+The login is rate-limited per client address and per email (settings ``login_*``); password checks
+run off the event loop. A login redirect goes only to a path under ``/agent``. Pages send a
+Content-Security-Policy with no script at all and ``img-src 'self'``, so a markdown image or any
+HTML in customer text loads nothing (it is escaped anyway), and Unicode bidi controls in customer
+text are shown as visible codes (:func:`bidi_safe`), so they cannot reorder what the agent reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import jinja2
+from aiohttp import hdrs, web
+
+from config.settings import Settings
+from helpline.clients import client_address, is_https
+from helpline.runtime import Runtime
+from state import agents as accounts
+from state import inbox
+from state.agents import LoginSession
+
+log = logging.getLogger(__name__)
+
+COOKIE = "helpline_agent"
+STATIC_DIR = Path(str(resources.files("helpline") / "static"))
+AGENT_CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'"
+)
+"""No script, images from this server only, forms post only here, never framed."""
+BIDI_CONTROLS = {c: f"[U+{c:04X}]" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
+"""Embeddings, overrides, isolates and marks (Unicode TR9): shown as codes, never applied."""
+
+Handler = Callable[[web.Request, LoginSession], Awaitable[web.StreamResponse]]
+
+
+def bidi_safe(text: Any) -> str:
+    """``text`` with every Unicode bidi control replaced by a visible ``[U+202E]``-style code
+    (autoescaping still applies after this)."""
+    return str(text).translate(BIDI_CONTROLS)
+
+
+def _ago(moment: datetime | None) -> str:
+    if moment is None:
+        return ""
+    seconds = max(0, int((datetime.now(timezone.utc) - moment).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s ago"
+    if seconds < 3600:
+        return f"{seconds // 60} min ago"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min ago"
+    return f"{seconds // 86400} d ago"
+
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("helpline", "templates/agent"),
+    autoescape=True,  # every template, whatever its name
+    undefined=jinja2.StrictUndefined,
+)
+_templates.filters["bidi_safe"] = bidi_safe
+_templates.filters["ago"] = _ago
+
+
+def render(name: str, status: int = 200, **context: Any) -> web.Response:
+    context.setdefault("login", None)
+    context.setdefault("error", None)
+    context.setdefault("notice", None)
+    response = web.Response(
+        text=_templates.get_template(name).render(**context), status=status, content_type="text/html"
+    )
+    _no_store(response)
+    return response
+
+
+def _no_store(response: web.StreamResponse) -> None:
+    response.headers[hdrs.CACHE_CONTROL] = "no-store"
+    response.headers["Content-Security-Policy"] = AGENT_CSP
+
+
+class InboxRoutes:
+    """The ``/agent`` routes of one application; ``runtime`` is read when a request comes (the
+    runtime opens after the routes are registered)."""
+
+    def __init__(self, settings: Settings, runtime: Callable[[], Runtime], proxies: tuple[Any, ...]) -> None:
+        self.settings = settings
+        self._runtime = runtime
+        self.proxies = proxies
+
+    @property
+    def rt(self) -> Runtime:
+        return self._runtime()
+
+    def add_to(self, app: web.Application) -> None:
+        app.router.add_get("/agent/login", self.login_form)
+        app.router.add_post("/agent/login", self.login)
+        app.router.add_post("/agent/logout", self.page(self.logout, post=True))
+        app.router.add_get("/agent", self.page(self.queue))
+        app.router.add_get("/agent/tickets/{ticket_id:\\d{1,18}}", self.page(self.ticket))
+        app.router.add_post("/agent/tickets/{ticket_id:\\d{1,18}}/{action}", self.page(self.act, post=True))
+        app.router.add_static("/agent/static/", STATIC_DIR, show_index=False)
+
+    # --- the checks every request passes ---------------------------------------------------------
+
+    def page(self, handler: Handler, *, post: bool = False) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def checked(request: web.Request) -> web.StreamResponse:
+            login = await self._session(request)
+            if login is None:
+                if post:
+                    raise web.HTTPForbidden(text="log in first")
+                target = request.path_qs if request.path_qs.startswith("/agent") else "/agent"
+                raise web.HTTPSeeOther(f"/agent/login?next={quote(target, safe='')}")
+            if post:
+                form = await request.post()
+                token = form.get("csrf_token")
+                if not isinstance(token, str) or not hmac.compare_digest(token.encode(), login.csrf_token.encode()):
+                    raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page and try again")
+                if not self._same_origin(request):
+                    raise web.HTTPForbidden(text="request from another site refused")
+            response = await handler(request, login)
+            _no_store(response)
+            return response
+
+        return checked
+
+    async def _session(self, request: web.Request) -> LoginSession | None:
+        token = request.cookies.get(COOKIE)
+        if not token:
+            return None
+        return await accounts.resume_session(self.rt.db, token, idle_s=self.settings.agent_session_idle_s)
+
+    def _same_origin(self, request: web.Request) -> bool:
+        """No ``Origin``: not a cross-site browser request unless ``Sec-Fetch-Site`` says so (scripts
+        and old browsers send neither). With one: it must be this server (``null`` is refused)."""
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is None:
+            return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+        return urlsplit(origin.strip().lower()).netloc == request.host.lower()
+
+    def _https(self, request: web.Request) -> bool:
+        if self.settings.cookie_secure is not None:
+            return self.settings.cookie_secure
+        return is_https(request, self.proxies)
+
+    # --- login -------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _next(value: Any) -> str:
+        """Where to go after login: a path under ``/agent`` on this server, nothing else."""
+        if not isinstance(value, str) or not value.startswith("/agent") or "\\" in value:
+            return "/agent"
+        parts = urlsplit(value)
+        if parts.scheme or parts.netloc or value.startswith("//") or any(ord(c) < 0x21 for c in value):
+            return "/agent"
+        return value
+
+    async def login_form(self, request: web.Request) -> web.StreamResponse:
+        if await self._session(request) is not None:
+            raise web.HTTPSeeOther(self._next(request.query.get("next")))
+        return render("login.html", next=self._next(request.query.get("next")), email="")
+
+    async def login(self, request: web.Request) -> web.StreamResponse:
+        if not self._same_origin(request):
+            raise web.HTTPForbidden(text="request from another site refused")
+        form = await request.post()
+        email = str(form.get("email", ""))[: accounts.MAX_EMAIL_CHARS + 1]
+        password = str(form.get("password", ""))
+        target = self._next(form.get("next"))
+        limiter = self.rt.hot.limiter
+        window = self.settings.login_window_s
+        address = client_address(request, self.proxies)
+
+        def refused(message: str, status: int) -> web.Response:
+            return render("login.html", status=status, error=message, next=target, email=email)
+
+        if not await limiter.hit(f"login-address:{address}", self.settings.login_attempts_per_address, window):
+            log.warning("agent login refused: too many attempts from %s", address)
+            return refused("Too many login attempts from your network; try again later.", 429)
+        email_key = f"login-email:{email.strip().lower()}"
+        if await limiter.count(email_key) >= self.settings.login_failures_per_email:
+            log.warning("agent login refused: too many failures for one email (from %s)", address)
+            return refused("Too many failed logins for this account; try again later.", 429)
+        found = await accounts.find_login(self.rt.db, email)
+        if found is None or len(password) > accounts.MAX_PASSWORD_CHARS:
+            await asyncio.to_thread(accounts.dummy_verify, password)
+            ok = False
+        else:
+            ok = await asyncio.to_thread(accounts.verify_password, found[1], password)
+        if not ok or found is None:
+            await limiter.hit(email_key, self.settings.login_failures_per_email, window)
+            log.info("agent login failed from %s", address)
+            return refused("Wrong email or password.", 401)
+        agent_id, _, needs_rehash = found
+        if needs_rehash:
+            await accounts.rehash(self.rt.db, agent_id, password)
+        token = await accounts.start_session(
+            self.rt.db, agent_id, absolute_s=self.settings.agent_session_max_s, replaces=request.cookies.get(COOKIE)
+        )
+        response = web.HTTPSeeOther(target)
+        response.set_cookie(
+            COOKIE, token, path="/agent", httponly=True, samesite="Strict", secure=self._https(request),
+            max_age=self.settings.agent_session_max_s,
+        )
+        _no_store(response)
+        log.info("agent %s logged in from %s", agent_id, address)
+        raise response
+
+    async def logout(self, request: web.Request, login: LoginSession) -> web.StreamResponse:
+        await accounts.end_session(self.rt.db, request.cookies.get(COOKIE, ""))
+        response = web.HTTPSeeOther("/agent/login")
+        response.del_cookie(COOKIE, path="/agent")
+        raise response
+
+    # --- pages -------------------------------------------------------------------------------------
+
+    async def queue(self, request: web.Request, login: LoginSession) -> web.StreamResponse:
+        view = request.query.get("view", "all")
+        channel = request.query.get("channel") or None
+        priority = request.query.get("priority") or None
+        try:
+            items = await inbox.queue(self.rt.db, login.agent, view=view, channel=channel, priority=priority)
+        except inbox.InboxError as exc:
+            raise web.HTTPBadRequest(text=str(exc)) from None
+        channels = sorted(self.rt.outbox.senders.keys() - set(inbox.HIDDEN_CHANNELS))
+        return render(
+            "queue.html", login=login, items=items, view=view, views=inbox.QUEUE_VIEWS, channel=channel,
+            channels=channels, priority=priority, priorities=inbox.PRIORITIES,
+            notice=request.query.get("done") and _DONE.get(request.query["done"]),
+        )
+
+    async def ticket(self, request: web.Request, login: LoginSession, *, error: str | None = None,
+                     status: int = 200) -> web.Response:
+        ticket_id = int(request.match_info["ticket_id"])
+        try:
+            view = await inbox.ticket_view(self.rt.db, ticket_id, login.agent)
+        except inbox.NotFound:
+            raise web.HTTPNotFound(text="no such ticket") from None
+        return render(
+            "ticket.html", status=status, login=login, t=view, error=error,
+            owns=view.assignee_id == login.agent.id or login.agent.is_admin,
+            priorities=inbox.PRIORITIES, agents=await inbox.active_agents(self.rt.db),
+            max_text=inbox.MAX_AGENT_TEXT,
+            notice=request.query.get("done") and _DONE.get(request.query["done"]),
+        )
+
+    async def act(self, request: web.Request, login: LoginSession) -> web.StreamResponse:
+        ticket_id = int(request.match_info["ticket_id"])
+        action = request.match_info["action"]
+        form = await request.post()
+        agent = login.agent
+        db = self.rt.db
+        try:
+            if action == "claim":
+                await inbox.claim(db, ticket_id, agent)
+            elif action == "reply":
+                message, entry_id = await inbox.reply(
+                    db, ticket_id, agent, str(form.get("text", "")), lease_s=self.settings.outbox_lease_s
+                )
+                await self.rt.outbox.send_now(entry_id, message)
+            elif action == "note":
+                await inbox.note(db, ticket_id, agent, str(form.get("text", "")))
+            elif action == "transfer":
+                target = str(form.get("agent_id", ""))
+                if not target.isdigit() or len(target) > 18:
+                    raise inbox.InboxError("choose an agent to transfer to")
+                await inbox.transfer(db, ticket_id, agent, int(target))
+            elif action == "priority":
+                await inbox.set_priority(db, ticket_id, agent, str(form.get("priority", "")))
+            elif action == "resolve":
+                await inbox.resolve(db, ticket_id, agent)
+            elif action == "reopen":
+                await inbox.reopen(db, ticket_id, agent)
+            elif action == "hand-back":
+                await inbox.hand_back(db, ticket_id, agent)
+            else:
+                raise web.HTTPNotFound(text="no such action")
+        except inbox.NotFound:
+            raise web.HTTPNotFound(text="no such ticket") from None
+        except inbox.InboxError as exc:
+            return await self.ticket(request, login, error=str(exc), status=exc.status)
+        log.info("agent %s: %s on ticket %s", agent.id, action, ticket_id)
+        if action in ("resolve", "hand-back", "transfer"):
+            raise web.HTTPSeeOther(f"/agent?done={action}")
+        raise web.HTTPSeeOther(f"/agent/tickets/{ticket_id}?done={action}")
+
+
+_DONE = {
+    "claim": "You own this ticket now.",
+    "reply": "Reply sent to the customer.",
+    "note": "Note added (the customer cannot see it).",
+    "transfer": "Ticket transferred.",
+    "priority": "Priority changed.",
+    "resolve": "Ticket resolved.",
+    "reopen": "Ticket reopened; you own it.",
+    "hand-back": "Ticket handed back to the bot: it answers the customer's next message.",
+}

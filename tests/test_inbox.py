@@ -1,0 +1,383 @@
+"""The agent inbox at /agent: login, sessions, CSRF, the queue, the ticket page, every action, and
+who may see and do what. On the real application (aiohttp test client) with real sockets for the
+customer's side, on both database backends."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import pytest
+from app_fixtures import ChatSocket
+from sqlalchemy import func, select
+
+from helpline.conversation import Inbound
+from helpline.inbox import AGENT_CSP, COOKIE, InboxRoutes, bidi_safe
+from helpline.server import RUNTIME
+from state import agents as accounts
+from state import inbox
+from state.models import Event, Message, Ticket
+
+PASSWORD = "correct horse battery staple"
+CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def runtime(client: Any) -> Any:
+    return client.server.app[RUNTIME]
+
+
+async def _idle(rt: Any) -> None:
+    for _ in range(400):
+        if not rt.conversations.in_flight:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("turns still running")
+
+
+async def _agent(client: Any, email: str, role: str = "agent") -> accounts.AgentView:
+    return await accounts.add_agent(runtime(client).db, email, PASSWORD, role=role)
+
+
+async def _login(client: Any, email: str, password: str = PASSWORD, **extra: str) -> Any:
+    return await client.post(
+        "/agent/login", data={"email": email, "password": password, **extra}, allow_redirects=False
+    )
+
+
+async def _logged_in(client: Any, email: str) -> str:
+    """Log in on ``client``'s cookie jar; returns the CSRF token from the queue page."""
+    response = await _login(client, email)
+    assert response.status == 303, await response.text()
+    page = await client.get("/agent")
+    assert page.status == 200
+    return CSRF.search(await page.text()).group(1)
+
+
+async def _escalated(client: Any, address: str, text: str = "I want to talk to a real person") -> int:
+    rt = runtime(client)
+    accepted = await rt.conversations.receive(Inbound("webchat", address, text))
+    await _idle(rt)
+    async with rt.db.sessions() as session:
+        ticket = await session.get(Ticket, accepted.ticket.id)
+        assert ticket.state == "escalated", ticket.state
+    return accepted.ticket.id
+
+
+# --- unit ---------------------------------------------------------------------------------------
+
+
+def test_bidi_controls_are_shown_not_applied() -> None:
+    assert bidi_safe("abc\u202egpj.exe") == "abc[U+202E]gpj.exe"
+    assert bidi_safe("\u2066x\u2069\u200f") == "[U+2066]x[U+2069][U+200F]"
+    assert bidi_safe("plain <b>") == "plain <b>"  # escaping is the template's job
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ("/agent/tickets/4", "/agent/tickets/4"),
+    ("/agent?view=mine", "/agent?view=mine"),
+    ("//evil.example/agent", "/agent"),
+    ("https://evil.example/agent", "/agent"),
+    ("/agent\\@evil.example", "/agent"),
+    ("/elsewhere", "/agent"),
+    ("/agent\r\nSet-Cookie: x=1", "/agent"),
+    (None, "/agent"),
+])
+def test_login_redirects_only_to_inbox_paths(given: Any, expected: str) -> None:
+    assert InboxRoutes._next(given) == expected
+
+
+# --- access --------------------------------------------------------------------------------------
+
+
+async def test_every_agent_route_refuses_anonymous_callers_and_posts_without_csrf(helpline_client) -> None:
+    client = helpline_client
+    ticket_id = await _escalated(client, "route-walk")
+    routes = [
+        (r.method, r.resource.canonical) for r in client.server.app.router.routes()
+        if r.resource is not None and r.resource.canonical.startswith("/agent") and r.method in ("GET", "POST")
+    ]
+    open_routes = {("GET", "/agent/login"), ("POST", "/agent/login"), ("GET", "/agent/static")}
+    walked = 0
+    for method, path in routes:
+        if (method, path) in open_routes:
+            continue
+        url = path.replace("{ticket_id}", str(ticket_id)).replace("{action}", "claim")
+        response = await client.request(method, url, data={"text": "x"}, allow_redirects=False)
+        if method == "GET":
+            assert response.status == 303 and response.headers["Location"].startswith("/agent/login?next="), url
+        else:
+            assert response.status == 403, url
+        walked += 1
+    assert walked >= 4
+    # Logged in, but without (or with a wrong) CSRF token, or from another site: refused, nothing done.
+    await _agent(client, "walker@example.com")
+    token = await _logged_in(client, "walker@example.com")
+    for data, headers in (
+        ({}, {}),
+        ({"csrf_token": "x" * len(token)}, {}),
+        ({"csrf_token": token}, {"Origin": "https://evil.example"}),
+        ({"csrf_token": token}, {"Sec-Fetch-Site": "cross-site"}),
+    ):
+        response = await client.post(f"/agent/tickets/{ticket_id}/claim", data=data, headers=headers,
+                                     allow_redirects=False)
+        assert response.status == 403
+    async with runtime(client).db.sessions() as session:
+        assert (await session.get(Ticket, ticket_id)).assignee_id is None
+    # The real token from the same origin works.
+    response = await client.post(f"/agent/tickets/{ticket_id}/claim", data={"csrf_token": token},
+                                 allow_redirects=False)
+    assert response.status == 303
+
+
+async def test_login_sets_a_strict_cookie_rotates_it_and_logout_ends_it(helpline_client) -> None:
+    client = helpline_client
+    await _agent(client, "ann@example.com")
+    wrong = await _login(client, "ann@example.com", "not the password at all")
+    assert wrong.status == 401 and "Wrong email or password." in await wrong.text()
+    unknown = await _login(client, "nobody@example.com")
+    assert unknown.status == 401 and "Wrong email or password." in await unknown.text()
+    first = await _login(client, "Ann@Example.com ", next="/agent/tickets/1")
+    assert first.status == 303 and first.headers["Location"] == "/agent/tickets/1"
+    cookie = first.cookies[COOKIE]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/agent"
+    assert not cookie["secure"]  # plain http here; https or a trusted proxy's X-Forwarded-Proto sets it
+    old = cookie.value
+    second = await _login(client, "ann@example.com", next="//evil.example/")
+    assert second.status == 303 and second.headers["Location"] == "/agent"
+    new = second.cookies[COOKIE].value
+    assert new != old
+    db = runtime(client).db
+    assert await accounts.resume_session(db, old, idle_s=3600) is None  # rotated: the old one ended
+    assert await accounts.resume_session(db, new, idle_s=3600) is not None
+    page = await client.get("/agent")
+    assert page.status == 200 and page.headers["Content-Security-Policy"] == AGENT_CSP
+    assert page.headers["Cache-Control"] == "no-store"
+    token = CSRF.search(await page.text()).group(1)
+    out = await client.post("/agent/logout", data={"csrf_token": token}, allow_redirects=False)
+    assert out.status == 303
+    assert await accounts.resume_session(db, new, idle_s=3600) is None
+    assert (await client.get("/agent", allow_redirects=False)).status == 303
+
+
+async def test_sessions_expire_when_idle_or_old_and_when_the_agent_is_disabled(helpline_client) -> None:
+    from datetime import timedelta
+
+    from state.models import utcnow
+
+    db = runtime(helpline_client).db
+    agent = await _agent(helpline_client, "bo@example.com")
+    token = await accounts.start_session(db, agent.id, absolute_s=3600)
+    assert await accounts.resume_session(db, token, idle_s=600, now=utcnow() + timedelta(seconds=599))
+    assert await accounts.resume_session(db, token, idle_s=600, now=utcnow() + timedelta(seconds=1300)) is None
+    token = await accounts.start_session(db, agent.id, absolute_s=60)
+    assert await accounts.resume_session(db, token, idle_s=600, now=utcnow() + timedelta(seconds=61)) is None
+    token = await accounts.start_session(db, agent.id, absolute_s=3600)
+    await accounts.set_disabled(db, "bo@example.com")
+    assert await accounts.resume_session(db, token, idle_s=600) is None
+    assert (await _login(helpline_client, "bo@example.com")).status == 401
+
+
+async def test_failed_logins_for_one_email_lock_it_for_the_window(helpline_client) -> None:
+    client = helpline_client
+    await _agent(client, "cy@example.com")
+    limit = client.server.app[RUNTIME].settings.login_failures_per_email
+    for _ in range(limit):
+        assert (await _login(client, "cy@example.com", "guess guess guess")).status == 401
+    locked = await _login(client, "cy@example.com")  # the right password, too late
+    assert locked.status == 429 and "Too many failed logins" in await locked.text()
+    assert COOKIE not in locked.cookies
+
+
+# --- the loop -----------------------------------------------------------------------------------
+
+
+async def test_an_agent_claims_replies_notes_and_hands_back_while_the_bot_stays_silent(helpline_client) -> None:
+    client = helpline_client
+    rt = runtime(client)
+    chat = await ChatSocket.open(client.session, str(client.make_url("/")))
+    await chat.send("I want to talk to a real person about order #W0000000", "m-1")
+    handoff = await chat.bot_reply()
+    assert handoff["author"] == "bot"
+    await _idle(rt)
+    await _agent(client, "dee@example.com")
+    token = await _logged_in(client, "dee@example.com")
+    queue = await (await client.get("/agent?view=unassigned")).text()
+    ticket_id = handoff["ticket_id"]
+    assert f'href="/agent/tickets/{ticket_id}"' in queue and "explicit_request" in queue
+    page = await (await client.get(f"/agent/tickets/{ticket_id}")).text()
+    assert "Escalated because the customer asked for a person." in page
+    assert "I want to talk to a real person about order #W0000000" in page
+    assert "Send reply" not in page  # not owned yet
+
+    claimed = await client.post(f"/agent/tickets/{ticket_id}/claim", data={"csrf_token": token}, allow_redirects=False)
+    assert claimed.status == 303
+    replied = await client.post(
+        f"/agent/tickets/{ticket_id}/reply", data={"csrf_token": token, "text": "Hi, Dee here. Let me look."},
+        allow_redirects=False,
+    )
+    assert replied.status == 303
+    frame = await chat.until(lambda f: f["type"] == "message" and f["author"] == "agent")
+    assert frame["text"] == "Hi, Dee here. Let me look." and frame["meta"] is None  # no agent id reaches the customer
+
+    await client.post(f"/agent/tickets/{ticket_id}/note", data={"csrf_token": token, "text": "VIP, be kind"},
+                      allow_redirects=False)
+    await chat.send("thanks, how long will it take?", "m-2")
+    await chat.until(lambda f: f["type"] == "message" and f["client_message_id"] == "m-2")
+    await _idle(rt)
+    quiet = await chat.drain(0.7)
+    assert not [f for f in quiet if f["type"] == "message" and f["direction"] == "outbound"]
+    assert "VIP, be kind" not in str(chat.frames)
+    async with rt.db.sessions() as session:
+        texts = list(await session.scalars(select(Message.text).where(Message.ticket_id == ticket_id)))
+        assert "VIP, be kind" not in texts
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket.state == "human" and ticket.assignee_id is not None
+
+    back = await client.post(f"/agent/tickets/{ticket_id}/hand-back", data={"csrf_token": token},
+                             allow_redirects=False)
+    assert back.status == 303 and back.headers["Location"] == "/agent?done=hand-back"
+    await chat.send("how long does a refund take?", "m-3")
+    answer = await chat.bot_reply()
+    assert answer["author"] == "bot" and "refund" in answer["text"].lower()
+    async with rt.db.sessions() as session:
+        kinds = list(await session.scalars(select(Event.kind).where(Event.ticket_id == ticket_id).order_by(Event.id)))
+        assert {"claimed", "agent_reply", "note"} <= set(kinds)
+        reasons = [e.payload.get("reason") for e in await session.scalars(
+            select(Event).where(Event.ticket_id == ticket_id, Event.kind == "transition"))]
+        assert "claimed" in reasons and "handed_back" in reasons
+        handoffs = await session.scalar(select(func.count()).select_from(Message).where(
+            Message.ticket_id == ticket_id, Message.author == "bot"))
+        assert handoffs == 2  # the first handoff message and the refund answer: no second handoff
+    await chat.close()
+
+
+async def test_two_agents_claiming_at_once_exactly_one_wins(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    first = await _agent(helpline_client, "eve@example.com")
+    second = await _agent(helpline_client, "fay@example.com")
+    for n in range(5):
+        ticket_id = await _escalated(helpline_client, f"race-{n}")
+        results = await asyncio.gather(
+            inbox.claim(rt.db, ticket_id, first), inbox.claim(rt.db, ticket_id, second), return_exceptions=True
+        )
+        assert sorted(type(r).__name__ for r in results) == ["Conflict", "NoneType"], results
+        async with rt.db.sessions() as session:
+            ticket = await session.get(Ticket, ticket_id)
+            winner = first if results[0] is None else second
+            assert ticket.assignee_id == winner.id and ticket.state == "human"
+            claims = await session.scalar(select(func.count()).select_from(Event).where(
+                Event.ticket_id == ticket_id, Event.kind == "claimed"))
+            assert claims == 1
+
+
+async def test_agents_see_only_the_queue_and_their_own_tickets(helpline_client) -> None:
+    client = helpline_client
+    rt = runtime(client)
+    owner = await _agent(client, "gus@example.com")
+    other = await _agent(client, "hal@example.com")
+    admin = await _agent(client, "ida@example.com", role="admin")
+    ticket_id = await _escalated(client, "owned")
+    bot_only = (await rt.conversations.receive(Inbound("webchat", "bot-only", "how long does a refund take?"))).ticket.id
+    await _idle(rt)
+    await inbox.claim(rt.db, ticket_id, owner)
+    with pytest.raises(inbox.NotAllowed):
+        await inbox.reply(rt.db, ticket_id, other, "I'll take it", lease_s=30)
+    with pytest.raises(inbox.NotFound):
+        await inbox.ticket_view(rt.db, bot_only, other)  # never handed off: not the inbox's
+    with pytest.raises(inbox.NotFound):
+        await inbox.ticket_view(rt.db, 10**9, other)
+    await inbox.resolve(rt.db, ticket_id, owner)
+    with pytest.raises(inbox.NotFound):
+        await inbox.ticket_view(rt.db, ticket_id, other)  # resolved by someone else: gone from view
+    assert (await inbox.ticket_view(rt.db, ticket_id, owner)).state == "resolved"
+    assert (await inbox.ticket_view(rt.db, bot_only, admin)).state == "awaiting_customer"
+
+    token = await _logged_in(client, "hal@example.com")
+    for path in (f"/agent/tickets/{ticket_id}", f"/agent/tickets/{bot_only}", "/agent/tickets/999999999"):
+        assert (await client.get(path)).status == 404
+    refused = await client.post(f"/agent/tickets/{ticket_id}/reopen", data={"csrf_token": token},
+                                allow_redirects=False)
+    assert refused.status == 404
+    # Reopened by its owner, it is back in the queue, owned: others read it but cannot write.
+    await inbox.reopen(rt.db, ticket_id, owner)
+    page = await client.get(f"/agent/tickets/{ticket_id}")
+    assert page.status == 200 and "Send reply" not in await page.text()
+    refused = await client.post(f"/agent/tickets/{ticket_id}/reply", data={"csrf_token": token, "text": "hi"},
+                                allow_redirects=False)
+    assert refused.status == 403 and "another agent owns this ticket" in await refused.text()
+    await inbox.transfer(rt.db, ticket_id, owner, other.id)
+    assert (await client.post(f"/agent/tickets/{ticket_id}/priority",
+                              data={"csrf_token": token, "priority": "urgent"}, allow_redirects=False)).status == 303
+    mine = await (await client.get("/agent?view=mine")).text()
+    assert f'href="/agent/tickets/{ticket_id}"' in mine and "urgent" in mine
+
+
+async def test_customer_text_is_escaped_and_bidi_shown_in_every_inbox_view(helpline_client) -> None:
+    client = helpline_client
+    rt = runtime(client)
+    payloads = [
+        "<script>alert(1)</script> I want to talk to a real person",
+        '<img src=x onerror="alert(2)"> ![x](https://evil.example/x.png) speak to an agent please',
+        "invoice_\u202eFDP.exe is attached, I want a human",
+    ]
+    ids = [await _escalated(client, f"xss-{n}", text) for n, text in enumerate(payloads)]
+    await _agent(client, "jo@example.com", role="admin")
+    await _logged_in(client, "jo@example.com")
+    pages = [await (await client.get("/agent")).text()]
+    pages += [await (await client.get(f"/agent/tickets/{i}")).text() for i in ids]
+    for page in pages:
+        assert "<script>alert" not in page and "<img src=x" not in page and "\u202e" not in page
+        assert "<img" not in page and "<script" not in page
+    joined = "\n".join(pages)
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined
+    assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in joined
+    assert "invoice_[U+202E]FDP.exe" in joined
+
+
+# --- helpline agents ------------------------------------------------------------------------------
+
+
+def test_agents_commands_add_list_disable_and_change_passwords(database_url: str, tmp_path, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from helpline.cli import main as cli
+
+    monkeypatch.setenv("HELPLINE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("HELPLINE_DATABASE_URL", database_url)
+
+    def run(*args: str, stdin: str | None = None) -> Any:
+        return CliRunner().invoke(cli, ["agents", *args], input=stdin)
+
+    assert run("list").output.strip() == "no agents yet: helpline agents add EMAIL"
+    made = run("add", "Lead@Example.com", "--role", "admin", "--name", "Lee", "--password-stdin", stdin=PASSWORD + "\n")
+    assert made.exit_code == 0 and "agent 1 lead@example.com (admin) created" in made.output
+    prompted = run("add", "kim@example.com", stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    assert prompted.exit_code == 0, prompted.output
+    short = run("add", "max@example.com", "--password-stdin", stdin="hunter2\n")
+    assert short.exit_code == 2 and "a password needs 12 to 1024 characters, got 7" in short.output
+    twice = run("add", "KIM@example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    assert twice.exit_code == 2 and "already exists" in twice.output
+    bad = run("add", "not-an-email", "--password-stdin", stdin=PASSWORD + "\n")
+    assert bad.exit_code == 2 and "not an email address" in bad.output
+    assert run("disable", "kim@example.com").output.strip() == "agent kim@example.com disabled"
+    listed = run("list").output.splitlines()
+    assert listed == ["1\tlead@example.com\tadmin\tactive\tLee", "2\tkim@example.com\tagent\tdisabled\t"]
+    assert run("disable", "kim@example.com", "--enable").output.strip() == "agent kim@example.com enabled"
+    assert run("disable", "nobody@example.com").exit_code == 2
+    changed = run("password", "kim@example.com", "--password-stdin", stdin="another long password\n")
+    assert changed.exit_code == 0
+
+    async def check() -> None:
+        from state.db import open_database
+
+        db = open_database(database_url)
+        try:
+            _, hashed, _ = await accounts.find_login(db, "kim@example.com")
+            assert hashed.startswith("$argon2id$")
+            assert accounts.verify_password(hashed, "another long password")
+            assert not accounts.verify_password(hashed, PASSWORD)
+        finally:
+            await db.dispose()
+
+    asyncio.run(check())
