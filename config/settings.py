@@ -145,9 +145,9 @@ class Settings(BaseSettings):
     login_attempts_per_address: int = Field(
         20, ge=1, description="Login attempts one client address may make per login window."
     )
-    login_failures_per_email: int = Field(
-        5, ge=1, description="Failed logins for one agent email per login window; then that email is "
-        "refused for the rest of the window (the right password too)."
+    login_attempts_per_email: int = Field(
+        10, ge=1, description="Login attempts for one agent email per login window, right or wrong; "
+        "then that email is refused for the rest of the window (the right password too)."
     )
     login_window_s: int = Field(900, ge=1, description="The window of both login limits, s.")
     cookie_secure: bool | None = Field(

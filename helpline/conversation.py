@@ -418,6 +418,10 @@ class Conversations:
             ticket = await session.get(Ticket, message.ticket_id, populate_existing=True)
             assert ticket is not None
             stored.processed_at = now
+            if decision is not None and ticket.state == TicketState.human.value:
+                # An agent took the ticket while this turn ran (a reopen, or a claim while the
+                # kill switch answered): a person owns it now, so the bot's answer is not sent.
+                decision = None
             if decision is None:
                 session.add(
                     Event(
@@ -440,6 +444,7 @@ class Conversations:
                 transition(session, ticket, TicketState.bot, reason="customer_replied", now=now)
             elif state is TicketState.resolved:
                 transition(session, ticket, TicketState.bot, reason="reopened", now=now)
+                ticket.assignee_id = None  # the bot has it again: a later handoff is anyone's to claim
 
             outbound: Message | None = None
             if decision.reply is not None:

@@ -100,6 +100,23 @@ def _no_store(response: web.StreamResponse) -> None:
     response.headers["Content-Security-Policy"] = AGENT_CSP
 
 
+async def read_form(request: web.Request) -> Any:
+    """The posted form; 400 for a body that cannot be decoded (an unknown charset, bytes that are
+    not UTF-8) instead of an error deep in a handler."""
+    try:
+        return await request.post()
+    except (UnicodeDecodeError, LookupError, ValueError) as exc:
+        raise web.HTTPBadRequest(text=f"unreadable form: {type(exc).__name__}") from None
+
+
+def text_field(form: Any, name: str) -> str:
+    """Form field ``name`` as text ('' when absent); 400 when it is a file upload."""
+    value = form.get(name, "")
+    if not isinstance(value, str):
+        raise web.HTTPBadRequest(text=f"field {name} must be text, not a file")
+    return value
+
+
 class InboxRoutes:
     """The ``/agent`` routes of one application; ``runtime`` is read when a request comes (the
     runtime opens after the routes are registered)."""
@@ -133,7 +150,7 @@ class InboxRoutes:
                 target = request.path_qs if request.path_qs.startswith("/agent") else "/agent"
                 raise web.HTTPSeeOther(f"/agent/login?next={quote(target, safe='')}")
             if post:
-                form = await request.post()
+                form = await read_form(request)
                 token = form.get("csrf_token")
                 if not isinstance(token, str) or not hmac.compare_digest(token.encode(), login.csrf_token.encode()):
                     raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page and try again")
@@ -184,9 +201,9 @@ class InboxRoutes:
     async def login(self, request: web.Request) -> web.StreamResponse:
         if not self._same_origin(request):
             raise web.HTTPForbidden(text="request from another site refused")
-        form = await request.post()
-        email = str(form.get("email", ""))[: accounts.MAX_EMAIL_CHARS + 1]
-        password = str(form.get("password", ""))
+        form = await read_form(request)
+        email = text_field(form, "email")[: accounts.MAX_EMAIL_CHARS + 1]
+        password = text_field(form, "password")
         target = self._next(form.get("next"))
         limiter = self.rt.hot.limiter
         window = self.settings.login_window_s
@@ -198,10 +215,12 @@ class InboxRoutes:
         if not await limiter.hit(f"login-address:{address}", self.settings.login_attempts_per_address, window):
             log.warning("agent login refused: too many attempts from %s", address)
             return refused("Too many login attempts from your network; try again later.", 429)
+        # Counted before the password is checked, in one step: guesses sent at the same moment
+        # cannot all pass a check made before any of them was counted.
         email_key = f"login-email:{email.strip().lower()}"
-        if await limiter.count(email_key) >= self.settings.login_failures_per_email:
-            log.warning("agent login refused: too many failures for one email (from %s)", address)
-            return refused("Too many failed logins for this account; try again later.", 429)
+        if not await limiter.hit(email_key, self.settings.login_attempts_per_email, window):
+            log.warning("agent login refused: too many attempts for one email (from %s)", address)
+            return refused("Too many login attempts for this account; try again later.", 429)
         found = await accounts.find_login(self.rt.db, email)
         if found is None or len(password) > accounts.MAX_PASSWORD_CHARS:
             await asyncio.to_thread(accounts.dummy_verify, password)
@@ -209,7 +228,6 @@ class InboxRoutes:
         else:
             ok = await asyncio.to_thread(accounts.verify_password, found[1], password)
         if not ok or found is None:
-            await limiter.hit(email_key, self.settings.login_failures_per_email, window)
             log.info("agent login failed from %s", address)
             return refused("Wrong email or password.", 401)
         agent_id, _, needs_rehash = found
@@ -268,7 +286,7 @@ class InboxRoutes:
     async def act(self, request: web.Request, login: LoginSession) -> web.StreamResponse:
         ticket_id = int(request.match_info["ticket_id"])
         action = request.match_info["action"]
-        form = await request.post()
+        form = await read_form(request)
         agent = login.agent
         db = self.rt.db
         try:
@@ -276,18 +294,18 @@ class InboxRoutes:
                 await inbox.claim(db, ticket_id, agent)
             elif action == "reply":
                 message, entry_id = await inbox.reply(
-                    db, ticket_id, agent, str(form.get("text", "")), lease_s=self.settings.outbox_lease_s
+                    db, ticket_id, agent, text_field(form, "text"), lease_s=self.settings.outbox_lease_s
                 )
                 await self.rt.outbox.send_now(entry_id, message)
             elif action == "note":
-                await inbox.note(db, ticket_id, agent, str(form.get("text", "")))
+                await inbox.note(db, ticket_id, agent, text_field(form, "text"))
             elif action == "transfer":
-                target = str(form.get("agent_id", ""))
-                if not target.isdigit() or len(target) > 18:
+                target = text_field(form, "agent_id")
+                if not (target.isascii() and target.isdigit()) or len(target) > 18:
                     raise inbox.InboxError("choose an agent to transfer to")
                 await inbox.transfer(db, ticket_id, agent, int(target))
             elif action == "priority":
-                await inbox.set_priority(db, ticket_id, agent, str(form.get("priority", "")))
+                await inbox.set_priority(db, ticket_id, agent, text_field(form, "priority"))
             elif action == "resolve":
                 await inbox.resolve(db, ticket_id, agent)
             elif action == "reopen":

@@ -136,7 +136,10 @@ class TicketView:
 
 
 def may_read(ticket: Ticket, agent: AgentView) -> bool:
-    """The reading rule of this module's docstring."""
+    """The reading rule of this module's docstring; replayed traffic is nobody's (not even an
+    admin's: it is test traffic, kept out of the inbox)."""
+    if ticket.channel in HIDDEN_CHANNELS:
+        return False
     return agent.is_admin or ticket.state in QUEUE_STATES or ticket.assignee_id == agent.id
 
 
@@ -318,6 +321,8 @@ async def claim(db: Database, ticket_id: int, agent: AgentView) -> None:
         if ticket is None or not may_read(ticket, agent):
             raise NotFound()
         if won.rowcount != 1:
+            if ticket.assignee_id == agent.id:
+                raise Conflict("you already own this ticket")
             raise Conflict("another agent claimed this ticket first" if ticket.assignee_id else
                            f"ticket {ticket_id} is {ticket.state}, not waiting for an agent")
         if ticket.state == TicketState.escalated.value:

@@ -178,15 +178,28 @@ async def test_sessions_expire_when_idle_or_old_and_when_the_agent_is_disabled(h
     assert (await _login(helpline_client, "bo@example.com")).status == 401
 
 
-async def test_failed_logins_for_one_email_lock_it_for_the_window(helpline_client) -> None:
+async def test_login_attempts_for_one_email_lock_it_for_the_window(helpline_client) -> None:
     client = helpline_client
     await _agent(client, "cy@example.com")
-    limit = client.server.app[RUNTIME].settings.login_failures_per_email
+    limit = client.server.app[RUNTIME].settings.login_attempts_per_email
     for _ in range(limit):
         assert (await _login(client, "cy@example.com", "guess guess guess")).status == 401
     locked = await _login(client, "cy@example.com")  # the right password, too late
-    assert locked.status == 429 and "Too many failed logins" in await locked.text()
+    assert locked.status == 429 and "Too many login attempts for this account" in await locked.text()
     assert COOKIE not in locked.cookies
+
+
+async def test_guesses_sent_at_once_cannot_pass_the_email_limit(helpline_client) -> None:
+    """Break test: 11 wrong guesses and the right password sent together all passed a limit of 5
+    that was checked before any of them was counted."""
+    client = helpline_client
+    await _agent(client, "cal@example.com")
+    limit = client.server.app[RUNTIME].settings.login_attempts_per_email
+    guesses = [f"wrong guess number {n}" for n in range(limit + 1)] + [PASSWORD]
+    responses = await asyncio.gather(*(_login(client, "cal@example.com", g) for g in guesses))
+    statuses = [r.status for r in responses]
+    assert statuses.count(429) == len(guesses) - limit, statuses
+    assert sum(s != 429 for s in statuses) == limit
 
 
 # --- the loop -----------------------------------------------------------------------------------
@@ -381,3 +394,102 @@ def test_agents_commands_add_list_disable_and_change_passwords(database_url: str
             await db.dispose()
 
     asyncio.run(check())
+
+
+
+# --- break-test regressions -------------------------------------------------------------------------
+
+
+async def test_a_turn_running_when_an_agent_reopens_the_ticket_sends_nothing(helpline_client) -> None:
+    """Break test: the customer wrote to a resolved ticket and the agent reopened it while the turn
+    ran; the bot's answer went out to a ticket a person owned, which then left the queue."""
+    rt = runtime(helpline_client)
+    agent = await _agent(helpline_client, "kai@example.com")
+    ticket_id = await _escalated(helpline_client, "reopen-race")
+    await inbox.claim(rt.db, ticket_id, agent)
+    await inbox.resolve(rt.db, ticket_id, agent)
+    entered, release = asyncio.Event(), asyncio.Event()
+    route = rt.router.route
+
+    async def slow_route(text: str, context: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return await route(text, context)
+
+    rt.router.route = slow_route
+    try:
+        await rt.conversations.receive(Inbound("webchat", "reopen-race", "how long does a refund take?"))
+        await asyncio.wait_for(entered.wait(), 10)
+        await inbox.reopen(rt.db, ticket_id, agent)
+        release.set()
+        await _idle(rt)
+    finally:
+        rt.router.route = route
+    async with rt.db.sessions() as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket.state == "human" and ticket.assignee_id == agent.id
+        last = await session.scalar(select(Message).where(Message.ticket_id == ticket_id).order_by(Message.id.desc()).limit(1))
+        assert last.author == "customer" and last.processed_at is not None
+        turn = await session.scalar(select(Event).where(Event.ticket_id == ticket_id, Event.kind == "turn")
+                                    .order_by(Event.id.desc()).limit(1))
+        assert turn.payload["reason"] == "human_owns_ticket"
+
+
+async def test_a_ticket_the_bot_took_back_is_anyones_to_claim_when_it_escalates_again(helpline_client) -> None:
+    """Break test: after resolve and a customer's new question the ticket kept its old owner, so its
+    next handoff was missing from 'unassigned' and nobody else could claim it."""
+    rt = runtime(helpline_client)
+    first = await _agent(helpline_client, "lin@example.com")
+    second = await _agent(helpline_client, "mo@example.com")
+    ticket_id = await _escalated(helpline_client, "comes-back")
+    await inbox.claim(rt.db, ticket_id, first)
+    await inbox.resolve(rt.db, ticket_id, first)
+    await rt.conversations.receive(Inbound("webchat", "comes-back", "how long does a refund take?"))
+    await _idle(rt)
+    async with rt.db.sessions() as session:
+        ticket = await session.get(Ticket, ticket_id)
+        assert ticket.state == "awaiting_customer" and ticket.assignee_id is None
+    with pytest.raises(inbox.NotFound):
+        await inbox.ticket_view(rt.db, ticket_id, first)
+    await rt.conversations.receive(Inbound("webchat", "comes-back", "I want to talk to a real person"))
+    await _idle(rt)
+    assert [i.ticket_id for i in await inbox.queue(rt.db, second, view="unassigned")] == [ticket_id]
+    await inbox.claim(rt.db, ticket_id, second)
+    with pytest.raises(inbox.Conflict, match="you already own this ticket"):
+        await inbox.claim(rt.db, ticket_id, second)
+
+
+async def test_malformed_posts_get_400_and_change_nothing(helpline_client) -> None:
+    client = helpline_client
+    form = "application/x-www-form-urlencoded"
+    for body, content_type in ((b"email=\xff&password=x", form), (b"email=a&password=b", form + "; charset=nope")):
+        response = await client.post("/agent/login", data=body, headers={"Content-Type": content_type})
+        assert response.status == 400
+    await _agent(client, "ned@example.com")
+    token = await _logged_in(client, "ned@example.com")
+    ticket_id = await _escalated(client, "malformed")
+    await client.post(f"/agent/tickets/{ticket_id}/claim", data={"csrf_token": token}, allow_redirects=False)
+    superscript = await client.post(f"/agent/tickets/{ticket_id}/transfer",
+                                    data={"csrf_token": token, "agent_id": "\u00b2"}, allow_redirects=False)
+    assert superscript.status == 400 and "choose an agent" in await superscript.text()
+    import aiohttp
+
+    upload = aiohttp.FormData()
+    upload.add_field("csrf_token", token)
+    upload.add_field("text", b"evil", filename="evil.txt", content_type="text/plain")
+    refused = await client.post(f"/agent/tickets/{ticket_id}/reply", data=upload, allow_redirects=False)
+    assert refused.status == 400 and "must be text, not a file" in await refused.text()
+    async with runtime(client).db.sessions() as session:
+        authors = list(await session.scalars(select(Message.author).where(Message.ticket_id == ticket_id)))
+        assert "agent" not in authors
+
+
+async def test_replayed_tickets_are_nobodys_even_by_id(helpline_client) -> None:
+    rt = runtime(helpline_client)
+    admin = await _agent(helpline_client, "oz@example.com", role="admin")
+    accepted = await rt.conversations.receive(Inbound("replay", "replayed", "I want to talk to a real person"))
+    await _idle(rt)
+    with pytest.raises(inbox.NotFound):
+        await inbox.ticket_view(rt.db, accepted.ticket.id, admin)
+    with pytest.raises(inbox.NotFound):
+        await inbox.claim(rt.db, accepted.ticket.id, admin)
