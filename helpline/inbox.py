@@ -156,9 +156,7 @@ class InboxRoutes:
                     raise web.HTTPForbidden(text="missing or wrong CSRF token: reload the page and try again")
                 if not self._same_origin(request):
                     raise web.HTTPForbidden(text="request from another site refused")
-            response = await handler(request, login)
-            _no_store(response)
-            return response
+            return await handler(request, login)  # render() sets no-store and the CSP
 
         return checked
 

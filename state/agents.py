@@ -115,12 +115,6 @@ async def list_agents(db: Database) -> list[AgentView]:
         return [_view(a) for a in (await session.scalars(select(Agent).order_by(Agent.id)))]
 
 
-async def get_agent(db: Database, agent_id: int) -> AgentView | None:
-    async with db.sessions() as session:
-        agent = await session.get(Agent, agent_id)
-        return None if agent is None else _view(agent)
-
-
 async def set_disabled(db: Database, email: str, disabled: bool = True) -> AgentView:
     """Disable (or enable again) the agent with ``email``; disabling ends its sessions at once.
     Raises :class:`AgentError` for an unknown email."""

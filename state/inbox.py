@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from state.agents import AgentView
 from state.conversations import next_seq
 from state.db import Database
 from state.models import Agent, Customer, CustomerIdentity, Event, Message, Ticket, utcnow
+from state.outbox import add as queue_outbound
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
 
 PRIORITIES = ("urgent", "high", "normal", "low")
@@ -177,11 +178,12 @@ async def queue(
         query = query.where(Ticket.channel == channel)
     if priority:
         query = query.where(Ticket.priority == priority)
+    rank = case({p: n for n, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
     async with db.sessions() as session:
-        rows = (await session.execute(query.order_by(Ticket.updated_at, Ticket.id).limit(limit * 4))).all()
+        rows = (await session.execute(query.order_by(rank, Ticket.updated_at, Ticket.id).limit(limit))).all()
         ticket_ids = [t.id for t, _, _ in rows]
         previews = await _last_customer_texts(session, ticket_ids)
-    items = [
+    return [
         QueueItem(
             ticket_id=t.id, channel=t.channel, state=t.state, priority=t.priority, reason=t.escalation_reason,
             intent=t.intent, assignee=(a.display_name or a.email) if a is not None else None,
@@ -190,8 +192,6 @@ async def queue(
         )
         for t, c, a in rows
     ]
-    items.sort(key=lambda item: PRIORITIES.index(item.priority) if item.priority in PRIORITIES else 2)
-    return items[:limit]
 
 
 async def _last_customer_texts(session: AsyncSession, ticket_ids: list[int]) -> dict[int, str]:
@@ -335,8 +335,6 @@ async def reply(db: Database, ticket_id: int, agent: AgentView, text: str, *, le
     """Store the agent's reply and queue it in the outbox; returns the message and its outbox entry
     id for the caller to send right after (it goes out on the channel of the customer's latest
     message). Needs ownership (see the module docstring). Raises :class:`InboxError`."""
-    from state.outbox import add as queue_outbound
-
     text = _check_text(text, "reply")
     now = utcnow()
     async with db.write() as session:

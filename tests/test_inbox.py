@@ -328,7 +328,6 @@ async def test_agents_see_only_the_queue_and_their_own_tickets(helpline_client) 
 
 async def test_customer_text_is_escaped_and_bidi_shown_in_every_inbox_view(helpline_client) -> None:
     client = helpline_client
-    rt = runtime(client)
     payloads = [
         "<script>alert(1)</script> I want to talk to a real person",
         '<img src=x onerror="alert(2)"> ![x](https://evil.example/x.png) speak to an agent please',
@@ -493,3 +492,17 @@ async def test_replayed_tickets_are_nobodys_even_by_id(helpline_client) -> None:
         await inbox.ticket_view(rt.db, accepted.ticket.id, admin)
     with pytest.raises(inbox.NotFound):
         await inbox.claim(rt.db, accepted.ticket.id, admin)
+
+
+async def test_the_queue_puts_the_most_urgent_first_whatever_its_length(helpline_client) -> None:
+    """The queue used to fetch 4 x limit tickets by waiting time and sort those by priority, so an
+    urgent ticket behind them was left out."""
+    rt = runtime(helpline_client)
+    admin = await _agent(helpline_client, "pia@example.com", role="admin")
+    ids = [await _escalated(helpline_client, f"queue-{n}") for n in range(6)]
+    await inbox.claim(rt.db, ids[-1], admin)
+    await inbox.set_priority(rt.db, ids[-1], admin, "urgent")
+    await inbox.claim(rt.db, ids[-2], admin)
+    await inbox.set_priority(rt.db, ids[-2], admin, "low")
+    assert [i.ticket_id for i in await inbox.queue(rt.db, admin, limit=1)] == [ids[-1]]
+    assert [i.ticket_id for i in await inbox.queue(rt.db, admin)] == [ids[-1], *ids[:4], ids[-2]]
