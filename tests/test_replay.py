@@ -472,7 +472,10 @@ def test_bench_end_to_end_on_the_fake_server(tmp_path: Path) -> None:
     assert result["report"]["intent_accuracy"] == 1.0
     assert result["server"]["rss_mb"] > 1 and result["server"]["exit_status"] is not None
     assert result["machine"]["nproc"] >= 1
-    assert result["cpu"]["server_ms_per_turn"] > 0 and result["cpu"]["load_generator_ms_per_turn"] > 0
+    # /proc counts CPU in clock ticks (10 ms): twelve turns on the fake server can fit in less than one, so
+    # only its presence is checked here; test_bench_cpu_accounting checks the arithmetic with real values.
+    assert isinstance(result["cpu"]["server_ms_per_turn"], float) and result["cpu"]["server_ms_per_turn"] >= 0
+    assert result["cpu"]["load_generator_ms_per_turn"] > 0
     assert not list(tmp_path.glob("*.tmp"))
 
 
