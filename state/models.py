@@ -152,6 +152,8 @@ class Ticket(Base):
     # Epoch of the worker allowed to commit this ticket's turns (see state.conversations.claim_ticket).
     fence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     handoff_summary: Mapped[str | None] = mapped_column(Text)
+    # The structured handoff brief (bot.brief.Brief as JSON; its "version" names the schema).
+    brief: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # Order-store user id the customer proved to be in this conversation (order number plus the
     # email or postcode on the order); order details go only to orders this owner owns.
     verified_owner: Mapped[str | None] = mapped_column(String(128))
@@ -193,6 +195,44 @@ class AgentSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column()
+
+
+class AgentApiToken(Base):
+    """A token for the inbox's JSON API (``helpline agents token EMAIL``). The caller holds a random
+    secret sent as ``Authorization: Bearer ...``; only its SHA-256 is stored. A token acts as its
+    agent with that agent's role, and stops working when revoked or when the agent is disabled."""
+
+    __tablename__ = "agent_api_tokens"
+
+    token_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), index=True)
+    label: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+
+class WebhookEvent(Base):
+    """One event for the handoff webhook, written in the transaction that caused it (an outbox for
+    ``HELPLINE_HANDOFF_WEBHOOK_URL``). ``event_id``: a UUID receivers de-duplicate on; ``status``:
+    ``pending``, ``sending`` (claimed until ``lease_until``), ``sent``, ``failed``."""
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (Index("ix_webhook_events_status", "status", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(36), unique=True)
+    event_type: Mapped[str] = mapped_column(String(64))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    lease_until: Mapped[datetime | None] = mapped_column()
+    attempted_at: Mapped[datetime | None] = mapped_column()
+    last_error: Mapped[str | None] = mapped_column(Text)
+    response_status: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
 
 
 class Message(Base):
