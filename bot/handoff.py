@@ -1,15 +1,33 @@
-"""The handoff summary an agent reads when a ticket reaches the inbox, so no one starts from scratch.
+"""The handoff brief: what an agent reads when a ticket reaches the inbox, so no one starts from scratch.
 
-Built from facts the bot already holds (the escalation reason, intents, order ids and emails seen,
-sentiment, the last customer messages and what the bot already said), with no model call: it must
-work with the kill switch on and cost nothing.
+:func:`build_brief` turns a ticket's record (the customer, each customer message with the decision
+its turn event recorded, the bot's replies) into a structured, versioned brief: who the customer is,
+what they want (one line from the intent and entities, plus their own key sentences, quoted, never
+invented), why it escalated (the trigger, its evidence, confidence, sentiment trend, language), what
+the bot already did (answers with the articles cited, order lookups and their results, questions it
+asked that were not answered), open questions and a suggested next step from the playbook
+(:mod:`bot.playbook`). :func:`render_text` gives the short plain-text form used for notifications and
+``tickets.handoff_summary``.
+
+Deterministic, no model call: it must work with the kill switch on and cost nothing; a later issue
+adds an LLM-written brief with this one as the fallback. Must not: read the database (the app
+gathers :class:`BriefInput`) or know about channels.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
+
+from bot.entities import extract_entities
+from bot.knowledge import split_sentences
+from bot.playbook import Playbook
+
+BRIEF_VERSION = 1
+"""Schema version of the brief's JSON; bump it when a field changes meaning or shape."""
 
 REASONS = {
     "explicit_request": "the customer asked for a person",
@@ -22,18 +40,36 @@ REASONS = {
     "unsupported_language": "the customer wrote in a language the assistant does not answer in",
     "kill_switch": "the assistant is switched off (AGENT_MODE=disabled)",
     "internal_error": "the assistant failed on this message",
+    "verification_locked": "too many wrong order-ownership proofs",
 }
 
+SLOT_WORDS = {"order_id": "the order number", "proof": "the email or postcode on the order"}
+"""How the brief names a slot the bot asked for."""
 
-@dataclass(frozen=True)
-class HistoryLine:
-    """One message of the ticket as the summary sees it: ``author`` is customer, bot, agent, system."""
+ANSWER_TIERS = frozenset({"retrieval", "deterministic", "reasoning"})
+MAX_KEY_SENTENCES = 3
+MAX_SENTENCE_CHARS = 240
+MAX_ANSWERS = 5
+MAX_TURNS = 200
+"""Only the last this many customer messages are read: the brief's cost is bounded per ticket."""
 
-    author: str
-    text: str
+# Money as customers write it: "$45.90", "€ 30", "45.90 USD", "20 dollars". Linear: no nested repeats.
+_AMOUNT = re.compile(
+    r"(?<![\w.])(?:[$€£]\s?\d{1,7}(?:[.,]\d{1,2})?"
+    r"|\d{1,7}(?:[.,]\d{1,2})?\s?(?:usd|eur|gbp|dollars?|euros?|pounds?|bucks)\b)",
+    re.IGNORECASE,
+)
+_SMALL_TALK = frozenset({"greeting", "thanks", "goodbye"})
+META_INTENTS = _SMALL_TALK | {"contact_human_agent", "contact_customer_service", "complaint", "out_of_scope"}
+"""Intents that say how the customer talks (hello, get me a person, I'm unhappy), not what they want:
+the brief's topic is the request behind them when the conversation has one."""
 
 
-def _describe_reason(reason: str) -> str:
+def describe_reason(reason: str | None) -> str:
+    """A sentence fragment saying why the ticket escalated, for a reason code (or its prefix:
+    ``low_confidence_no_reasoning_tier`` is described as ``low_confidence``)."""
+    if not reason:
+        return "the reason was not recorded"
     if reason in REASONS:
         return REASONS[reason]
     if reason.startswith("low_confidence"):
@@ -49,60 +85,351 @@ def _describe_reason(reason: str) -> str:
     return reason
 
 
-def _clip(text: str, limit: int = 240) -> str:
+@dataclass(frozen=True)
+class EarlierTicket:
+    """Another ticket of the same customer: id, state, intent and when it opened."""
+
+    id: int
+    state: str
+    intent: str | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class BriefCustomer:
+    """The customer as the brief shows them. ``identities``: (channel, address) pairs."""
+
+    id: int
+    name: str | None = None
+    email: str | None = None
+    identities: tuple[tuple[str, str], ...] = ()
+    earlier_tickets: tuple[EarlierTicket, ...] = ()
+
+
+@dataclass(frozen=True)
+class BriefTurn:
+    """One customer message and what the bot did with it. ``decision``: the turn event's payload
+    (:meth:`bot.router.Decision.event_payload`), None while the turn has not run; ``reply``: the
+    text the bot sent for it, if any."""
+
+    text: str
+    channel: str
+    decision: Mapping[str, Any] | None = None
+    reply: str | None = None
+
+
+@dataclass(frozen=True)
+class BriefInput:
+    """Everything the brief is built from, oldest turn first. ``reason``/``evidence``: the
+    escalation (the ticket's ``escalation_reason`` and its trigger's data); ``verified_owner``:
+    the order-store account the customer proved to be (see bot.ownership)."""
+
+    ticket_id: int
+    customer: BriefCustomer
+    turns: Sequence[BriefTurn]
+    reason: str | None
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    verified_owner: str | None = None
+    default_language: str = "en"
+    max_message_chars: int = 4000
+    confidence_threshold: float = 0.7
+
+
+def _clip(text: str, limit: int = MAX_SENTENCE_CHARS) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def build_summary(
-    *,
-    reason: str,
-    intent: str | None,
-    confidence: float | None,
-    sentiment: float | None,
-    order_ids: Sequence[str],
-    emails: Sequence[str],
-    history: Sequence[HistoryLine],
-    evidence: Mapping[str, Any] | None = None,
-    verified_owner: str | None = None,
-    max_customer_lines: int = 3,
-) -> str:
-    """Plain-text summary, one fact per line, most useful first. ``history`` is oldest first;
-    ``evidence`` is the escalation trigger's data (``language``, ``topic``), printed for the agent
-    queue's routing. ``verified_owner``: the order-store account the customer proved to be in this
-    conversation (order number + email or postcode, see bot.ownership), or None; when orders are
-    mentioned the summary says whether ownership was proved, so that an agent does not give a
-    guesser what the bot refused."""
-    lines = [f"Escalated because {_describe_reason(reason)}."]
-    evidence = evidence or {}
-    if evidence.get("language"):
-        lines.append(f"Language: {evidence['language']} (ISO 639-1).")
-    if evidence.get("topic"):
-        lines.append(f"Sensitive topic: {evidence['topic']}.")
-    if intent:
-        conf = f" (confidence {confidence:.2f})" if confidence is not None else ""
-        lines.append(f"Likely intent: {intent}{conf}.")
+def _unique(items: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(i for i in items if i))
+
+
+def _amounts(text: str) -> list[str]:
+    return [" ".join(m.group(0).split()) for m in _AMOUNT.finditer(text)]
+
+
+def _trend(scores: Sequence[float]) -> str:
+    """``worsening``/``improving`` when the last score moved 0.3 or more from the first, ``negative``
+    when it stayed at or below -0.3, else ``steady``; ``unknown`` with no scores."""
+    if not scores:
+        return "unknown"
+    first, last = scores[0], scores[-1]
+    if last <= first - 0.3:
+        return "worsening"
+    if last >= first + 0.3:
+        return "improving"
+    return "negative" if last <= -0.3 else "steady"
+
+
+def _key_sentences(turns: Sequence[BriefTurn], evidence_words: Sequence[str], limit: int) -> list[str]:
+    """The customer's own sentences that carry the request, in the order they were written: those
+    naming an order, amount or email, those holding the trigger's words, then the longest of the
+    rest; greetings, thanks and one-word messages are left out."""
+    scored: list[tuple[float, int, str]] = []
+    position = 0
+    lowered_evidence = [w.lower() for w in evidence_words if w]
+    for turn in turns:
+        intent = (turn.decision or {}).get("intent")
+        for sentence in split_sentences(turn.text[:limit]):
+            position += 1
+            words = sentence.split()
+            if len(words) < 3 and not extract_entities(sentence).order_ids:
+                continue
+            score = min(len(words), 25) / 25
+            found = extract_entities(sentence)
+            if found.order_ids or found.emails or _amounts(sentence):
+                score += 2
+            lowered = sentence.lower()
+            if any(w in lowered or lowered in w for w in lowered_evidence):
+                score += 3
+            if intent in _SMALL_TALK:
+                score -= 2
+            if score > 0:
+                scored.append((score, position, _clip(sentence)))
+    best = sorted(scored, key=lambda s: (-s[0], s[1]))[:MAX_KEY_SENTENCES]
+    return [text for _, _, text in sorted(best, key=lambda s: s[1])]
+
+
+def _evidence_words(reason: str | None, evidence: Mapping[str, Any], turns: Sequence[BriefTurn]) -> list[str]:
+    words: list[str] = []
+    for key in ("matched", "topic", "complaint"):
+        value = evidence.get(key)
+        if isinstance(value, str) and value:
+            words.append(value)
+    for turn in turns:
+        complaint = (turn.decision or {}).get("complaint")
+        if reason and reason.startswith("repeated_failure") and isinstance(complaint, str) and complaint:
+            words.append(complaint)
+    if reason in ("negative_sentiment", "conversation_sentiment", "sensitive_intent") and turns:
+        # The words are the message itself (the model read all of it, no phrase matched).
+        words.append(_clip(turns[-1].text, 160))
+    return _unique(words)
+
+
+def _lookups(turns: Sequence[BriefTurn]) -> list[dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for turn in turns:
+        data = (turn.decision or {}).get("data") or {}
+        if not isinstance(data, Mapping):
+            continue
+        for order in data.get("orders") or ():
+            if isinstance(order, Mapping) and order.get("order_id"):
+                entry = {"order_id": str(order["order_id"]), "result": str(order.get("status") or "found")}
+                refunds = order.get("refunds")
+                if isinstance(refunds, list):
+                    entry["refunds"] = [r.get("amount") for r in refunds if isinstance(r, Mapping)]
+                found[entry["order_id"]] = entry
+        for order_id in data.get("not_found") or ():
+            found.setdefault(str(order_id), {"order_id": str(order_id), "result": "not found"})
+        for order_id in data.get("awaiting_proof") or ():
+            found.setdefault(str(order_id), {"order_id": str(order_id), "result": "ownership not proved"})
+        verification = data.get("verification")
+        if isinstance(verification, Mapping):
+            for order_id, verdict in verification.items():
+                if verdict == "locked":
+                    found[str(order_id)] = {"order_id": str(order_id), "result": "locked: too many wrong proofs"}
+    return list(found.values())
+
+
+def _unanswered_slots(turns: Sequence[BriefTurn]) -> list[dict[str, str]]:
+    """Slots the bot asked for that no later customer message supplied."""
+    open_slots: dict[str, dict[str, str]] = {}
+    for turn in turns:
+        decision = turn.decision or {}
+        entities = decision.get("entities") or {}
+        if decision.get("reason") == "slot_filled" or entities.get("order_ids"):
+            open_slots.pop("order_id", None)
+        if decision.get("reason") == "slot_filled" or entities.get("emails") or entities.get("postcodes"):
+            open_slots.pop("proof", None)
+        slot = {"asked_slot": "order_id", "asked_proof": "proof"}.get(str(decision.get("reason")))
+        if slot is not None:
+            open_slots[slot] = {"intent": str(decision.get("intent") or ""), "slot": slot,
+                                "asked_for": SLOT_WORDS[slot]}
+    return list(open_slots.values())
+
+
+def _answers(turns: Sequence[BriefTurn]) -> list[dict[str, Any]]:
+    answers = []
+    for turn in turns:
+        decision = turn.decision or {}
+        asked = decision.get("reason") in ("asked_slot", "asked_proof")  # a question, listed as a slot
+        if turn.reply and decision.get("tier") in ANSWER_TIERS and not decision.get("escalated") and not asked:
+            answers.append({
+                "tier": decision.get("tier"), "intent": decision.get("intent"),
+                "text": _clip(turn.reply, 200), "articles": list(decision.get("citations") or ()),
+            })
+    return answers[-MAX_ANSWERS:]
+
+
+def _want_line(intent: str | None, order_ids: Sequence[str], amounts: Sequence[str], emails: Sequence[str]) -> str:
+    topic = intent.replace("_", " ") if intent and intent != "out_of_scope" else "unclear request"
+    parts = [topic[0].upper() + topic[1:]]
     if order_ids:
-        lines.append("Order ids mentioned: " + ", ".join(dict.fromkeys(order_ids)) + ".")
+        parts.append("order " + ", ".join(order_ids))
+    if amounts:
+        parts.append("amount " + ", ".join(amounts))
+    if emails:
+        parts.append("email " + ", ".join(emails))
+    return "; ".join(parts)
+
+
+def _main_intent(turns: Sequence[BriefTurn], threshold: float) -> tuple[str | None, float | None]:
+    """What the conversation is about: the last request intent (not in :data:`META_INTENTS`) the
+    model was confident of (at or above ``threshold``), else the last request intent, else the last
+    intent of any kind; with its confidence. (None, None) when no turn recorded one."""
+    confident = request = anything = (None, None)
+    for turn in turns:
+        decision = turn.decision or {}
+        intent = decision.get("intent")
+        if not intent:
+            continue
+        found = (str(intent), decision.get("confidence"))
+        anything = found
+        if intent not in META_INTENTS:
+            request = found
+            if isinstance(found[1], (int, float)) and found[1] >= threshold:
+                confident = found
+    for choice in (confident, request, anything):
+        if choice[0] is not None:
+            return choice
+    return None, None
+
+
+def _open_questions(brief: dict[str, Any], order_ids: Sequence[str], verified_owner: str | None) -> list[str]:
+    questions = []
+    want, why, did = brief["want"], brief["escalation"], brief["bot_did"]
     if order_ids and verified_owner is None:
+        questions.append(
+            "Ownership not verified: ask for the email or postcode on the order before sharing any "
+            "order detail."
+        )
+    for slot in did["unanswered_slots"]:
+        questions.append(f"The assistant asked for {slot['asked_for']} and got no answer.")
+    for lookup in did["lookups"]:
+        if lookup["result"] == "not found":
+            questions.append(f"Order {lookup['order_id']} was not found: check the number with the customer.")
+    reason = why["reason"] or ""
+    if reason.startswith(("low_confidence", "out_of_scope", "no_kb_match")) or not want["intent"]:
+        guess = f" (best guess: {want['intent']})" if want["intent"] else ""
+        questions.append(f"What does the customer want{guess}?")
+    if reason == "unsupported_language":
+        questions.append(f"The customer writes in '{why['language']}': answer in it or use a translator.")
+    return questions
+
+
+def build_brief(data: BriefInput, playbook: Playbook) -> dict[str, Any]:
+    """The structured brief as a JSON-ready dict (schema :data:`BRIEF_VERSION`, documented in
+    docs/agent-inbox.md): ``customer``, ``want``, ``escalation``, ``bot_did``, ``ownership``,
+    ``open_questions``, ``next_step``. Linear in the text of the last :data:`MAX_TURNS` messages,
+    each read up to ``data.max_message_chars``."""
+    turns = list(data.turns)[-MAX_TURNS:]
+    limit = data.max_message_chars
+    order_ids: list[str] = []
+    emails: list[str] = []
+    amounts: list[str] = []
+    for turn in turns:
+        found = extract_entities(turn.text[:limit])
+        order_ids.extend(found.order_ids)
+        emails.extend(found.emails)
+        amounts.extend(_amounts(turn.text[:limit]))
+    order_ids, emails, amounts = _unique(order_ids), _unique(emails), _unique(amounts)
+    intent, confidence = _main_intent(turns, data.confidence_threshold)
+    evidence = dict(data.evidence)
+    words = _evidence_words(data.reason, evidence, turns)
+    scores = [float(s) for t in turns if isinstance(s := (t.decision or {}).get("sentiment"), (int, float))]
+    customer = data.customer
+    channels = _unique([c for c, _ in customer.identities] + [t.channel for t in turns])
+    brief: dict[str, Any] = {
+        "version": BRIEF_VERSION,
+        "ticket_id": data.ticket_id,
+        "customer": {
+            "id": customer.id,
+            "name": customer.name,
+            "email": customer.email or (emails[0] if emails else None),
+            "identities": [{"channel": c, "address": a} for c, a in customer.identities],
+            "channels": channels,
+            "earlier_tickets": [
+                {"id": t.id, "state": t.state, "intent": t.intent, "created_at": t.created_at.isoformat()}
+                for t in customer.earlier_tickets
+            ],
+        },
+        "want": {
+            "summary": _want_line(intent, order_ids, amounts, emails),
+            "intent": intent,
+            "order_ids": order_ids,
+            "amounts": amounts,
+            "emails": emails,
+            "key_sentences": _key_sentences(turns, words, limit),
+        },
+        "escalation": {
+            "reason": data.reason,
+            "description": describe_reason(data.reason),
+            "evidence": words,
+            "confidence": confidence,
+            "sentiment": [round(s, 2) for s in scores],
+            "sentiment_trend": _trend(scores),
+            "language": str(evidence.get("language") or data.default_language),
+            "topic": evidence.get("topic"),
+        },
+        "bot_did": {
+            "answers": _answers(turns),
+            "lookups": _lookups(turns),
+            "unanswered_slots": _unanswered_slots(turns),
+        },
+        "ownership": {
+            "verified_owner": data.verified_owner,
+            "orders_mentioned": bool(order_ids),
+        },
+    }
+    brief["open_questions"] = _open_questions(brief, order_ids, data.verified_owner)
+    # A guess the model was not sure of does not choose the playbook's step; the reason does.
+    sure = isinstance(confidence, (int, float)) and confidence >= data.confidence_threshold
+    step = playbook.next_step(intent if sure else None, data.reason)
+    brief["next_step"] = {"rule": step.rule, "text": step.text}
+    return brief
+
+
+def render_text(brief: Mapping[str, Any]) -> str:
+    """The brief as short plain text, one fact per line, most useful first: for notifications and
+    ``tickets.handoff_summary``."""
+    want, why, did, owner = brief["want"], brief["escalation"], brief["bot_did"], brief["ownership"]
+    lines = [f"Escalated because {why['description']}."]
+    if why.get("language") and why["reason"] == "unsupported_language":
+        lines.append(f"Language: {why['language']} (ISO 639-1).")
+    if why.get("topic"):
+        lines.append(f"Sensitive topic: {why['topic']}.")
+    lines.append(f"Wants: {want['summary']}.")
+    if why.get("evidence"):
+        lines.append("Trigger: " + "; ".join(f'"{w}"' for w in why["evidence"]) + ".")
+    if want["intent"]:
+        conf = f" (confidence {why['confidence']:.2f})" if why.get("confidence") is not None else ""
+        lines.append(f"Likely intent: {want['intent']}{conf}.")
+    if want["order_ids"]:
+        lines.append("Order ids mentioned: " + ", ".join(want["order_ids"]) + ".")
+    if owner["orders_mentioned"] and owner["verified_owner"] is None:
         lines.append(
             "Ownership NOT verified: the customer has not proved they own any order (order number "
             "+ email or postcode on it). Share no order details until they do."
         )
-    elif verified_owner is not None:
+    elif owner["verified_owner"] is not None:
         lines.append(
-            f"Verified owner of order-store account {verified_owner} (proved in this conversation); "
-            "an order of another account is not verified."
+            f"Verified owner of order-store account {owner['verified_owner']} (proved in this "
+            "conversation); an order of another account is not verified."
         )
-    if emails:
-        lines.append("Emails mentioned: " + ", ".join(dict.fromkeys(emails)) + ".")
-    if sentiment is not None and sentiment <= -0.3:
-        lines.append(f"Customer sentiment is negative (VADER {sentiment:.2f}).")
-    customer = [h.text for h in history if h.author == "customer"][-max_customer_lines:]
-    if customer:
+    if want["emails"]:
+        lines.append("Emails mentioned: " + ", ".join(want["emails"]) + ".")
+    if why["sentiment_trend"] in ("worsening", "negative"):
+        lines.append(f"Customer sentiment is {why['sentiment_trend']} ({', '.join(map(str, why['sentiment']))}).")
+    if want["key_sentences"]:
         lines.append("Customer said:")
-        lines.extend(f"  - {_clip(t)}" for t in customer)
-    bot = [h.text for h in history if h.author == "bot"]
-    if bot:
-        lines.append(f"Bot already replied {len(bot)} time(s); last: {_clip(bot[-1], 160)}")
+        lines.extend(f"  - {s}" for s in want["key_sentences"])
+    for lookup in did["lookups"]:
+        lines.append(f"Looked up {lookup['order_id']}: {lookup['result']}.")
+    if did["answers"]:
+        last = did["answers"][-1]
+        cited = f" [{', '.join(last['articles'])}]" if last["articles"] else ""
+        lines.append(f"Bot already answered {len(did['answers'])} time(s); last: {last['text']}{cited}")
+    for question in brief["open_questions"]:
+        lines.append(f"Open: {question}")
+    lines.append(f"Next step: {brief['next_step']['text']}")
     return "\n".join(lines)

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, HttpUrl, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 CONFIG_DIR = Path(__file__).resolve().parent
 """Folder of the shipped configuration: ``intents.yaml``, ``kb/``, ``orders.json``."""
+
+MIN_WEBHOOK_SECRET_CHARS = 32
+"""Shortest handoff-webhook secret accepted (32 random URL-safe characters carry ~190 bits)."""
 
 
 class AgentMode(str, Enum):
@@ -261,6 +264,11 @@ class Settings(BaseSettings):
         0.8, ge=0.5, le=1, description="difflib ratio at or above which a misspelt word (not an English "
         "word itself) is read as a trigger word: 'humen' -> human, 'operater' -> operator. 1 = exact only."
     )
+    playbook_file: Path = Field(
+        CONFIG_DIR / "playbook.yaml",
+        description="Support playbook: the next step the handoff brief suggests, by intent and escalation "
+        "reason (see bot/playbook.py).",
+    )
     sensitive_topics_file: Path | None = Field(
         CONFIG_DIR / "sensitive_topics.yaml",
         description="Sensitive topics (topic -> phrases) that always go to a person. Unset: none.",
@@ -328,6 +336,46 @@ class Settings(BaseSettings):
         0.6, ge=0, le=1, description="With English supported, a message whose share of English words "
         "is at least this is never judged foreign (guards against the detector on short messages)."
     )
+
+    # --- handoff webhook (helpline/webhooks.py; docs/handoff-webhook.md) -------------------------
+    # The secret comes before the URL: the URL's check reads it (fields are validated in order), so
+    # a refusal names the URL and never echoes the secret.
+    handoff_webhook_secret: SecretStr | None = Field(
+        None, description="Signs every handoff-webhook request (HMAC-SHA256, the Helpline-Signature "
+        "header); at least 32 characters, required with handoff_webhook_url. Generate one with "
+        "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'."
+    )
+    handoff_webhook_url: HttpUrl | None = Field(
+        None, description="Your help desk's endpoint for ticket.escalated, ticket.sla_breached and "
+        "ticket.resolved events (POSTed as signed JSON). Unset: no events are recorded or sent."
+    )
+    webhook_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="One webhook request's limit (connect and whole response), s; "
+        "a slower receiver counts as failed and is retried."
+    )
+    webhook_max_attempts: int = Field(
+        12, ge=1, le=100, description="Send attempts per webhook event before it is marked failed."
+    )
+    webhook_retry_base_s: float = Field(
+        5.0, gt=0, description="Wait before the first webhook retry; each next one doubles, up to "
+        "webhook_retry_max_s, each with random jitter of up to half (s)."
+    )
+    webhook_retry_max_s: float = Field(
+        1800.0, gt=0, description="Longest wait between two webhook attempts, s."
+    )
+
+    @field_validator("handoff_webhook_url", mode="after")
+    @classmethod
+    def _check_webhook_secret(cls, value: HttpUrl | None, info: ValidationInfo) -> HttpUrl | None:
+        secret = info.data.get("handoff_webhook_secret")
+        if value is not None and (secret is None or len(secret.get_secret_value()) < MIN_WEBHOOK_SECRET_CHARS):
+            raise ValueError(
+                f"a webhook URL needs HELPLINE_HANDOFF_WEBHOOK_SECRET of at least {MIN_WEBHOOK_SECRET_CHARS} "
+                "characters to sign its requests: generate one with "
+                "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return value
+    # --- end of handoff webhook ------------------------------------------------------------------
 
     @field_validator("allowed_origins", mode="after")
     @classmethod

@@ -495,6 +495,56 @@ def agents_password(email: str, password_stdin: bool) -> None:
     click.echo(f"password of {email.strip().lower()} changed; its sessions ended")
 
 
+@agents.command("token", epilog=f"Exit status: 0 made, {INPUT_EXIT} (an unknown or disabled agent).")
+@click.argument("email")
+@click.option("--label", default=None, help="What the token is for (shown by 'tokens'; 200 characters at most).")
+def agents_token(email: str, label: str | None) -> None:
+    """Make an API token for the inbox's JSON API (/agent/api, see docs/agent-api.md). It acts as
+    the agent, with the agent's role, until revoked or the agent is disabled. The token alone goes
+    to stdout, shown this once (the database keeps only its SHA-256); its id goes to stderr. Example:
+
+    \b
+        TOKEN=$(helpline agents token desk@example.com --label "help desk sync")
+    """
+    from state.api_tokens import issue
+
+    secret, info = _db_run(_settings(), lambda db: issue(db, email, label=label))
+    click.echo(secret)
+    click.echo(f"token {info.id} for {info.agent_email} made; store it now: it is not shown again", err=True)
+
+
+@agents.command("tokens", epilog=f"Exit status: 0 done, {INPUT_EXIT} (an unknown email).")
+@click.argument("email")
+def agents_tokens(email: str) -> None:
+    """An agent's API tokens: id, active or revoked, created, last used (UTC, to the minute), label."""
+    from datetime import datetime
+
+    from state.api_tokens import list_tokens
+
+    found = _db_run(_settings(), lambda db: list_tokens(db, email))
+    if not found:
+        click.echo(f"no API tokens: helpline agents token {email.strip().lower()}")
+
+    def when(moment: datetime | None) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M") if moment is not None else "never"
+
+    for token in found:
+        state = "active" if token.active else f"revoked {when(token.revoked_at)}"
+        click.echo(f"{token.id}\t{state}\t{when(token.created_at)}\t{when(token.last_used_at)}\t{token.label or ''}")
+
+
+@agents.command("revoke-token", epilog=f"Exit status: 0 revoked (or already revoked), {INPUT_EXIT} (no such "
+                                       "token, or the id matches several).")
+@click.argument("token_id")
+def agents_revoke_token(token_id: str) -> None:
+    """Revoke an API token at once. TOKEN_ID: its id from 'helpline agents tokens EMAIL' (at least
+    8 of its hex characters), or the whole token (hlp_...)."""
+    from state.api_tokens import revoke
+
+    info = _db_run(_settings(), lambda db: revoke(db, token_id))
+    click.echo(f"token {info.id} of {info.agent_email} revoked")
+
+
 def _local_url() -> str:
     """The server this machine's settings describe: http://HELPLINE_HOST:HELPLINE_PORT (a wildcard
     bind address means this machine)."""

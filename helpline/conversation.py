@@ -19,11 +19,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.entities import extract_entities
 from bot.escalation import PriorTurn
-from bot.handoff import HistoryLine, build_summary
+from bot.playbook import Playbook
 from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
 from config.settings import AgentMode, Settings
+from helpline import briefs
 from helpline.outbox import Outbox
 from state.conversations import (
     Accepted,
@@ -101,8 +101,10 @@ class Conversations:
         outage_errors: tuple[type[BaseException], ...] = (),
         limiter: RateLimiter | None = None,
         idempotency: Idempotency | None = None,
+        playbook: Playbook | None = None,
     ) -> None:
         self.settings = settings
+        self.playbook = playbook or Playbook.load(settings.playbook_file)
         self.db = db
         self.router = router
         self.locks = locks
@@ -432,6 +434,8 @@ class Conversations:
                         created_at=now,
                     )
                 )
+                if TicketState(ticket.state) in BOT_SILENT_STATES:
+                    await briefs.refresh(session, ticket, self.settings, self.playbook)  # kept current
                 return None
 
             state = TicketState(ticket.state)
@@ -476,13 +480,7 @@ class Conversations:
                 pass
             elif decision.escalate:
                 if TicketState(ticket.state) not in BOT_SILENT_STATES:
-                    ticket.handoff_summary = self._summary(
-                        decision, history, message, decision.verified_owner or ticket.verified_owner
-                    )
-                    transition(
-                        session, ticket, TicketState.escalated, reason=decision.reason, now=now,
-                        summary=ticket.handoff_summary,
-                    )
+                    transition(session, ticket, TicketState.escalated, reason=decision.reason, now=now)
                 ticket.pending = None
             elif decision.resolve:
                 transition(session, ticket, TicketState.resolved, reason=decision.reason, now=now)
@@ -513,6 +511,9 @@ class Conversations:
                     created_at=now,
                 )
             )
+            if TicketState(ticket.state) in BOT_SILENT_STATES:
+                # The brief reads the turn just recorded: built after its event, in this transaction.
+                await briefs.refresh(session, ticket, self.settings, self.playbook)
         return None if outbound is None else (outbound, entry.id)
 
     async def _typing(self, customer_id: int, *, on: bool) -> None:
@@ -526,30 +527,6 @@ class Conversations:
         if reply is not None:
             message, entry_id = reply
             await self.outbox.send_now(entry_id, message)
-
-    def _summary(
-        self, decision: Decision, history: list[Message], message: Message, verified_owner: str | None
-    ) -> str:
-        lines = [HistoryLine(m.author, m.text) for m in history if m.id != message.id]
-        lines.append(HistoryLine("customer", message.text))
-        order_ids: list[str] = []
-        emails: list[str] = []
-        for line in lines:
-            if line.author == "customer":
-                found = extract_entities(line.text[: self.settings.max_message_chars])
-                order_ids.extend(found.order_ids)
-                emails.extend(found.emails)
-        return build_summary(
-            reason=decision.reason,
-            intent=decision.intent,
-            confidence=decision.confidence,
-            sentiment=decision.sentiment,
-            order_ids=order_ids,
-            emails=emails,
-            history=lines,
-            evidence=decision.data,
-            verified_owner=verified_owner,
-        )
 
     async def _fail_turn(self, message: Message, epoch: int | None) -> None:
         # A bug must not leave the customer stuck or loop forever: hand the ticket to a person.

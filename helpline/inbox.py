@@ -1,7 +1,8 @@
 """The agent inbox at ``/agent``: login, the queue, the ticket page and its actions (aiohttp routes).
 
-Server-rendered Jinja2 templates (``helpline/templates/agent``, autoescape on for every template)
-and one stylesheet; no script, no asset from a third party, no build step. Every request under
+Server-rendered Jinja2 templates (``helpline/templates/agent``, autoescape on for every template),
+one stylesheet and one small script (``static/agent.js``: the live queue over ``GET /agent/live``,
+see :mod:`helpline.inbox_live`); no inline script, no asset from a third party, no build step. Every request under
 ``/agent`` except the login form and the stylesheet checks, in this order:
 
 1. the session cookie (``helpline_agent``: HttpOnly, SameSite=Strict, path ``/agent``, Secure over
@@ -14,7 +15,8 @@ and one stylesheet; no script, no asset from a third party, no build step. Every
 
 The login is rate-limited per client address and per email (settings ``login_*``); password checks
 run off the event loop. A login redirect goes only to a path under ``/agent``. Pages send a
-Content-Security-Policy with no script at all and ``img-src 'self'``, so a markdown image or any
+Content-Security-Policy with scripts and sockets from this server only (no inline script) and
+``img-src 'self'``, so a markdown image or any
 HTML in customer text loads nothing (it is escaped anyway), and Unicode bidi controls in customer
 text are shown as visible codes (:func:`bidi_safe`), so they cannot reorder what the agent reads.
 """
@@ -36,24 +38,29 @@ from aiohttp import hdrs, web
 
 from config.settings import Settings
 from helpline.clients import client_address, is_https
+from helpline.inbox_live import InboxFeed, LiveQueue
 from helpline.runtime import Runtime
 from state import agents as accounts
 from state import inbox
-from state.agents import LoginSession
+from state.agents import AgentView, LoginSession
+from state.models import Message
 
 log = logging.getLogger(__name__)
 
 COOKIE = "helpline_agent"
 STATIC_DIR = Path(str(resources.files("helpline") / "static"))
 AGENT_CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; base-uri 'none'; "
-    "frame-ancestors 'none'"
+    "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
-"""No script, images from this server only, forms post only here, never framed."""
+"""Scripts only from this server's files (no inline script), sockets only to this server, images from
+this server only, forms post only here, never framed."""
 BIDI_CONTROLS = {c: f"[U+{c:04X}]" for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)}
 """Embeddings, overrides, isolates and marks (Unicode TR9): shown as codes, never applied."""
 
 Handler = Callable[[web.Request, LoginSession], Awaitable[web.StreamResponse]]
+INBOX_LIVE = web.AppKey("inbox_live", LiveQueue)
+"""The ``/agent/live`` handler of an application (its limits and open sockets, for tests)."""
 
 
 def bidi_safe(text: Any) -> str:
@@ -117,6 +124,15 @@ def text_field(form: Any, name: str) -> str:
     return value
 
 
+async def send_reply(rt: Runtime, ticket_id: int, agent: AgentView, text: str) -> tuple[Message, bool]:
+    """An agent's reply, the one way for every caller (the ticket page and the JSON API): stored and
+    queued in the outbox by :func:`state.inbox.reply`, then a first delivery attempt right after
+    its commit. Returns the message and whether that attempt delivered it (when not, the outbox
+    retries). Raises :class:`state.inbox.InboxError`."""
+    message, entry_id = await inbox.reply(rt.db, ticket_id, agent, text, lease_s=rt.settings.outbox_lease_s)
+    return message, await rt.outbox.send_now(entry_id, message)
+
+
 class InboxRoutes:
     """The ``/agent`` routes of one application; ``runtime`` is read when a request comes (the
     runtime opens after the routes are registered)."""
@@ -125,16 +141,28 @@ class InboxRoutes:
         self.settings = settings
         self._runtime = runtime
         self.proxies = proxies
+        self._feed: InboxFeed | None = None
+        self.live = LiveQueue(self._session, self._same_origin, lambda: self.feed)
 
     @property
     def rt(self) -> Runtime:
         return self._runtime()
+
+    @property
+    def feed(self) -> InboxFeed:
+        """This process's live-queue feed (wake-ups and the shared events reader)."""
+        if self._feed is None:
+            self._feed = InboxFeed(self.rt.db, self.rt.hot)
+        return self._feed
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/agent/login", self.login_form)
         app.router.add_post("/agent/login", self.login)
         app.router.add_post("/agent/logout", self.page(self.logout, post=True))
         app.router.add_get("/agent", self.page(self.queue))
+        app.router.add_get("/agent/live", self.page(self.live.handle))
+        app.on_shutdown.append(self.live.close_all)
+        app[INBOX_LIVE] = self.live
         app.router.add_get("/agent/tickets/{ticket_id:\\d{1,18}}", self.page(self.ticket))
         app.router.add_post("/agent/tickets/{ticket_id:\\d{1,18}}/{action}", self.page(self.act, post=True))
         app.router.add_static("/agent/static/", STATIC_DIR, show_index=False)
@@ -255,6 +283,8 @@ class InboxRoutes:
         view = request.query.get("view", "all")
         channel = request.query.get("channel") or None
         priority = request.query.get("priority") or None
+        # Read before the queue: every event in it shows in the page, later ones reach the socket.
+        cursor = (await self.feed.position()).encode()
         try:
             items = await inbox.queue(self.rt.db, login.agent, view=view, channel=channel, priority=priority)
         except inbox.InboxError as exc:
@@ -262,7 +292,7 @@ class InboxRoutes:
         channels = sorted(self.rt.outbox.senders.keys() - set(inbox.HIDDEN_CHANNELS))
         return render(
             "queue.html", login=login, items=items, view=view, views=inbox.QUEUE_VIEWS, channel=channel,
-            channels=channels, priority=priority, priorities=inbox.PRIORITIES,
+            channels=channels, priority=priority, priorities=inbox.PRIORITIES, cursor=cursor,
             notice=request.query.get("done") and _DONE.get(request.query["done"]),
         )
 
@@ -291,10 +321,7 @@ class InboxRoutes:
             if action == "claim":
                 await inbox.claim(db, ticket_id, agent)
             elif action == "reply":
-                message, entry_id = await inbox.reply(
-                    db, ticket_id, agent, text_field(form, "text"), lease_s=self.settings.outbox_lease_s
-                )
-                await self.rt.outbox.send_now(entry_id, message)
+                await send_reply(self.rt, ticket_id, agent, text_field(form, "text"))
             elif action == "note":
                 await inbox.note(db, ticket_id, agent, text_field(form, "text"))
             elif action == "transfer":
@@ -317,6 +344,7 @@ class InboxRoutes:
         except inbox.InboxError as exc:
             return await self.ticket(request, login, error=str(exc), status=exc.status)
         log.info("agent %s: %s on ticket %s", agent.id, action, ticket_id)
+        await self.feed.notify()  # committed: every live queue re-reads (never raises)
         if action in ("resolve", "hand-back", "transfer"):
             raise web.HTTPSeeOther(f"/agent?done={action}")
         raise web.HTTPSeeOther(f"/agent/tickets/{ticket_id}?done={action}")

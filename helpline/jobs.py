@@ -18,8 +18,11 @@ Tasks (names as stored in ``procrastinate_jobs.task_name``):
 
 - ``deliver_outbound(entry_id)``: one send attempt; retried every ``2**n`` s (n = attempt) until
   ``outbox_max_attempts``.
+- ``deliver_webhook(row_id)``: one handoff-webhook send attempt (:mod:`helpline.webhooks`); retried
+  after the jittered backoff the attempt asks for, until ``webhook_max_attempts``.
 - ``sweep`` (every ``sweep_interval_s``): schedules tickets whose messages wait unanswered for over
-  ``stale_after_s`` (a crashed worker's), and re-queues outbox entries nobody is sending.
+  ``stale_after_s`` (a crashed worker's), and re-queues outbox entries and webhook events nobody is
+  sending.
 - ``retry_stalled_jobs`` (every minute): jobs whose worker stopped sending heartbeats are retried.
 """
 
@@ -42,11 +45,13 @@ from sqlalchemy.engine import make_url
 from config.settings import Settings
 from helpline.conversation import Conversations
 from helpline.outbox import Outbox
+from helpline.webhooks import BackoffRetry, RetryLater, Webhooks
 from state import outbox as outbox_store
 
 log = logging.getLogger(__name__)
 
 DELIVER = "deliver_outbound"
+DELIVER_WEBHOOK = "deliver_webhook"
 SWEEP = "sweep"
 RETRY_STALLED = "retry_stalled_jobs"
 QUEUE = "helpline"
@@ -100,6 +105,16 @@ def build_job_app(settings: Settings) -> procrastinate.App:
         if await outbox.attempt(entry_id) is False:
             raise SendFailed(f"outbox entry {entry_id}: send failed, will retry")
 
+    @app.task(
+        name=DELIVER_WEBHOOK, queue=QUEUE, retry=BackoffRetry(settings.webhook_max_attempts), pass_context=True
+    )
+    async def deliver_webhook(context: procrastinate.JobContext, row_id: int) -> None:
+        # Webhooks holds no connection, so each job makes its own from the worker's database.
+        outbox: Outbox = context.additional_context["outbox"]
+        outcome = await Webhooks(outbox.db, settings).attempt(row_id)
+        if outcome.retry_in_s is not None:
+            raise RetryLater(f"webhook event {row_id}: send failed, will retry", outcome.retry_in_s)
+
     @app.periodic(cron=_cron_every(settings.sweep_interval_s))
     @app.task(name=SWEEP, queue=QUEUE, pass_context=True)
     async def sweep(context: procrastinate.JobContext, timestamp: int) -> None:
@@ -110,6 +125,8 @@ def build_job_app(settings: Settings) -> procrastinate.App:
             log.warning("sweep picked up %d ticket(s) with stale unanswered messages", found)
         for entry_id in await outbox_store.due(outbox.db, older_than_s=settings.stale_after_s):
             await defer_delivery(context.app, entry_id)
+        for row_id in await Webhooks(outbox.db, settings).due(settings.stale_after_s):
+            await defer_webhook(context.app, row_id)
 
     @app.periodic(cron="0 * * * * *")
     @app.task(name=RETRY_STALLED, queue=QUEUE, pass_context=True)
@@ -128,6 +145,16 @@ async def defer_delivery(app: procrastinate.App, entry_id: int, delay_s: int = 0
         await app.configure_task(
             DELIVER, queueing_lock=f"outbox-{entry_id}", schedule_in={"seconds": delay_s}
         ).defer_async(entry_id=entry_id)
+    except AlreadyEnqueued:
+        pass
+
+
+async def defer_webhook(app: procrastinate.App, row_id: int, delay_s: float = 0) -> None:
+    """Queue a send attempt for webhook event row ``row_id`` (at most one queued per event)."""
+    try:
+        await app.configure_task(
+            DELIVER_WEBHOOK, queueing_lock=f"webhook-{row_id}", schedule_in={"seconds": delay_s}
+        ).defer_async(row_id=row_id)
     except AlreadyEnqueued:
         pass
 

@@ -31,8 +31,9 @@ from channels.webchat import WebChatChannel
 from config.settings import Settings
 from helpline.clients import parse_networks
 from helpline.conversation import Conversations
-from helpline.jobs import build_job_app, defer_delivery
+from helpline.jobs import build_job_app, defer_delivery, defer_webhook
 from helpline.outbox import Outbox
+from helpline.webhooks import Webhooks
 from state.db import Database, open_database
 from state.db import OUTAGE_ERRORS as DATABASE_OUTAGE_ERRORS
 from state.delivery import Delivery
@@ -64,6 +65,7 @@ class Runtime:
     locks: Locks
     hot: HotState
     outbox: Outbox
+    webhooks: Webhooks  # the handoff webhook: send_now(row_id) after committing state.webhooks.add
     jobs: procrastinate.App
     schema_revision: str
     started_at: float
@@ -123,6 +125,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         outbox = Outbox(
             db, {}, lease_s=settings.outbox_lease_s, max_attempts=settings.outbox_max_attempts
         )
+        webhooks = Webhooks(db, settings)
         conversations = Conversations(
             settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=kill_switch.mode,
             outage_errors=outage_errors, limiter=hot.limiter, idempotency=hot.idempotency,
@@ -140,11 +143,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         jobs = build_job_app(settings)
         async with jobs.open_async():
             outbox.retry = lambda entry_id: defer_delivery(jobs, entry_id, delay_s=1)
+            webhooks.retry = lambda row_id, delay_s: defer_webhook(jobs, row_id, delay_s=delay_s)
             yield Runtime(
                 settings=settings, db=db, embedder=embedder, intents=intents,
                 intent_model=intent_model, knowledge=knowledge, orders=orders, router=router,
                 understander=understander, conversations=conversations, delivery=hot.delivery,
-                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, jobs=jobs,
+                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, webhooks=webhooks, jobs=jobs,
                 schema_revision=revision, started_at=time.time(),
             )
     finally:

@@ -31,6 +31,7 @@ from helpline import __version__
 from helpline.clients import has_admin_token, is_local, parse_networks
 from helpline.connections import GuardedSite
 from helpline.inbox import InboxRoutes
+from helpline.inbox_api import ApiRoutes
 from helpline.jobs import run_worker
 from helpline.memory import release_free_memory, tune_malloc
 from helpline.runtime import Runtime, open_runtime
@@ -243,6 +244,7 @@ def build_app(settings: Settings) -> web.Application:
     app.router.add_get("/ws/chat", chat_socket)
     app.router.add_static("/static/", STATIC_DIR, show_index=False)
     InboxRoutes(settings, lambda: app[RUNTIME], app[PROXIES]).add_to(app)
+    ApiRoutes(settings, lambda: app[RUNTIME], app[PROXIES]).add_to(app)  # /agent/api: JSON, API tokens
     return app
 
 

@@ -134,6 +134,8 @@ class TicketView:
     transcript: list[TranscriptLine] = field(default_factory=list)
     timeline: list[TimelineEntry] = field(default_factory=list)
     created_at: datetime | None = None
+    brief: dict[str, Any] | None = None
+    """The structured handoff brief (bot.handoff, schema version in ``brief["version"]``) or None."""
 
 
 def may_read(ticket: Ticket, agent: AgentView) -> bool:
@@ -243,6 +245,7 @@ async def ticket_view(db: Database, ticket_id: int, agent: AgentView, *, max_mes
         assignee=(assignee.display_name or assignee.email) if assignee is not None else None,
         customer_id=customer.id, customer_name=customer.display_name, customer_email=customer.email,
         identities=identities, earlier_tickets=earlier, created_at=ticket.created_at,
+        brief=ticket.brief if isinstance(ticket.brief, dict) and ticket.brief.get("version") == 1 else None,
     )
     for m in messages:
         meta = m.meta or {}

@@ -134,3 +134,30 @@ def test_bad_golden_file_exits_2_naming_line_and_field(run_eval, tmp_path: Path)
     proc = run_eval("--golden", str(golden), "--json")
     assert proc.returncode == 2
     assert f"{golden}:2: field 'text': empty text" in proc.stderr
+
+
+HANDOFF = CONFIG_DIR / "golden" / "handoff.jsonl"
+
+
+def test_handoff_set_reports_brief_field_accuracy_and_passes_its_gate(run_eval) -> None:
+    proc = run_eval("--golden", str(HANDOFF), "--gate", "--gates", str(CONFIG_DIR / "gates_handoff.yaml"), "--json")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = last_json(proc)
+    assert s["cases"] == 42 and s["brief_cases"] == 42 and s["turns"] >= 90
+    assert s["escalation_recall"] == 1.0
+    assert s["brief_field_accuracy"] >= 0.80
+    fields = s["brief_fields"]
+    # Facts quoted from the customer's own words and the order store are exact.
+    for name in ("order_ids", "emails", "amounts", "key_sentence", "lookups", "unanswered_slots", "language"):
+        assert fields[name]["accuracy"] == 1.0, (name, fields[name])
+    assert fields["order_ids"]["checked"] >= 20 and fields["key_sentence"]["checked"] >= 20
+    assert "handoff brief" in proc.stdout and "gate: PASS" in proc.stdout
+
+
+def test_a_brief_field_the_golden_set_does_not_know_is_refused(run_eval, tmp_path: Path) -> None:
+    golden = tmp_path / "bad.jsonl"
+    golden.write_text('{"id": "a", "text": "get me a person", "intent": "contact_human_agent", '
+                      '"brief": {"reasn": "explicit_request"}}\n')
+    proc = run_eval("--golden", str(golden), "--json")
+    assert proc.returncode == 2
+    assert f"{golden}:1: field 'brief': unknown brief field 'reasn'" in proc.stderr

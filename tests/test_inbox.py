@@ -95,7 +95,9 @@ async def test_every_agent_route_refuses_anonymous_callers_and_posts_without_csr
     ticket_id = await _escalated(client, "route-walk")
     routes = [
         (r.method, r.resource.canonical) for r in client.server.app.router.routes()
-        if r.resource is not None and r.resource.canonical.startswith("/agent") and r.method in ("GET", "POST")
+        if r.resource is not None and r.resource.canonical.startswith("/agent")
+        and not r.resource.canonical.startswith("/agent/api/")  # token auth: walked in tests/test_inbox_api.py
+        and r.method in ("GET", "POST")
     ]
     open_routes = {("GET", "/agent/login"), ("POST", "/agent/login"), ("GET", "/agent/static")}
     walked = 0
@@ -219,7 +221,7 @@ async def test_an_agent_claims_replies_notes_and_hands_back_while_the_bot_stays_
     ticket_id = handoff["ticket_id"]
     assert f'href="/agent/tickets/{ticket_id}"' in queue and "explicit_request" in queue
     page = await (await client.get(f"/agent/tickets/{ticket_id}")).text()
-    assert "Escalated because the customer asked for a person." in page
+    assert "the customer asked for a person" in page and 'data-brief-version="1"' in page
     assert "I want to talk to a real person about order #W0000000" in page
     assert "Send reply" not in page  # not owned yet
 
@@ -340,7 +342,9 @@ async def test_customer_text_is_escaped_and_bidi_shown_in_every_inbox_view(helpl
     pages += [await (await client.get(f"/agent/tickets/{i}")).text() for i in ids]
     for page in pages:
         assert "<script>alert" not in page and "<img src=x" not in page and "\u202e" not in page
-        assert "<img" not in page and "<script" not in page
+        assert "<img" not in page
+        # The only script is the inbox's own file (no inline script; the CSP allows 'self' only).
+        assert re.findall(r"<script[^>]*>", page) in ([], ['<script src="/agent/static/agent.js" defer>'])
     joined = "\n".join(pages)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in joined
     assert "&lt;img src=x onerror=&#34;alert(2)&#34;&gt;" in joined

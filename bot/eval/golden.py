@@ -10,6 +10,8 @@ One case per line, a JSON object with these fields:
 - ``escalate`` (bool, optional): whether a person should take the ticket over;
 - ``relevant_docs`` (list of knowledge-base document ids, optional): the articles that answer it;
 - ``reference_answer`` (string, optional): a good answer, for people reading the report;
+- ``brief`` (object, optional): the fields the handoff brief of an escalated case must show
+  (:mod:`bot.eval.brief_fields` lists them and how each is checked);
 - ``note`` (string, optional): free text for the person maintaining the set; ignored.
 
 Blank lines are skipped. Any other field is an error (a misspelt ``relevent_docs`` must not be
@@ -19,17 +21,18 @@ silently ignored). Every line is checked before the file is refused, so one run 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bot.eval.brief_fields import validate_expectations
 from config.files import scan_objects
 
 OUT_OF_SCOPE = "out_of_scope"
 """The expected intent of a case the bot must not answer as if it were support for the shop."""
 
-_FIELDS = ("id", "text", "turns", "intent", "escalate", "relevant_docs", "reference_answer", "note")
+_FIELDS = ("id", "text", "turns", "intent", "escalate", "relevant_docs", "reference_answer", "brief", "note")
 _INTENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
@@ -53,6 +56,7 @@ class GoldenCase:
     escalate: bool | None = None
     relevant_docs: tuple[str, ...] = ()
     reference_answer: str | None = None
+    brief: Mapping[str, Any] | None = None
     line: int = 0
 
     @property
@@ -155,9 +159,13 @@ def parse_case(obj: Any, where: str) -> GoldenCase:
     if note is not None and not isinstance(note, str):
         raise fail("note", f"must be a string, got {type(note).__name__}")
 
+    brief = obj.get("brief")
+    if brief is not None and (why := validate_expectations(brief)) is not None:
+        raise fail("brief", why)
+
     return GoldenCase(
         id=case_id, turns=turns, intent=intent, escalate=escalate, relevant_docs=docs,
-        reference_answer=reference,
+        reference_answer=reference, brief=brief,
     )
 
 

@@ -112,7 +112,9 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
     ``wrong_answers``, ``wrong_answer_rate``, ``escalation_cases``, ``escalation_precision``,
     ``escalation_recall``, ``retrieval_cases``, ``retrieval_searched``, ``retrieval_hit_at_1``,
     ``retrieval_hit_at_5``, ``retrieval_mrr``, ``reference_cases``, ``reference_agreement``,
-    ``claim_answers``, ``groundedness``, ``unscored``,
+    ``claim_answers``, ``groundedness``, ``unscored``, ``brief_cases``, ``brief_field_accuracy`` (share
+    of the named brief fields shown correctly, over every case with a ``brief`` object; None when no
+    case has one), ``brief_fields`` (per field: ``checked``, ``accuracy``),
     ``deterministic_answers``, ``latency_ms`` (``p50``, ``p95``, ``by_tier``), ``cost_usd``
     (``per_ticket``, ``by_tier``), ``threshold``, ``intent_model``, ``kb_version``, ``cases_per_s``.
     Latencies are the turn events' ``latency_ms`` (server turn time); costs are USD.
@@ -130,6 +132,11 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
     ranked = [o for o in outcomes if o.case.relevant_docs and o.ranking is not None]
     retrieval = ranking_scores([o.ranking or [] for o in ranked], [o.case.relevant_docs for o in ranked])
     answers = [a.groundedness for o in outcomes for a in o.answers]
+    briefs = [o.brief_fields for o in outcomes if o.brief_fields is not None]
+    by_field: dict[str, list[bool]] = defaultdict(list)
+    for fields in briefs:
+        for name, ok in fields.items():
+            by_field[name].append(ok)
     references = [o.reference_agrees for o in outcomes if o.reference_agrees is not None]
 
     routed = [t for o in outcomes for t in o.turns if t.routed]
@@ -179,6 +186,9 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
         "claim_answers": len(answers),
         "groundedness": _round(float(np.mean([g.score for g in answers])) if answers else None),
         "unscored": sum(not g.scored for g in answers),
+        "brief_cases": len(briefs),
+        "brief_field_accuracy": _round(share([ok for values in by_field.values() for ok in values])),
+        "brief_fields": {name: {"checked": len(v), "accuracy": _round(share(v))} for name, v in sorted(by_field.items())},
         "deterministic_answers": sum(
             1 for o in outcomes for t in o.turns
             if t.routed and t.tier == "deterministic" and not t.escalated and t.reply is not None

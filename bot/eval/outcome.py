@@ -135,6 +135,8 @@ class CaseOutcome:
     answers: list[GradedAnswer] = field(default_factory=list)
     ranking: list[str] | None = None
     ranking_source: str | None = None
+    brief: dict[str, Any] | None = None
+    brief_fields: dict[str, bool] | None = None
 
     @property
     def last(self) -> TurnRecord:
@@ -220,4 +222,7 @@ class CaseOutcome:
             "relevant_docs": list(self.case.relevant_docs),
             "ranking": self.ranking,
             "ranking_source": self.ranking_source,
+            "brief_expected": dict(self.case.brief) if self.case.brief else None,
+            "brief_fields": self.brief_fields,
+            "brief": self.brief,
         }

@@ -70,6 +70,10 @@ def summary_lines(summary: Mapping[str, Any], source: str) -> list[str]:
         f"  latency (ms)        p50 {_f(lat['p50'], 1)}   p95 {_f(lat['p95'], 1)}; {lat_tiers or 'n/a'}",
         (f"  cost per ticket     ${_f(s['cost_usd']['per_ticket'], 6)} "
          f"({_tiers(s['cost_usd']['by_tier'], 'per_ticket', money=True)})"),
+        *([(f"  handoff brief       {_f(s['brief_field_accuracy'])} of named fields right over "
+              f"{s['brief_cases']} cases; " + ", ".join(
+                  f"{name} {_f(row['accuracy'], 2)}" for name, row in s['brief_fields'].items()))]
+          if s.get("brief_cases") else []),
         f"  most confused       {confused}",
         f"  throughput          {_f(s['cases_per_s'], 1)} cases/s",
     ]
@@ -100,6 +104,10 @@ def failure_lines(outcomes: Sequence[CaseOutcome], limit: int = 40) -> list[str]
                 problems.append(f"turn {a.turn + 1} unscored: {g.unscored_reason}")
             elif not g.fully_supported:
                 problems.append(f"turn {a.turn + 1} groundedness {g.supported}/{g.total}")
+        if o.brief_fields:
+            missed = [name for name, ok in o.brief_fields.items() if not ok]
+            if missed:
+                problems.append("brief misses " + ", ".join(missed))
         if problems:
             lines.append(f"  {o.case.id} (line {o.case.line}): {'; '.join(problems)}")
     if len(lines) > limit:

@@ -27,13 +27,14 @@ from typing import Any
 from sqlalchemy import select
 
 from bot.embeddings import CachedEmbedder
+from bot.eval.brief_fields import score_brief
 from bot.eval.golden import GoldenCase
 from bot.eval.groundedness import Groundedness, score_answer, unscored
 from bot.eval.outcome import CaseOutcome, GradedAnswer, TurnRecord
 from config.settings import AgentMode, Settings
 from helpline.conversation import Inbound
 from helpline.runtime import Runtime, open_runtime
-from state.models import Event, KbChunk, Message
+from state.models import Event, KbChunk, Message, Ticket
 
 EVAL_CHANNEL = "eval"
 """Channel name of the eval's customers, so eval traffic is never mistaken for a real channel's."""
@@ -174,6 +175,11 @@ class CaseRunner:
         ]
         if case.relevant_docs:
             await self._rank(outcome)
+        if case.brief:
+            async with self.runtime.db.sessions() as session:
+                ticket = await session.get(Ticket, accepted.ticket.id)
+                outcome.brief = ticket.brief if ticket is not None else None
+            outcome.brief_fields = score_brief(case.brief, outcome.brief)
         return outcome
 
     async def _turns(self, case: GoldenCase, message_ids: list[int]) -> list[TurnRecord]:
