@@ -12,7 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
 from config.settings import AgentMode, Settings
 from helpline import briefs
 from helpline.outbox import Outbox
+from helpline.webhooks import Webhooks
 from state.conversations import (
     Accepted,
     FencedOut,
@@ -46,6 +47,7 @@ from state.delivery import Delivery
 from state.hot import Idempotency, RateLimiter
 from state.locks import Locks
 from state.models import Customer, Event, Message, Ticket, utcnow
+from state import webhooks as webhook_events
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,15 @@ a 4,000-character message (up to ~3x the cost of a short one) counts five."""
 LONG_MESSAGE_CHARS = 1000
 """Messages longer than this are routed one at a time per process (they cost up to ~3x a short one;
 see bench/turn_cost.py), so a flood of them cannot starve ordinary turns."""
+
+
+@dataclass
+class Committed:
+    """What a committed turn leaves to do: the reply to send (message, outbox entry id) and the
+    handoff-webhook events (``WebhookEvent.id``) to hand to the job queue."""
+
+    reply: tuple[Message, int] | None = None
+    webhook_events: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -102,9 +113,11 @@ class Conversations:
         limiter: RateLimiter | None = None,
         idempotency: Idempotency | None = None,
         playbook: Playbook | None = None,
+        webhooks: Webhooks | None = None,
     ) -> None:
         self.settings = settings
         self.playbook = playbook or Playbook.load(settings.playbook_file)
+        self.webhooks = webhooks
         self.db = db
         self.router = router
         self.locks = locks
@@ -400,14 +413,15 @@ class Conversations:
         latency_ms: float,
         history: list[Message],
         epoch: int | None,
-    ) -> tuple[Message, int] | None:
-        """Record the turn; returns the reply to send and its outbox entry id (None: no reply)."""
+    ) -> Committed:
+        """Record the turn; returns what to send after the commit (the reply, webhook events)."""
         now = utcnow()
+        done = Committed()
         async with self.db.write() as session:
             stored = await session.get(Message, message.id, populate_existing=True)
             assert stored is not None
             if stored.processed_at is not None:  # another worker finished it: do nothing twice
-                return None
+                return done
             # Row locks in one order everywhere: the customer (seq), then the ticket (fence). A
             # worker that finished this message meanwhile had a newer epoch: the fence stops us.
             seq = (
@@ -436,7 +450,7 @@ class Conversations:
                 )
                 if TicketState(ticket.state) in BOT_SILENT_STATES:
                     await briefs.refresh(session, ticket, self.settings, self.playbook)  # kept current
-                return None
+                return done
 
             state = TicketState(ticket.state)
             if state is TicketState.closed:
@@ -451,6 +465,7 @@ class Conversations:
                 ticket.assignee_id = None  # the bot has it again: a later handoff is anyone's to claim
 
             outbound: Message | None = None
+            escalated_now = False
             if decision.reply is not None:
                 assert seq is not None
                 outbound = Message(
@@ -481,10 +496,12 @@ class Conversations:
             elif decision.escalate:
                 if TicketState(ticket.state) not in BOT_SILENT_STATES:
                     transition(session, ticket, TicketState.escalated, reason=decision.reason, now=now)
+                    escalated_now = True
                 ticket.pending = None
             elif decision.resolve:
                 transition(session, ticket, TicketState.resolved, reason=decision.reason, now=now)
                 ticket.pending = None
+                await self._webhook(session, done, webhook_events.RESOLVED, ticket, {"resolved_by": "bot"})
             else:
                 transition(session, ticket, TicketState.awaiting_customer, reason=decision.reason, now=now)
                 ticket.pending = decision.pending
@@ -514,7 +531,19 @@ class Conversations:
             if TicketState(ticket.state) in BOT_SILENT_STATES:
                 # The brief reads the turn just recorded: built after its event, in this transaction.
                 await briefs.refresh(session, ticket, self.settings, self.playbook)
-        return None if outbound is None else (outbound, entry.id)
+            if escalated_now:  # the webhook carries the brief: after it
+                await self._webhook(session, done, webhook_events.ESCALATED, ticket)
+            if outbound is not None:
+                done.reply = (outbound, entry.id)
+        return done
+
+    async def _webhook(
+        self, session: AsyncSession, done: Committed, kind: str, ticket: Ticket, data: dict[str, Any] | None = None
+    ) -> None:
+        if self.webhooks is not None and self.webhooks.enabled:
+            event = await webhook_events.add(session, kind, ticket, data, enabled=True)
+            if event is not None:
+                done.webhook_events.append(event.id)
 
     async def _typing(self, customer_id: int, *, on: bool) -> None:
         # A hint, not a message: a hot-state outage must not fail the turn over it.
@@ -523,10 +552,13 @@ class Conversations:
         except self.outage_errors:
             pass
 
-    async def _send(self, reply: tuple[Message, int] | None) -> None:
-        if reply is not None:
-            message, entry_id = reply
+    async def _send(self, done: Committed) -> None:
+        if done.reply is not None:
+            message, entry_id = done.reply
             await self.outbox.send_now(entry_id, message)
+        for row_id in done.webhook_events:  # to the job queue: a slow receiver never holds a turn
+            assert self.webhooks is not None
+            await self.webhooks.queue(row_id)
 
     async def _fail_turn(self, message: Message, epoch: int | None) -> None:
         # A bug must not leave the customer stuck or loop forever: hand the ticket to a person.

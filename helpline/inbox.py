@@ -133,6 +133,15 @@ async def send_reply(rt: Runtime, ticket_id: int, agent: AgentView, text: str) -
     return message, await rt.outbox.send_now(entry_id, message)
 
 
+async def resolve_ticket(rt: Runtime, ticket_id: int, agent: AgentView) -> None:
+    """An agent resolves a ticket, the one way for every caller: :func:`state.inbox.resolve`, then
+    its ``ticket.resolved`` webhook event (when one is configured) handed to the job queue.
+    Raises :class:`state.inbox.InboxError`."""
+    row_id = await inbox.resolve(rt.db, ticket_id, agent, webhooks_enabled=rt.webhooks.enabled)
+    if row_id is not None:
+        await rt.webhooks.queue(row_id)
+
+
 class InboxRoutes:
     """The ``/agent`` routes of one application; ``runtime`` is read when a request comes (the
     runtime opens after the routes are registered)."""
@@ -195,11 +204,19 @@ class InboxRoutes:
         return await accounts.resume_session(self.rt.db, token, idle_s=self.settings.agent_session_idle_s)
 
     def _same_origin(self, request: web.Request) -> bool:
-        """No ``Origin``: not a cross-site browser request unless ``Sec-Fetch-Site`` says so (scripts
-        and old browsers send neither). With one: it must be this server (``null`` is refused)."""
+        """``Sec-Fetch-Site``, when sent, must say ``same-origin`` (or ``none``: typed by the user).
+        No ``Origin``: not a cross-site browser request (scripts and old browsers send neither).
+        ``Origin: null``: what a browser sends for a form posted from a page with
+        ``Referrer-Policy: no-referrer`` (ours), accepted only with that ``Sec-Fetch-Site`` (which
+        pages cannot forge). Any other ``Origin`` must be this server."""
+        site = request.headers.get("Sec-Fetch-Site")
+        if site is not None and site not in ("same-origin", "none"):
+            return False
         origin = request.headers.get(hdrs.ORIGIN)
         if origin is None:
-            return request.headers.get("Sec-Fetch-Site", "same-origin") in ("same-origin", "none")
+            return True
+        if origin.strip().lower() == "null":
+            return site is not None
         return urlsplit(origin.strip().lower()).netloc == request.host.lower()
 
     def _https(self, request: web.Request) -> bool:
@@ -332,7 +349,7 @@ class InboxRoutes:
             elif action == "priority":
                 await inbox.set_priority(db, ticket_id, agent, text_field(form, "priority"))
             elif action == "resolve":
-                await inbox.resolve(db, ticket_id, agent)
+                await resolve_ticket(self.rt, ticket_id, agent)
             elif action == "reopen":
                 await inbox.reopen(db, ticket_id, agent)
             elif action == "hand-back":

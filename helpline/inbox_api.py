@@ -37,7 +37,7 @@ from sqlalchemy import select
 from config.settings import Settings
 from helpline import __version__
 from helpline.clients import client_address
-from helpline.inbox import send_reply
+from helpline.inbox import resolve_ticket, send_reply
 from helpline.runtime import Runtime
 from state import api_tokens, inbox
 from state import agents as accounts
@@ -629,7 +629,7 @@ class ApiRoutes:
         return ActionResult(ticket=await self._status(ticket_id))
 
     async def resolve(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:
-        await inbox.resolve(self.rt.db, ticket_id, login.agent)
+        await resolve_ticket(self.rt, ticket_id, login.agent)
         return ActionResult(ticket=await self._status(ticket_id))
 
     async def reopen(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:

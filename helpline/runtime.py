@@ -129,6 +129,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         conversations = Conversations(
             settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=kill_switch.mode,
             outage_errors=outage_errors, limiter=hot.limiter, idempotency=hot.idempotency,
+            webhooks=webhooks,
         )
         secret = (
             settings.secret_key.get_secret_value() if settings.secret_key is not None

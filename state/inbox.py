@@ -31,6 +31,7 @@ from state.conversations import next_seq
 from state.db import Database
 from state.models import Agent, Customer, CustomerIdentity, Event, Message, Ticket, utcnow
 from state.outbox import add as queue_outbound
+from state import webhooks as webhook_events
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
 
 PRIORITIES = ("urgent", "high", "normal", "low")
@@ -403,13 +404,20 @@ async def set_priority(db: Database, ticket_id: int, agent: AgentView, priority:
             ticket.priority = priority
 
 
-async def resolve(db: Database, ticket_id: int, agent: AgentView) -> None:
+async def resolve(db: Database, ticket_id: int, agent: AgentView, *, webhooks_enabled: bool = False) -> int | None:
     """Mark an owned ticket resolved; the customer's next message within the reopen window reopens
-    it (to the bot)."""
+    it (to the bot). With ``webhooks_enabled`` a ``ticket.resolved`` handoff-webhook event is
+    written in the same transaction; returns its row id (``WebhookEvent.id``) for the caller to
+    queue after the commit, else None."""
     async with db.write() as session:
         ticket = await _for_update(session, ticket_id, agent)
         _must_own(ticket, agent)
         transition(session, ticket, TicketState.resolved, reason="resolved_by_agent", agent_id=agent.id)
+        event = await webhook_events.add(
+            session, webhook_events.RESOLVED, ticket, {"resolved_by": "agent", "agent_id": agent.id},
+            enabled=webhooks_enabled,
+        )
+    return event.id if event is not None else None
 
 
 async def reopen(db: Database, ticket_id: int, agent: AgentView) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import (
+    CheckConstraint,
     JSON,
     DateTime,
     ForeignKey,
@@ -160,6 +161,13 @@ class Ticket(Base):
     # The agent who owns the ticket (an atomic claim sets it; see state.inbox.claim).
     assignee_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
     priority: Mapped[str] = mapped_column(String(16), default="normal", server_default="normal")
+    # When the customer was asked for a CSAT rating (at most once per ticket; see state.csat).
+    csat_requested_at: Mapped[datetime | None] = mapped_column()
+    # SLA (state.sla_timers): the earliest due time of the running timers (the queue's order), the
+    # first breach, and the first agent reply after the handoff.
+    sla_due_at: Mapped[datetime | None] = mapped_column(index=True)
+    sla_breached_at: Mapped[datetime | None] = mapped_column()
+    first_response_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column()
@@ -233,6 +241,45 @@ class WebhookEvent(Base):
     response_status: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None] = mapped_column()
+
+
+class CsatRating(Base):
+    """A customer's satisfaction rating of a resolved ticket (1-5, optional comment); one per
+    ticket. ``resolved_by``: ``bot`` or ``agent`` (then ``agent_id``)."""
+
+    __tablename__ = "csat_ratings"
+    __table_args__ = (CheckConstraint("rating BETWEEN 1 AND 5", name="ck_csat_rating_range"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), unique=True)
+    customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
+    rating: Mapped[int] = mapped_column(Integer)
+    comment: Mapped[str | None] = mapped_column(Text)
+    resolved_by: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id"))
+    channel: Mapped[str] = mapped_column(String(32))
+    intent: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlaTimer(Base):
+    """One service-level target a handed-off ticket is measured against (state.sla_timers).
+    ``target``: ``first_response``, ``next_response`` or ``resolution``; ``budget_s``: business
+    seconds from ``started_at``; ``due_at``: None while the clock is paused; ``status``:
+    ``running``, ``met``, ``breached`` or ``cancelled`` (set once, by a conditional UPDATE)."""
+
+    __tablename__ = "sla_timers"
+    __table_args__ = (Index("ix_sla_timers_status_due", "status", "due_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    target: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[str] = mapped_column(String(16))
+    budget_s: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column()
+    due_at: Mapped[datetime | None] = mapped_column()
+    status: Mapped[str] = mapped_column(String(16))
+    stopped_at: Mapped[datetime | None] = mapped_column()
 
 
 class Message(Base):

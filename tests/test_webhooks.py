@@ -499,3 +499,50 @@ async def test_queue_hands_an_event_to_the_job_queue_at_once(make_client: Any, r
     [call] = receiver.calls
     assert call["event"]["type"] == "ticket.resolved" and call["event"]["ticket"]["state"] == "resolved"
     assert call["event"]["data"] == {"resolved_by": "agent"}
+
+
+async def test_a_customer_escalation_and_an_agent_resolve_reach_the_receiver_with_the_brief(
+    make_client: Any, receiver: Receiver
+) -> None:
+    from helpline.conversation import Inbound
+    from helpline.inbox import resolve_ticket
+    from state import agents as accounts
+    from state import inbox
+
+    client = await make_client()
+    rt = client.server.app[RUNTIME]
+    accepted = await rt.conversations.receive(
+        Inbound("webchat", "hook-1", "where is #W5976205? I want to talk to a real person")
+    )
+    await rt.conversations.process_ticket(accepted.ticket.id)
+    await _until(lambda: asyncio.sleep(0, len(receiver.accepted) == 1), timeout=20)
+    [escalated] = [c["event"] for c in receiver.calls]
+    assert escalated["type"] == "ticket.escalated" and escalated["ticket"]["id"] == accepted.ticket.id
+    assert escalated["ticket"]["state"] == "escalated" and escalated["ticket"]["escalation_reason"] == "explicit_request"
+    assert escalated["brief"]["version"] == 1 and escalated["brief"]["want"]["order_ids"] == ["#W5976205"]
+    assert escalated["summary"].startswith("Escalated because the customer asked for a person.")
+
+    # A message while the ticket waits is no new escalation: still one event.
+    more = await rt.conversations.receive(Inbound("webchat", "hook-1", "hello? anyone?"))
+    await rt.conversations.process_ticket(more.ticket.id)
+
+    agent = await accounts.add_agent(rt.db, "hook-agent@example.com", "correct horse battery staple")
+    await inbox.claim(rt.db, accepted.ticket.id, agent)
+    await resolve_ticket(rt, accepted.ticket.id, agent)
+    await _until(lambda: asyncio.sleep(0, len(receiver.accepted) == 2), timeout=20)
+    resolved = receiver.calls[-1]["event"]
+    assert [c["event"]["type"] for c in receiver.calls] == ["ticket.escalated", "ticket.resolved"]
+    assert resolved["ticket"]["state"] == "resolved" and resolved["ticket"]["assignee"]["email"] == "hook-agent@example.com"
+    assert resolved["data"] == {"resolved_by": "agent", "agent_id": agent.id}
+    assert len({c["event"]["id"] for c in receiver.calls}) == 2
+
+
+async def test_a_bot_resolved_ticket_reaches_the_receiver(make_client: Any, receiver: Receiver) -> None:
+    from helpline.conversation import Inbound
+
+    rt = (await make_client()).server.app[RUNTIME]
+    accepted = await rt.conversations.receive(Inbound("webchat", "hook-2", "ok bye, have a nice day"))
+    await rt.conversations.process_ticket(accepted.ticket.id)
+    await _until(lambda: asyncio.sleep(0, len(receiver.accepted) == 1), timeout=20)
+    [call] = receiver.calls
+    assert call["event"]["type"] == "ticket.resolved" and call["event"]["data"] == {"resolved_by": "bot"}
