@@ -6,11 +6,13 @@ client -> server
   ``{"type": "hello", "session_id": str | null, "last_seq": int, "replay"?: bool}``  first, once
   ``{"type": "message", "text": str, "client_message_id": str}``                      idempotent by id
   ``{"type": "ping"}``
+  ``{"type": "csat", "ticket": int, "rating": 1-5, "comment"?: str}``                a rating, once per ticket
 server -> client
   ``welcome`` (session_id, ticket_id, ticket_state, last_seq, resync), then every message of the
   customer with ``seq > last_seq`` (the backlog), then ``{"type": "synced", "last_seq": int}``,
   then live ``message`` frames; ``ack`` per stored inbound message; ``typing``; ``error`` (code,
-  message, and the frame's ``client_message_id`` when it had a readable one); ``pong``.
+  message, and the frame's ``client_message_id`` when it had a readable one); ``pong``;
+  ``csat_result`` (ticket, status ``stored`` | ``already_rated``) answering a ``csat`` frame.
 
 Session ids are issued by the server (:mod:`channels.sessions`): ``null`` asks for a new one, and
 an id the server did not issue gets ``bad_session`` and the socket closes. A customer row appears
@@ -75,6 +77,7 @@ from state.conversations import (
     messages_after,
     open_ticket,
 )
+from state import csat
 from state.delivery import Delivery, Frame
 from state.hot import RateLimiter
 from state.models import Message
@@ -105,7 +108,29 @@ messages at the customer's pace; past this the socket is closed (1008) and may r
 
 _SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{8,128}")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
-_PUBLIC_META: dict[str, Any] | None = None
+CSAT_FRAMES_PER_MINUTE = 10
+"""CSAT frames one customer may send per minute (each one is a database write attempt)."""
+
+
+def public_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What of a message's ``meta`` a customer's frame carries: only a CSAT prompt's
+    ``{"csat": {"ticket", "scale", "rated"?}}``; the bot's labels and who resolved stay inside."""
+    prompt = meta.get("csat") if isinstance(meta, dict) else None
+    if not isinstance(prompt, dict):
+        return None
+    shown = {"ticket": prompt.get("ticket"), "scale": prompt.get("scale")}
+    if prompt.get("rated"):
+        shown["rated"] = True
+    return {"csat": shown}
+
+
+def parse_csat(frame: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(ticket, rating, comment) of a csat frame, as sent: :func:`state.csat.rate` checks every
+    value (nothing from the client is trusted); raises :class:`FrameError` for unknown fields."""
+    unknown = set(frame) - {"type", "ticket", "rating", "comment"}
+    if unknown:
+        raise FrameError("bad_csat", f"unknown field(s) in a csat frame: {', '.join(sorted(unknown))[:200]}")
+    return frame.get("ticket"), frame.get("rating"), frame.get("comment")
 
 
 class FrameError(ValueError):
@@ -196,7 +221,7 @@ class _Connection:
                     return  # already sent from the backlog or an earlier publish
                 self.sent_seq = frame["seq"]
                 if not self.internal:
-                    frame = {**frame, "meta": _PUBLIC_META}
+                    frame = {**frame, "meta": public_meta(frame.get("meta"))}
             if self.ws.closed:
                 return
             try:
@@ -457,8 +482,14 @@ class WebChatChannel:
     async def _send_backlog(self, conn: _Connection, customer_id: int, after: int) -> None:
         while True:
             batch = await messages_after(self.conversations.db, customer_id, after, limit=BACKLOG_PAGE)
+            prompts = [m.ticket_id for m in batch if public_meta(m.meta) is not None]
+            # A CSAT prompt replayed to a client that lost its state says whether it was answered.
+            answered = await csat.rated(self.conversations.db, prompts) if prompts else set()
             for message in batch:
-                await conn.send(message_frame(message))
+                frame = message_frame(message)
+                if message.ticket_id in answered and public_meta(message.meta) is not None:
+                    frame["meta"] = {**message.meta, "csat": {**message.meta["csat"], "rated": True}}
+                await conn.send(frame)
             if len(batch) < BACKLOG_PAGE:
                 return
             after = batch[-1].seq
@@ -530,6 +561,10 @@ class WebChatChannel:
                 if kind == "ping":
                     await conn.send({"type": "pong"})
                     continue
+                if kind == "csat":
+                    active_at = loop.time()
+                    await self._csat(conn, frame, channel, customer_id)
+                    continue
                 if kind != "message":
                     raise FrameError("bad_frame", f"unknown frame type {kind!r}")
                 text, client_id = parse_message(frame)
@@ -579,6 +614,44 @@ class WebChatChannel:
             if accepted.duplicate:
                 # A re-send after a reconnect: the original is stored; make sure this socket has it.
                 await self._deliver(conn, customer_id, message_frame(accepted.message))
+
+
+    async def _csat(self, conn: _Connection, frame: dict[str, Any], channel: str, customer_id: int | None) -> None:
+        """A customer's rating of a resolved ticket (``{"type": "csat", "ticket", "rating",
+        "comment"?}``): ``csat_result`` when stored or already rated, else an ``error`` frame whose
+        ``ticket`` echoes the frame's. Another customer's ticket answers like a missing one."""
+        ticket = frame.get("ticket")
+        echo = ticket if isinstance(ticket, int) and not isinstance(ticket, bool) else None
+
+        async def refuse(code: str, message: str) -> None:
+            await conn.send({"type": "error", "code": code, "message": message, "client_message_id": None,
+                             "ticket": echo})
+
+        try:
+            ticket, rating, comment = parse_csat(frame)
+        except FrameError as exc:
+            await refuse(exc.code, str(exc))
+            return
+        if customer_id is None:  # no message yet: this session has no ticket at all
+            await refuse(csat.NoSuchTicket.code, str(csat.NoSuchTicket()))
+            return
+        try:
+            if not await self.limiter.hit(f"csat:{customer_id}", CSAT_FRAMES_PER_MINUTE, 60):
+                await refuse("rate_limited", "Too many ratings sent; please wait a minute.")
+                return
+            await csat.rate(self.conversations.db, customer_id, ticket, rating, comment, channel=channel)
+        except csat.AlreadyRated:
+            await conn.send({"type": "csat_result", "ticket": echo, "status": "already_rated"})
+        except csat.CsatError as exc:
+            await refuse(exc.code, str(exc))
+        except self.conversations.outage_errors as exc:
+            log.warning("web-chat rating refused, storage unavailable: %s", exc)
+            await refuse("unavailable", "We could not take your rating just now; please send it again.")
+        except Exception:
+            log.exception("web-chat rating failed for ticket %r", echo)
+            await refuse("internal", "Something went wrong storing your rating.")
+        else:
+            await conn.send({"type": "csat_result", "ticket": echo, "status": "stored"})
 
 
 def _session_key(channel: str, session_id: str) -> int:

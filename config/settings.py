@@ -192,6 +192,14 @@ class Settings(BaseSettings):
         10, ge=1, le=60, description="Seconds between sweeps (a periodic job run by one process per "
         "tick) for unanswered messages and unsent outbox entries nobody works on."
     )
+    sla_file: Path = Field(
+        CONFIG_DIR / "sla.yaml", description="SLA policies per priority and the business-hours calendar "
+        "(docs/sla.md)."
+    )
+    sla_tick_s: int = Field(
+        5, ge=1, le=60, description="Seconds between SLA checks (a periodic job run by one process per "
+        "tick): a breach is recorded at most this long after its due time."
+    )
     stale_after_s: float = Field(
         45.0, gt=0, description="An unanswered message older than this is picked up by the sweep "
         "(a crashed worker's lock has expired by then)."

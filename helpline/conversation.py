@@ -23,6 +23,7 @@ from bot.escalation import PriorTurn
 from bot.playbook import Playbook
 from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
 from config.settings import AgentMode, Settings
+from config.sla import SlaConfig, load_sla_config
 from helpline import briefs
 from helpline.outbox import Outbox
 from helpline.webhooks import Webhooks
@@ -47,6 +48,7 @@ from state.delivery import Delivery
 from state.hot import Idempotency, RateLimiter
 from state.locks import Locks
 from state.models import Customer, Event, Message, Ticket, utcnow
+from state import csat, sla_timers
 from state import webhooks as webhook_events
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
 
@@ -67,6 +69,8 @@ class Committed:
 
     reply: tuple[Message, int] | None = None
     webhook_events: list[int] = field(default_factory=list)
+    messages: list[tuple[Message, int]] = field(default_factory=list)
+    """More messages to send after the reply, in order (message, outbox entry id): the CSAT prompt."""
 
 
 @dataclass(frozen=True)
@@ -114,10 +118,12 @@ class Conversations:
         idempotency: Idempotency | None = None,
         playbook: Playbook | None = None,
         webhooks: Webhooks | None = None,
+        sla: SlaConfig | None = None,
     ) -> None:
         self.settings = settings
         self.playbook = playbook or Playbook.load(settings.playbook_file)
         self.webhooks = webhooks
+        self.sla = sla or load_sla_config(settings.sla_file)
         self.db = db
         self.router = router
         self.locks = locks
@@ -450,6 +456,7 @@ class Conversations:
                 )
                 if TicketState(ticket.state) in BOT_SILENT_STATES:
                     await briefs.refresh(session, ticket, self.settings, self.playbook)  # kept current
+                    await sla_timers.on_customer_message(session, ticket, self.sla, now)
                 return done
 
             state = TicketState(ticket.state)
@@ -502,6 +509,12 @@ class Conversations:
                 transition(session, ticket, TicketState.resolved, reason=decision.reason, now=now)
                 ticket.pending = None
                 await self._webhook(session, done, webhook_events.RESOLVED, ticket, {"resolved_by": "bot"})
+                # Asked once per ticket (state.csat). The goodbye carries a reply, so this turn already
+                # holds the customer's seq row: the prompt's seq keeps the one lock order.
+                asked = await csat.request(session, ticket, "bot", None, lease_s=self.outbox.lease_s,
+                                           channel=message.channel, now=now)
+                if asked is not None:
+                    done.messages.append((asked.message, asked.entry_id))
             else:
                 transition(session, ticket, TicketState.awaiting_customer, reason=decision.reason, now=now)
                 ticket.pending = decision.pending
@@ -532,6 +545,7 @@ class Conversations:
                 # The brief reads the turn just recorded: built after its event, in this transaction.
                 await briefs.refresh(session, ticket, self.settings, self.playbook)
             if escalated_now:  # the webhook carries the brief: after it
+                await sla_timers.on_escalated(session, ticket, self.sla, now)
                 await self._webhook(session, done, webhook_events.ESCALATED, ticket)
             if outbound is not None:
                 done.reply = (outbound, entry.id)
@@ -555,6 +569,8 @@ class Conversations:
     async def _send(self, done: Committed) -> None:
         if done.reply is not None:
             message, entry_id = done.reply
+            await self.outbox.send_now(entry_id, message)
+        for message, entry_id in done.messages:  # after the reply: their seqs come after its seq
             await self.outbox.send_now(entry_id, message)
         for row_id in done.webhook_events:  # to the job queue: a slow receiver never holds a turn
             assert self.webhooks is not None

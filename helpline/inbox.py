@@ -27,6 +27,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -61,6 +62,8 @@ BIDI_CONTROLS = {c: f"[U+{c:04X}]" for c in (*range(0x202A, 0x202F), *range(0x20
 Handler = Callable[[web.Request, LoginSession], Awaitable[web.StreamResponse]]
 INBOX_LIVE = web.AppKey("inbox_live", LiveQueue)
 """The ``/agent/live`` handler of an application (its limits and open sockets, for tests)."""
+BOT_MODE: ContextVar[str | None] = ContextVar("bot_mode", default=None)
+"""The kill switch's mode for the page being rendered (set per request by :mod:`helpline.inbox_admin`)."""
 
 
 def bidi_safe(text: Any) -> str:
@@ -95,6 +98,7 @@ def render(name: str, status: int = 200, **context: Any) -> web.Response:
     context.setdefault("login", None)
     context.setdefault("error", None)
     context.setdefault("notice", None)
+    context.setdefault("bot_mode", BOT_MODE.get())  # base.html: the "bot is off" banner
     response = web.Response(
         text=_templates.get_template(name).render(**context), status=status, content_type="text/html"
     )
@@ -129,17 +133,24 @@ async def send_reply(rt: Runtime, ticket_id: int, agent: AgentView, text: str) -
     queued in the outbox by :func:`state.inbox.reply`, then a first delivery attempt right after
     its commit. Returns the message and whether that attempt delivered it (when not, the outbox
     retries). Raises :class:`state.inbox.InboxError`."""
-    message, entry_id = await inbox.reply(rt.db, ticket_id, agent, text, lease_s=rt.settings.outbox_lease_s)
+    message, entry_id = await inbox.reply(
+        rt.db, ticket_id, agent, text, lease_s=rt.settings.outbox_lease_s, sla=rt.sla.config
+    )
     return message, await rt.outbox.send_now(entry_id, message)
 
 
 async def resolve_ticket(rt: Runtime, ticket_id: int, agent: AgentView) -> None:
     """An agent resolves a ticket, the one way for every caller: :func:`state.inbox.resolve`, then
+    its CSAT prompt sent to the customer (the first resolve of a ticket; see :mod:`state.csat`) and
     its ``ticket.resolved`` webhook event (when one is configured) handed to the job queue.
     Raises :class:`state.inbox.InboxError`."""
-    row_id = await inbox.resolve(rt.db, ticket_id, agent, webhooks_enabled=rt.webhooks.enabled)
-    if row_id is not None:
-        await rt.webhooks.queue(row_id)
+    done = await inbox.resolve(
+        rt.db, ticket_id, agent, webhooks_enabled=rt.webhooks.enabled, lease_s=rt.settings.outbox_lease_s
+    )
+    if done.csat_prompt is not None:
+        await rt.outbox.send_now(done.csat_prompt.entry_id, done.csat_prompt.message)
+    if done.webhook_event is not None:
+        await rt.webhooks.queue(done.webhook_event)
 
 
 class InboxRoutes:
@@ -175,6 +186,9 @@ class InboxRoutes:
         app.router.add_get("/agent/tickets/{ticket_id:\\d{1,18}}", self.page(self.ticket))
         app.router.add_post("/agent/tickets/{ticket_id:\\d{1,18}}/{action}", self.page(self.act, post=True))
         app.router.add_static("/agent/static/", STATIC_DIR, show_index=False)
+        from helpline.inbox_admin import AdminRoutes  # here: it imports this module
+
+        AdminRoutes(self).add_to(app)  # /agent/admin: kill switch, agents, settings
 
     # --- the checks every request passes ---------------------------------------------------------
 
@@ -347,11 +361,11 @@ class InboxRoutes:
                     raise inbox.InboxError("choose an agent to transfer to")
                 await inbox.transfer(db, ticket_id, agent, int(target))
             elif action == "priority":
-                await inbox.set_priority(db, ticket_id, agent, text_field(form, "priority"))
+                await inbox.set_priority(db, ticket_id, agent, text_field(form, "priority"), sla=self.rt.sla.config)
             elif action == "resolve":
                 await resolve_ticket(self.rt, ticket_id, agent)
             elif action == "reopen":
-                await inbox.reopen(db, ticket_id, agent)
+                await inbox.reopen(db, ticket_id, agent, sla=self.rt.sla.config)
             elif action == "hand-back":
                 await inbox.hand_back(db, ticket_id, agent)
             else:

@@ -625,7 +625,7 @@ class ApiRoutes:
 
     async def set_priority(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:
         assert isinstance(body, PriorityBody)
-        await inbox.set_priority(self.rt.db, ticket_id, login.agent, body.priority)
+        await inbox.set_priority(self.rt.db, ticket_id, login.agent, body.priority, sla=self.rt.sla.config)
         return ActionResult(ticket=await self._status(ticket_id))
 
     async def resolve(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:
@@ -633,7 +633,7 @@ class ApiRoutes:
         return ActionResult(ticket=await self._status(ticket_id))
 
     async def reopen(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:
-        await inbox.reopen(self.rt.db, ticket_id, login.agent)
+        await inbox.reopen(self.rt.db, ticket_id, login.agent, sla=self.rt.sla.config)
         return ActionResult(ticket=await self._status(ticket_id))
 
     async def hand_back(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:

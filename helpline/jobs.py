@@ -23,6 +23,7 @@ Tasks (names as stored in ``procrastinate_jobs.task_name``):
 - ``sweep`` (every ``sweep_interval_s``): schedules tickets whose messages wait unanswered for over
   ``stale_after_s`` (a crashed worker's), and re-queues outbox entries and webhook events nobody is
   sending.
+- ``sla_tick`` (every ``sla_tick_s``): breaches overdue SLA timers, each once (:mod:`helpline.sla`).
 - ``retry_stalled_jobs`` (every minute): jobs whose worker stopped sending heartbeats are retried.
 """
 
@@ -45,6 +46,7 @@ from sqlalchemy.engine import make_url
 from config.settings import Settings
 from helpline.conversation import Conversations
 from helpline.outbox import Outbox
+from helpline.sla import SlaClock
 from helpline.webhooks import BackoffRetry, RetryLater, Webhooks
 from state import outbox as outbox_store
 
@@ -54,6 +56,7 @@ DELIVER = "deliver_outbound"
 DELIVER_WEBHOOK = "deliver_webhook"
 SWEEP = "sweep"
 RETRY_STALLED = "retry_stalled_jobs"
+SLA_TICK = "sla_tick"
 QUEUE = "helpline"
 
 
@@ -127,6 +130,12 @@ def build_job_app(settings: Settings) -> procrastinate.App:
             await defer_delivery(context.app, entry_id)
         for row_id in await Webhooks(outbox.db, settings).due(settings.stale_after_s):
             await defer_webhook(context.app, row_id)
+
+    @app.periodic(cron=_cron_every(settings.sla_tick_s))
+    @app.task(name=SLA_TICK, queue=QUEUE, pass_context=True)
+    async def sla_tick(context: procrastinate.JobContext, timestamp: int) -> None:
+        clock: SlaClock = context.additional_context["sla"]
+        await clock.tick()
 
     @app.periodic(cron="0 * * * * *")
     @app.task(name=RETRY_STALLED, queue=QUEUE, pass_context=True)

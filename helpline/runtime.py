@@ -29,10 +29,12 @@ from channels.sessions import SessionIssuer
 from channels.webchat import CHANNELS as WEBCHAT_CHANNELS
 from channels.webchat import WebChatChannel
 from config.settings import Settings
+from config.sla import load_sla_config
 from helpline.clients import parse_networks
 from helpline.conversation import Conversations
 from helpline.jobs import build_job_app, defer_delivery, defer_webhook
 from helpline.outbox import Outbox
+from helpline.sla import SlaClock
 from helpline.webhooks import Webhooks
 from state.db import Database, open_database
 from state.db import OUTAGE_ERRORS as DATABASE_OUTAGE_ERRORS
@@ -65,6 +67,7 @@ class Runtime:
     locks: Locks
     hot: HotState
     outbox: Outbox
+    sla: SlaClock  # SLA policies (sla.config) and the breach check
     webhooks: Webhooks  # the handoff webhook: send_now(row_id) after committing state.webhooks.add
     jobs: procrastinate.App
     schema_revision: str
@@ -126,10 +129,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             db, {}, lease_s=settings.outbox_lease_s, max_attempts=settings.outbox_max_attempts
         )
         webhooks = Webhooks(db, settings)
+        sla = SlaClock(db, load_sla_config(settings.sla_file), webhooks)
         conversations = Conversations(
             settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=kill_switch.mode,
             outage_errors=outage_errors, limiter=hot.limiter, idempotency=hot.idempotency,
-            webhooks=webhooks,
+            webhooks=webhooks, sla=sla.config,
         )
         secret = (
             settings.secret_key.get_secret_value() if settings.secret_key is not None
@@ -149,7 +153,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 settings=settings, db=db, embedder=embedder, intents=intents,
                 intent_model=intent_model, knowledge=knowledge, orders=orders, router=router,
                 understander=understander, conversations=conversations, delivery=hot.delivery,
-                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, webhooks=webhooks, jobs=jobs,
+                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, webhooks=webhooks, sla=sla, jobs=jobs,
                 schema_revision=revision, started_at=time.time(),
             )
     finally:

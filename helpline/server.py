@@ -99,7 +99,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
         resumed = await conversations.resume_pending()
         if resumed:
             log.info("resumed %d ticket(s) with unanswered messages", resumed)
-        context = {"conversations": conversations, "outbox": runtime.outbox}
+        context = {"conversations": conversations, "outbox": runtime.outbox, "sla": runtime.sla}
         async with run_worker(runtime.jobs, concurrency=settings.job_concurrency, context=context) as worker:
             app[JOB_WORKER] = worker
             watcher = asyncio.create_task(_watch_knowledge(runtime), name="kb-watcher")

@@ -17,6 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from state import sla_timers
 from state.db import Database
 from state.models import Customer, CustomerIdentity, Event, Message, Ticket, utcnow
 from state.tickets import TicketState, transition
@@ -341,7 +342,8 @@ async def return_kill_switch_ticket(db: Database, ticket_id: int) -> bool:
                 .values(processed_at=None)
             )
         transition(session, ticket, TicketState.bot, reason="kill_switch_lifted", reanswer=len(ids))
-        ticket.handoff_summary = None  # the summary was for a person; the bot has the ticket again
+        ticket.handoff_summary = ticket.brief = None  # they were for a person; the bot has the ticket again
+        await sla_timers.stop(session, ticket, resolved=False)
     return True
 
 

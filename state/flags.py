@@ -50,10 +50,12 @@ async def get_flag(db: Database, key: str) -> str | None:
         return await session.scalar(select(RuntimeFlag.value).where(RuntimeFlag.key == key))
 
 
-async def set_agent_mode(db: Database, mode: str | None, *, actor: str) -> None:
+async def set_agent_mode(db: Database, mode: str | None, *, actor: str, reason: str | None = None) -> None:
     """Set the run-time kill switch for every process (``enabled``/``disabled``), or clear it
-    (None: follow each process's ``AGENT_MODE``). Appends an ``agent_mode`` event naming ``actor``
-    (who changed it) in the same transaction. Raises ``ValueError`` for an unknown mode."""
+    (None: follow each process's ``AGENT_MODE``). Appends an ``agent_mode`` event (payload
+    ``{"mode", "actor", "reason"}``) naming ``actor`` (who changed it: ``cli:USER@HOST`` or
+    ``agent:ID EMAIL``) and the ``reason`` given, if any, in the same transaction. Raises
+    ``ValueError`` for an unknown mode."""
     if mode is not None:
         check_agent_mode(mode)
     now = utcnow()
@@ -67,7 +69,8 @@ async def set_agent_mode(db: Database, mode: str | None, *, actor: str) -> None:
             else:
                 row.value, row.updated_at, row.updated_by = mode, now, actor
         session.add(
-            Event(ticket_id=None, kind="agent_mode", payload={"mode": mode, "actor": actor}, created_at=now)
+            Event(ticket_id=None, kind="agent_mode", payload={"mode": mode, "actor": actor, "reason": reason},
+                  created_at=now)
         )
 
 

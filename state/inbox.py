@@ -26,11 +26,13 @@ from typing import Any
 from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from config.sla import SlaConfig
 from state.agents import AgentView
 from state.conversations import next_seq
 from state.db import Database
 from state.models import Agent, Customer, CustomerIdentity, Event, Message, Ticket, utcnow
 from state.outbox import add as queue_outbound
+from state import csat, sla_timers
 from state import webhooks as webhook_events
 from state.tickets import BOT_SILENT_STATES, TicketState, transition
 
@@ -87,6 +89,9 @@ class QueueItem:
     customer: str
     preview: str
     waiting_since: datetime
+    sla_due_at: datetime | None = None
+    """The earliest due time of the ticket's running SLA timers (None: none running or paused)."""
+    sla_breached_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +140,8 @@ class TicketView:
     transcript: list[TranscriptLine] = field(default_factory=list)
     timeline: list[TimelineEntry] = field(default_factory=list)
     created_at: datetime | None = None
+    sla_due_at: datetime | None = None
+    sla_breached_at: datetime | None = None
     brief: dict[str, Any] | None = None
     """The structured handoff brief (bot.handoff, schema version in ``brief["version"]``) or None."""
 
@@ -160,7 +167,8 @@ async def queue(
     db: Database, agent: AgentView, *, view: str = "all", channel: str | None = None,
     priority: str | None = None, limit: int = 200,
 ) -> list[QueueItem]:
-    """Handed-off tickets (``escalated`` and ``human``), most urgent first, then longest waiting.
+    """Handed-off tickets (``escalated`` and ``human``): soonest SLA due time first (the earliest
+    running timer's, see :mod:`state.sla_timers`), then most urgent priority, then longest waiting.
     ``view``: ``all``, ``mine`` (assigned to ``agent``) or ``unassigned``; ``channel`` and
     ``priority`` filter further. Raises :class:`InboxError` for an unknown view or priority."""
     if view not in QUEUE_VIEWS:
@@ -183,7 +191,8 @@ async def queue(
         query = query.where(Ticket.priority == priority)
     rank = case({p: n for n, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
     async with db.sessions() as session:
-        rows = (await session.execute(query.order_by(rank, Ticket.updated_at, Ticket.id).limit(limit))).all()
+        order = (Ticket.sla_due_at.is_(None), Ticket.sla_due_at, rank, Ticket.updated_at, Ticket.id)
+        rows = (await session.execute(query.order_by(*order).limit(limit))).all()
         ticket_ids = [t.id for t, _, _ in rows]
         previews = await _last_customer_texts(session, ticket_ids)
     return [
@@ -192,6 +201,7 @@ async def queue(
             intent=t.intent, assignee=(a.display_name or a.email) if a is not None else None,
             assignee_id=t.assignee_id, customer=c.display_name or c.email or f"customer {c.id}",
             preview=previews.get(t.id, ""), waiting_since=t.updated_at,
+            sla_due_at=t.sla_due_at, sla_breached_at=t.sla_breached_at,
         )
         for t, c, a in rows
     ]
@@ -246,6 +256,7 @@ async def ticket_view(db: Database, ticket_id: int, agent: AgentView, *, max_mes
         assignee=(assignee.display_name or assignee.email) if assignee is not None else None,
         customer_id=customer.id, customer_name=customer.display_name, customer_email=customer.email,
         identities=identities, earlier_tickets=earlier, created_at=ticket.created_at,
+        sla_due_at=ticket.sla_due_at, sla_breached_at=ticket.sla_breached_at,
         brief=ticket.brief if isinstance(ticket.brief, dict) and ticket.brief.get("version") == 1 else None,
     )
     for m in messages:
@@ -335,10 +346,13 @@ async def claim(db: Database, ticket_id: int, agent: AgentView) -> None:
         _event(session, ticket, "claimed", agent, now)
 
 
-async def reply(db: Database, ticket_id: int, agent: AgentView, text: str, *, lease_s: float) -> tuple[Message, int]:
+async def reply(db: Database, ticket_id: int, agent: AgentView, text: str, *, lease_s: float,
+                sla: SlaConfig | None = None) -> tuple[Message, int]:
     """Store the agent's reply and queue it in the outbox; returns the message and its outbox entry
     id for the caller to send right after (it goes out on the channel of the customer's latest
-    message). Needs ownership (see the module docstring). Raises :class:`InboxError`."""
+    message). Needs ownership (see the module docstring). Raises :class:`InboxError`. With ``sla``
+    (every caller but some tests) the ticket's SLA timers see the reply (:mod:`state.sla_timers`);
+    the same holds for the ``sla`` argument of the actions below."""
     text = _check_text(text, "reply")
     now = utcnow()
     async with db.write() as session:
@@ -365,6 +379,8 @@ async def reply(db: Database, ticket_id: int, agent: AgentView, text: str, *, le
             transition(session, ticket, TicketState.human, reason="agent_replied", now=now, agent_id=agent.id)
         ticket.updated_at = now
         _event(session, ticket, "agent_reply", agent, now, message_id=message.id)
+        if sla is not None:
+            await sla_timers.on_agent_reply(session, ticket, sla, now)
         return message, entry.id
 
 
@@ -393,7 +409,9 @@ async def transfer(db: Database, ticket_id: int, agent: AgentView, to_agent_id: 
         _event(session, ticket, "assigned", agent, now, to_agent_id=target.id)
 
 
-async def set_priority(db: Database, ticket_id: int, agent: AgentView, priority: str) -> None:
+async def set_priority(db: Database, ticket_id: int, agent: AgentView, priority: str,
+                       *, sla: SlaConfig | None = None) -> None:
+    """Set an owned ticket's priority; its running SLA timers follow the new policy."""
     if priority not in PRIORITIES:
         raise InboxError(f"priority must be one of {', '.join(PRIORITIES)}")
     async with db.write() as session:
@@ -402,26 +420,49 @@ async def set_priority(db: Database, ticket_id: int, agent: AgentView, priority:
         if ticket.priority != priority:
             _event(session, ticket, "priority", agent, utcnow(), **{"from": ticket.priority, "to": priority})
             ticket.priority = priority
+            if sla is not None:
+                await sla_timers.on_priority(session, ticket, sla)
 
 
-async def resolve(db: Database, ticket_id: int, agent: AgentView, *, webhooks_enabled: bool = False) -> int | None:
+@dataclass(frozen=True)
+class Resolved:
+    """What :func:`resolve` leaves the caller to do after its commit: queue the ``ticket.resolved``
+    webhook event (``WebhookEvent.id``, None when webhooks are off) and send the CSAT prompt
+    (:class:`state.csat.Asked`, None when the ticket was asked before)."""
+
+    webhook_event: int | None = None
+    csat_prompt: csat.Asked | None = None
+
+
+async def resolve(
+    db: Database, ticket_id: int, agent: AgentView, *, webhooks_enabled: bool = False, lease_s: float = 30.0,
+) -> Resolved:
     """Mark an owned ticket resolved; the customer's next message within the reopen window reopens
-    it (to the bot). With ``webhooks_enabled`` a ``ticket.resolved`` handoff-webhook event is
-    written in the same transaction; returns its row id (``WebhookEvent.id``) for the caller to
-    queue after the commit, else None."""
+    it (to the bot). The first resolve of a ticket asks the customer for a rating (a prompt queued
+    in the outbox with ``lease_s``; see :mod:`state.csat`). With ``webhooks_enabled`` a
+    ``ticket.resolved`` handoff-webhook event is written in the same transaction. Returns what the
+    caller sends or queues after the commit (:class:`Resolved`)."""
     async with db.write() as session:
+        peek = await session.get(Ticket, ticket_id)
+        if peek is None or not may_read(peek, agent):
+            raise NotFound()
+        # Row locks in the turns' order: the customer (seq, for the CSAT prompt) first, then the ticket.
+        seq = await next_seq(session, peek.customer_id) if csat.will_ask(peek) else None
         ticket = await _for_update(session, ticket_id, agent)
         _must_own(ticket, agent)
         transition(session, ticket, TicketState.resolved, reason="resolved_by_agent", agent_id=agent.id)
+        await sla_timers.stop(session, ticket, resolved=True)
+        asked = await csat.request(session, ticket, "agent", agent.id, lease_s=lease_s, seq=seq)
         event = await webhook_events.add(
             session, webhook_events.RESOLVED, ticket, {"resolved_by": "agent", "agent_id": agent.id},
             enabled=webhooks_enabled,
         )
-    return event.id if event is not None else None
+    return Resolved(webhook_event=event.id if event is not None else None, csat_prompt=asked)
 
 
-async def reopen(db: Database, ticket_id: int, agent: AgentView) -> None:
-    """Take a resolved ticket back into the inbox, owned by ``agent``."""
+async def reopen(db: Database, ticket_id: int, agent: AgentView, *, sla: SlaConfig | None = None) -> None:
+    """Take a resolved ticket back into the inbox, owned by ``agent`` (its resolution clock starts
+    again)."""
     async with db.write() as session:
         ticket = await _for_update(session, ticket_id, agent)
         if ticket.state != TicketState.resolved.value:
@@ -430,6 +471,8 @@ async def reopen(db: Database, ticket_id: int, agent: AgentView) -> None:
             raise NotAllowed("another agent resolved this ticket")
         ticket.assignee_id = agent.id
         transition(session, ticket, TicketState.human, reason="reopened_by_agent", agent_id=agent.id)
+        if sla is not None:
+            await sla_timers.on_escalated(session, ticket, sla)
 
 
 async def hand_back(db: Database, ticket_id: int, agent: AgentView) -> None:
@@ -442,6 +485,7 @@ async def hand_back(db: Database, ticket_id: int, agent: AgentView) -> None:
         ticket.assignee_id = None
         ticket.pending = None
         transition(session, ticket, TicketState.bot, reason="handed_back", agent_id=agent.id)
+        await sla_timers.stop(session, ticket, resolved=False)
 
 
 async def active_agents(db: Database) -> list[tuple[int, str]]:

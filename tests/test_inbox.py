@@ -505,8 +505,8 @@ async def test_the_queue_puts_the_most_urgent_first_whatever_its_length(helpline
     admin = await _agent(helpline_client, "pia@example.com", role="admin")
     ids = [await _escalated(helpline_client, f"queue-{n}") for n in range(6)]
     await inbox.claim(rt.db, ids[-1], admin)
-    await inbox.set_priority(rt.db, ids[-1], admin, "urgent")
+    await inbox.set_priority(rt.db, ids[-1], admin, "urgent", sla=rt.sla.config)
     await inbox.claim(rt.db, ids[-2], admin)
-    await inbox.set_priority(rt.db, ids[-2], admin, "low")
+    await inbox.set_priority(rt.db, ids[-2], admin, "low", sla=rt.sla.config)
     assert [i.ticket_id for i in await inbox.queue(rt.db, admin, limit=1)] == [ids[-1]]
     assert [i.ticket_id for i in await inbox.queue(rt.db, admin)] == [ids[-1], *ids[:4], ids[-2]]

@@ -274,6 +274,16 @@ async def test_the_socket_refuses_anonymous_cross_site_and_csrf_less_callers(hel
         with pytest.raises(aiohttp.WSServerHandshakeError) as cross:
             await amy.http.ws_connect(amy.url("/agent/live"), headers={"Origin": origin})
         assert cross.value.status == 403
+    # Our pages send Referrer-Policy: no-referrer, so a browser posts their forms with "Origin: null"
+    # and "Sec-Fetch-Site: same-origin" (pages cannot forge the latter): accepted; "null" alone is not.
+    for headers, status in (({"Origin": "null", "Sec-Fetch-Site": "same-origin"}, 303),
+                            ({"Origin": "null"}, 403),
+                            ({"Origin": "null", "Sec-Fetch-Site": "cross-site"}, 403),
+                            ({"Origin": str(client.make_url("/")).rstrip("/"), "Sec-Fetch-Site": "same-site"}, 403)):
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+            login = await browser.post(amy.url("/agent/login"), headers=headers, allow_redirects=False,
+                                       data={"email": "amy@example.com", "password": PASSWORD})
+            assert login.status == status, headers
     # Same-origin page headers are fine.
     ok = await amy.connect(headers={"Origin": str(client.make_url("/")).rstrip("/")})
     assert (await ok.next())["type"] == "welcome"
