@@ -563,7 +563,7 @@ class WebChatChannel:
                     continue
                 if kind == "csat":
                     active_at = loop.time()
-                    await self._csat(conn, frame, channel, customer_id)
+                    await self._csat(conn, frame, channel, session_id, customer_id)
                     continue
                 if kind != "message":
                     raise FrameError("bad_frame", f"unknown frame type {kind!r}")
@@ -616,7 +616,9 @@ class WebChatChannel:
                 await self._deliver(conn, customer_id, message_frame(accepted.message))
 
 
-    async def _csat(self, conn: _Connection, frame: dict[str, Any], channel: str, customer_id: int | None) -> None:
+    async def _csat(
+        self, conn: _Connection, frame: dict[str, Any], channel: str, session_id: str, customer_id: int | None
+    ) -> None:
         """A customer's rating of a resolved ticket (``{"type": "csat", "ticket", "rating",
         "comment"?}``): ``csat_result`` when stored or already rated, else an ``error`` frame whose
         ``ticket`` echoes the frame's. Another customer's ticket answers like a missing one."""
@@ -632,10 +634,12 @@ class WebChatChannel:
         except FrameError as exc:
             await refuse(exc.code, str(exc))
             return
-        if customer_id is None:  # no message yet: this session has no ticket at all
-            await refuse(csat.NoSuchTicket.code, str(csat.NoSuchTicket()))
-            return
         try:
+            if customer_id is None:  # this socket sent no message; another tab of the session may have
+                customer_id = await find_customer_id(self.conversations.db, channel, session_id)
+            if customer_id is None:  # no message at all yet: the session has no ticket
+                await refuse(csat.NoSuchTicket.code, str(csat.NoSuchTicket()))
+                return
             if not await self.limiter.hit(f"csat:{customer_id}", CSAT_FRAMES_PER_MINUTE, 60):
                 await refuse("rate_limited", "Too many ratings sent; please wait a minute.")
                 return
@@ -647,6 +651,8 @@ class WebChatChannel:
         except self.conversations.outage_errors as exc:
             log.warning("web-chat rating refused, storage unavailable: %s", exc)
             await refuse("unavailable", "We could not take your rating just now; please send it again.")
+        except _SlowReader:
+            raise
         except Exception:
             log.exception("web-chat rating failed for ticket %r", echo)
             await refuse("internal", "Something went wrong storing your rating.")

@@ -1,4 +1,4 @@
-"""The ``helpline`` command: serve, db, kb, agents, agent-mode, chat, replay.
+"""The ``helpline`` command: serve, db, kb, agents, agent-mode, report, chat, replay.
 
 Each command builds :class:`config.settings.Settings` once (environment + optional config file) and
 passes it down; options given here override the corresponding settings.
@@ -21,6 +21,9 @@ from config.settings import Settings
 if TYPE_CHECKING:
     from bot.knowledge import KbChange, KbUpdate, KnowledgeBase
     from state.db import Database
+    from datetime import datetime
+
+    from state.reports import CsatStats, Report
 
 T = TypeVar("T")
 
@@ -543,6 +546,81 @@ def agents_revoke_token(token_id: str) -> None:
 
     info = _db_run(_settings(), lambda db: revoke(db, token_id))
     click.echo(f"token {info.id} of {info.agent_email} revoked")
+
+
+def _day(value: str | None, option: str) -> datetime | None:
+    """A ``YYYY-MM-DD`` option as midnight UTC of that day; :class:`InputError` when malformed."""
+    from datetime import datetime, timezone
+
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise InputError(f"{option} must be a date written YYYY-MM-DD, got {value!r}") from None
+
+
+@main.command(epilog=f"Exit status: 0 done, {INPUT_EXIT} (a malformed date, or --since not before --until).")
+@click.option("--since", default=None, metavar="YYYY-MM-DD", help="First day (UTC; default: 30 days before --until).")
+@click.option("--until", default=None, metavar="YYYY-MM-DD", help="Last day, included (UTC; default: up to now).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (the shape is in docs/agent-inbox.md).")
+def report(since: str | None, until: str | None, as_json: bool) -> None:
+    """CSAT (overall, by resolver, intent and channel), deflection, escalations by reason, median
+    first response and resolution times, and SLA breaches, for the tickets opened in the window.
+    The same numbers as the admin page /agent/reports. Example:
+
+    \b
+        helpline report --since 2026-11-01 --until 2026-11-30 --json
+    """
+    import json
+    from datetime import timedelta
+
+    from state.reports import compute
+
+    start = _day(since, "--since")
+    end = _day(until, "--until")
+    if end is not None:
+        end += timedelta(days=1)  # the last day is included
+    found = _db_run(_settings(), lambda db: compute(db, start, end))  # ValueError: exit 2
+    if as_json:
+        click.echo(json.dumps(found.as_dict(), indent=2, sort_keys=True))
+        return
+    for line in report_lines(found):
+        click.echo(line)
+
+
+def report_lines(found: Report) -> list[str]:
+    """The human-readable report: one fact per line."""
+
+    def csat(stats: CsatStats) -> str:
+        if not stats.count:
+            return "no ratings"
+        return f"{stats.mean:.2f} of 5 from {stats.count} rating(s), {stats.satisfied:.0%} rated 4-5"
+
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    def duration(seconds: float | None) -> str:
+        if seconds is None:
+            return "-"
+        minutes = seconds / 60
+        return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
+
+    lines = [
+        f"tickets opened {found.since:%Y-%m-%d %H:%M} to {found.until:%Y-%m-%d %H:%M} UTC: {found.tickets}",
+        f"CSAT: {csat(found.csat)}",
+    ]
+    for title, groups in (("resolver", found.csat_by_resolver), ("intent", found.csat_by_intent),
+                          ("channel", found.csat_by_channel)):
+        lines += [f"  by {title} {key}: {csat(stats)}" for key, stats in groups.items()]
+    lines.append(f"deflection: {share(found.deflection)} ({found.deflected} resolved without a person)")
+    lines.append(f"escalated: {share(found.escalation_rate)} ({found.escalated} ticket(s))")
+    lines += [f"  {reason}: {share(row['rate'])} ({row['tickets']})" for reason, row in found.escalations_by_reason.items()]
+    lines.append(f"median first response: {duration(found.first_response.seconds)} over {found.first_response.count} "
+                 f"ticket(s); {found.first_response_waiting} escalated without a reply yet")
+    lines.append(f"median resolution: {duration(found.resolution.seconds)} over {found.resolution.count} ticket(s)")
+    lines.append(f"SLA breaches: {found.sla_breaches} on {found.sla_breached_tickets} ticket(s)")
+    return lines
 
 
 def _local_url() -> str:

@@ -119,11 +119,13 @@ class Conversations:
         playbook: Playbook | None = None,
         webhooks: Webhooks | None = None,
         sla: SlaConfig | None = None,
+        on_queue_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.playbook = playbook or Playbook.load(settings.playbook_file)
         self.webhooks = webhooks
         self.sla = sla or load_sla_config(settings.sla_file)
+        self.on_queue_change = on_queue_change  # wakes the inbox's live queue (helpline.inbox_live)
         self.db = db
         self.router = router
         self.locks = locks
@@ -355,6 +357,10 @@ class Conversations:
             self._note_truncation(message, decision)
         latency_ms = round((time.perf_counter() - started) * 1000, 2)
         await self._send(await self._commit_turn(message, decision, latency_ms, history, epoch))
+        if self.on_queue_change is not None and (
+            decision is None or decision.escalate or decision.resolve or state in BOT_SILENT_STATES
+        ):
+            await self.on_queue_change()  # a handoff, or a new message on a ticket a person has
         self._log_turn(message, decision, latency_ms)
         if decision is not None and not disabled:
             await self._typing(customer.id, on=False)

@@ -85,6 +85,25 @@ def _ago(moment: datetime | None) -> str:
     return f"{seconds // 86400} d ago"
 
 
+def _span(seconds: int) -> str:
+    if seconds < 3600:
+        return f"{max(1, seconds // 60)} min"
+    if seconds < 86400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    return f"{seconds // 86400} d {seconds % 86400 // 3600} h"
+
+
+def sla_due(due: datetime | None, breached: datetime | None) -> str:
+    """``due in 23 min`` / ``overdue 5 min`` for the earliest running SLA target (wall-clock time to
+    the business-time due instant), with `` (breached)`` after a breach; ``breached`` or ``—`` when no
+    target runs (paused while waiting on the customer, or none). agent.js says the same in the page."""
+    if due is None:
+        return "breached" if breached is not None else "\u2014"
+    seconds = int((due - datetime.now(timezone.utc)).total_seconds())
+    text = ("overdue " if seconds < 0 else "due in ") + _span(abs(seconds))
+    return text + (" (breached)" if breached is not None else "")
+
+
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("helpline", "templates/agent"),
     autoescape=True,  # every template, whatever its name
@@ -92,6 +111,7 @@ _templates = jinja2.Environment(
 )
 _templates.filters["bidi_safe"] = bidi_safe
 _templates.filters["ago"] = _ago
+_templates.globals["sla_due"] = sla_due
 
 
 def render(name: str, status: int = 200, **context: Any) -> web.Response:
@@ -161,7 +181,6 @@ class InboxRoutes:
         self.settings = settings
         self._runtime = runtime
         self.proxies = proxies
-        self._feed: InboxFeed | None = None
         self.live = LiveQueue(self._session, self._same_origin, lambda: self.feed)
 
     @property
@@ -171,9 +190,7 @@ class InboxRoutes:
     @property
     def feed(self) -> InboxFeed:
         """This process's live-queue feed (wake-ups and the shared events reader)."""
-        if self._feed is None:
-            self._feed = InboxFeed(self.rt.db, self.rt.hot)
-        return self._feed
+        return self.rt.inbox_feed
 
     def add_to(self, app: web.Application) -> None:
         app.router.add_get("/agent/login", self.login_form)
@@ -189,6 +206,9 @@ class InboxRoutes:
         from helpline.inbox_admin import AdminRoutes  # here: it imports this module
 
         AdminRoutes(self).add_to(app)  # /agent/admin: kill switch, agents, settings
+        from helpline.reports_page import ReportsPage  # here: it imports this module
+
+        ReportsPage(self).add_to(app)  # /agent/reports: CSAT and support numbers, for admins
 
     # --- the checks every request passes ---------------------------------------------------------
 

@@ -145,12 +145,11 @@ class AdminRoutes:
         kept: dict[str, str] | None = None
         try:
             if action == "add":
-                kept = {"email": text_field(form, "email")[:accounts.MAX_EMAIL_CHARS],
-                        "name": text_field(form, "name").strip()[:MAX_NAME_CHARS],
-                        "role": text_field(form, "role")}
-                password = _new_password(form)
-                added = await accounts.add_agent(db, kept["email"], password, role=kept["role"],
-                                                 display_name=kept["name"] or None)
+                email, name, role = text_field(form, "email"), text_field(form, "name").strip(), text_field(form, "role")
+                kept = {"email": email[:accounts.MAX_EMAIL_CHARS], "name": name[:MAX_NAME_CHARS], "role": role}
+                if len(name) > MAX_NAME_CHARS:
+                    raise accounts.AgentError(f"the name has {len(name):,} characters; at most {MAX_NAME_CHARS}")
+                added = await accounts.add_agent(db, email, _new_password(form), role=role, display_name=name or None)
                 await agent_admin.record(db, "add", added, by=login.agent)
                 target = added.id
             else:

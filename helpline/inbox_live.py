@@ -222,7 +222,7 @@ def change_kind(kind: str, payload: dict[str, Any] | None) -> str | None:
         if dst == "bot":
             return "handed_back" if p.get("reason") == "handed_back" else "returned_to_bot"
         return str(dst)  # resolved, closed, awaiting_customer
-    if kind in ("claimed", "assigned", "priority", "agent_reply"):
+    if kind in ("claimed", "assigned", "priority", "agent_reply", "sla_breached"):
         return kind
     if kind == "turn" and p.get("reason") == "human_owns_ticket":
         return "customer_message"
@@ -257,6 +257,8 @@ async def read_changes(db: Database, where: ColumnElement[bool], limit: int = PA
                     "assignee": bidi_safe(a.display_name or a.email) if a is not None else None,
                     "reason": t.escalation_reason, "intent": t.intent,
                     "preview": bidi_safe(previews.get(t.id, "")), "updated_at": t.updated_at.isoformat(),
+                    "sla_due_at": t.sla_due_at.isoformat() if t.sla_due_at else None,
+                    "sla_breached": t.sla_breached_at is not None,
                 })
     changes = {}
     for event_id, (ticket_id, kind) in kinds.items():

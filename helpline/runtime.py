@@ -34,6 +34,7 @@ from helpline.clients import parse_networks
 from helpline.conversation import Conversations
 from helpline.jobs import build_job_app, defer_delivery, defer_webhook
 from helpline.outbox import Outbox
+from helpline.inbox_live import InboxFeed
 from helpline.sla import SlaClock
 from helpline.webhooks import Webhooks
 from state.db import Database, open_database
@@ -68,6 +69,7 @@ class Runtime:
     hot: HotState
     outbox: Outbox
     sla: SlaClock  # SLA policies (sla.config) and the breach check
+    inbox_feed: InboxFeed  # the agent inbox's live queue: notify() after a change to the queue
     webhooks: Webhooks  # the handoff webhook: send_now(row_id) after committing state.webhooks.add
     jobs: procrastinate.App
     schema_revision: str
@@ -130,10 +132,12 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         webhooks = Webhooks(db, settings)
         sla = SlaClock(db, load_sla_config(settings.sla_file), webhooks)
+        inbox_feed = InboxFeed(db, hot)  # cheap: reads nothing until an agent's page connects
+        sla.notify = inbox_feed.notify
         conversations = Conversations(
             settings, db, router, hot.locks, hot.delivery, outbox, agent_mode=kill_switch.mode,
             outage_errors=outage_errors, limiter=hot.limiter, idempotency=hot.idempotency,
-            webhooks=webhooks, sla=sla.config,
+            webhooks=webhooks, sla=sla.config, on_queue_change=inbox_feed.notify,
         )
         secret = (
             settings.secret_key.get_secret_value() if settings.secret_key is not None
@@ -153,7 +157,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 settings=settings, db=db, embedder=embedder, intents=intents,
                 intent_model=intent_model, knowledge=knowledge, orders=orders, router=router,
                 understander=understander, conversations=conversations, delivery=hot.delivery,
-                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, webhooks=webhooks, sla=sla, jobs=jobs,
+                locks=hot.locks, hot=hot, webchat=webchat, outbox=outbox, webhooks=webhooks, sla=sla, inbox_feed=inbox_feed, jobs=jobs,
                 schema_revision=revision, started_at=time.time(),
             )
     finally:

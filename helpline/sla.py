@@ -25,7 +25,7 @@ from state.db import Database
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+BATCH = 100
 MAX_PER_TICK = 20_000
 """Overdue timers one tick works through at most (the next tick takes the rest)."""
 
@@ -41,27 +41,21 @@ class SlaClock:
         self.notify: Callable[[], Awaitable[None]] | None = None
 
     async def tick(self, now: datetime | None = None) -> list[sla_timers.Breach]:
-        """Breach every overdue running timer (up to :data:`MAX_PER_TICK`); returns the breaches
-        this process recorded. Raises database errors (the job is retried at the next tick)."""
+        """Breach every overdue running timer (up to :data:`MAX_PER_TICK`), :data:`BATCH` per
+        transaction; returns the breaches this process recorded. Raises database errors (the job
+        runs again at the next tick)."""
         breaches: list[sla_timers.Breach] = []
-        seen = 0
-        while seen < MAX_PER_TICK:
-            due = await sla_timers.overdue(self.db, now, limit=BATCH)
-            if not due:
-                break
-            seen += len(due)
-            for timer_id in due:
-                found = await sla_timers.breach(
-                    self.db, timer_id, self.config, webhooks_enabled=self.webhooks.enabled, now=now
-                )
-                if found is None:
-                    continue  # another process got there first, or it was met meanwhile
-                breaches.append(found)
+        while len(breaches) < MAX_PER_TICK:
+            batch = await sla_timers.breach_due(
+                self.db, self.config, webhooks_enabled=self.webhooks.enabled, now=now, limit=BATCH
+            )
+            for found in batch:
                 log.warning("SLA breached: ticket=%s target=%s due_at=%s priority %s -> %s", found.ticket_id,
                             found.target, found.due_at.isoformat(), found.priority_from, found.priority_to)
                 if found.webhook_event is not None:
                     await self.webhooks.queue(found.webhook_event)
-            if len(due) < BATCH:
+            breaches.extend(batch)
+            if len(batch) < BATCH:
                 break
         if breaches and self.notify is not None:
             await self.notify()

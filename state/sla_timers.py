@@ -142,19 +142,24 @@ async def on_priority(session: AsyncSession, ticket: Ticket, config: SlaConfig, 
     """The ticket's priority changed: each running timer is measured against the new policy, the
     business time it already used kept. Returns the timers whose due time moved."""
     now = now or utcnow()
-    moved: list[SlaTimer] = []
-    for timer in await _running(session, ticket.id):
-        if timer.priority == ticket.priority:
+    moved = _remeasure(await _running(session, ticket.id), ticket.priority, config, now)
+    await _refresh_due(session, ticket)
+    return moved
+
+
+def _remeasure(timers: list[SlaTimer], priority: str, config: SlaConfig, now: datetime) -> list[SlaTimer]:
+    moved = []
+    for timer in timers:
+        if timer.priority == priority or timer.status != RUNNING:
             continue
         used = _budget(config, timer.priority, timer.target) - timer.budget_s
         if timer.due_at is not None:
             used += business_seconds_between(timer.started_at, now, config.calendar)
-        timer.budget_s = max(0, int(_budget(config, ticket.priority, timer.target) - used))
-        timer.priority, timer.started_at = ticket.priority, now
+        timer.budget_s = max(0, int(_budget(config, priority, timer.target) - used))
+        timer.priority, timer.started_at = priority, now
         if timer.due_at is not None:
             timer.due_at = due_at(now, timer.budget_s, config.calendar)
             moved.append(timer)
-    await _refresh_due(session, ticket)
     return moved
 
 
@@ -172,42 +177,62 @@ async def breach(db: Database, timer_id: int, config: SlaConfig, *, webhooks_ena
                  now: datetime | None = None) -> Breach | None:
     """Record the breach of timer ``timer_id`` if it is still running and overdue; None when it is
     not (met, cancelled, breached by someone else, paused, or not due yet). One transaction."""
-    now = now or utcnow()
+    found = await _breach_where(db, SlaTimer.id == timer_id, config, webhooks_enabled=webhooks_enabled,
+                                now=now or utcnow(), limit=1)
+    return found[0] if found else None
+
+
+async def breach_due(db: Database, config: SlaConfig, *, webhooks_enabled: bool, now: datetime | None = None,
+                     limit: int = 100) -> list[Breach]:
+    """Breach up to ``limit`` running timers whose due time has passed, oldest due first, in one
+    transaction; returns them (empty: none left). On Postgres the candidates are taken with
+    ``FOR UPDATE SKIP LOCKED``, so processes ticking at once split the work instead of queueing
+    behind each other; either way the conditional UPDATE lets each timer be breached once."""
+    return await _breach_where(db, None, config, webhooks_enabled=webhooks_enabled, now=now or utcnow(),
+                               limit=limit)
+
+
+async def _breach_where(db: Database, only: Any, config: SlaConfig, *, webhooks_enabled: bool,
+                        now: datetime, limit: int) -> list[Breach]:
+    due = (SlaTimer.status == RUNNING, SlaTimer.due_at.is_not(None), SlaTimer.due_at <= now)
+    candidates = select(SlaTimer.id).where(*due).order_by(SlaTimer.due_at).limit(limit).with_for_update(skip_locked=True)
+    if only is not None:
+        candidates = candidates.where(only)
+    breaches: list[Breach] = []
     async with db.write() as session:
-        won = await session.execute(
-            update(SlaTimer)
-            .where(SlaTimer.id == timer_id, SlaTimer.status == RUNNING, SlaTimer.due_at.is_not(None),
-                   SlaTimer.due_at <= now)
+        won = (await session.execute(
+            update(SlaTimer).where(SlaTimer.id.in_(candidates.scalar_subquery()), *due)
             .values(status=BREACHED, stopped_at=now)
-        )
-        if won.rowcount != 1:
-            return None
-        timer = await session.get(SlaTimer, timer_id, populate_existing=True)
-        assert timer is not None and timer.due_at is not None
-        ticket = await session.get(Ticket, timer.ticket_id, populate_existing=True, with_for_update=True)
-        assert ticket is not None
-        before = ticket.priority
-        ticket.priority = RAISE.get(before, before)
-        ticket.sla_breached_at = ticket.sla_breached_at or now
-        ticket.updated_at = now
-        await on_priority(session, ticket, config, now)  # the other targets follow the new priority
-        details: dict[str, Any] = {"timer_id": timer.id, "target": timer.target,
-                                   "due_at": timer.due_at.isoformat(), "priority": [before, ticket.priority]}
-        session.add(Event(ticket_id=ticket.id, kind="sla_breached", payload=details, created_at=now))
-        event = await webhook_events.add(session, webhook_events.SLA_BREACHED, ticket,
-                                         {"target": timer.target, "due_at": details["due_at"]},
-                                         enabled=webhooks_enabled)
-        return Breach(timer.id, ticket.id, timer.target, timer.due_at, before, ticket.priority,
-                      event.id if event is not None else None)
-
-
-async def overdue(db: Database, now: datetime | None = None, limit: int = 500) -> list[int]:
-    """Running timers whose due time has passed (for the sweep: a check whose job was lost, e.g. the
-    in-memory job queue of the embedded default across a restart), oldest due first."""
-    now = now or utcnow()
-    async with db.sessions() as session:
-        rows = await session.scalars(
-            select(SlaTimer.id).where(SlaTimer.status == RUNNING, SlaTimer.due_at.is_not(None),
-                                      SlaTimer.due_at <= now).order_by(SlaTimer.due_at).limit(limit)
-        )
-        return list(rows)
+            .returning(SlaTimer.id, SlaTimer.ticket_id, SlaTimer.target, SlaTimer.due_at)
+        )).all()
+        if not won:
+            return []
+        ticket_ids = sorted({row[1] for row in won})
+        # Tickets locked in id order: two processes' batches never wait on each other in a cycle.
+        tickets = {t.id: t for t in await session.scalars(
+            select(Ticket).where(Ticket.id.in_(ticket_ids)).order_by(Ticket.id).with_for_update()
+            .execution_options(populate_existing=True)
+        )}
+        running: dict[int, list[SlaTimer]] = {t: [] for t in ticket_ids}
+        for timer in await session.scalars(
+            select(SlaTimer).where(SlaTimer.ticket_id.in_(ticket_ids), SlaTimer.status == RUNNING)
+            .execution_options(populate_existing=True)
+        ):
+            running[timer.ticket_id].append(timer)
+        for timer_id, ticket_id, target, due_at_ in sorted(won, key=lambda row: (row[1], row[0])):
+            ticket = tickets[ticket_id]
+            before = ticket.priority
+            ticket.priority = RAISE.get(before, before)
+            ticket.sla_breached_at = ticket.sla_breached_at or now
+            ticket.updated_at = now
+            _remeasure(running[ticket_id], ticket.priority, config, now)  # the other targets follow
+            ticket.sla_due_at = min((t.due_at for t in running[ticket_id] if t.due_at is not None), default=None)
+            details: dict[str, Any] = {"timer_id": timer_id, "target": target,
+                                       "due_at": due_at_.isoformat(), "priority": [before, ticket.priority]}
+            session.add(Event(ticket_id=ticket.id, kind="sla_breached", payload=details, created_at=now))
+            event = await webhook_events.add(session, webhook_events.SLA_BREACHED, ticket,
+                                             {"target": target, "due_at": details["due_at"]},
+                                             enabled=webhooks_enabled)
+            breaches.append(Breach(timer_id, ticket.id, target, due_at_, before, ticket.priority,
+                                   event.id if event is not None else None))
+    return breaches

@@ -277,3 +277,255 @@ async def test_malformed_csat_frames_and_floods_are_refused(helpline_client) -> 
     assert limited["code"] == "rate_limited"
     assert await _ratings(rt) == []
     await chat.close()
+
+
+# --- reports --------------------------------------------------------------------------------------
+
+UTC = timezone.utc
+SINCE, UNTIL = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _at(day: int, hour: int, minute: int = 0, second: int = 0, month: int = 11) -> datetime:
+    return datetime(2026, month, day, hour, minute, second, tzinfo=UTC)
+
+
+async def _seed_report(db: Any) -> None:
+    """Eight tickets with known times: six opened in November (the window), one just before it and
+    one of replayed traffic, which the report must leave out. Expected numbers: EXPECTED."""
+    from state.models import Agent
+
+    async with db.write() as session:
+        agent = Agent(email="seed-agent@example.com", password_hash="x", role="agent")
+        session.add(agent)
+        await session.flush()
+
+        async def ticket(opened: datetime, state: str, *, channel: str = "webchat", intent: str | None = None,
+                         resolved: datetime | None = None, first_response: datetime | None = None,
+                         escalations: tuple[tuple[datetime, str], ...] = (), breaches: int = 0,
+                         rating: tuple[int, str | None] | None = None) -> None:
+            customer = Customer(created_at=opened)
+            session.add(customer)
+            await session.flush()
+            row = Ticket(customer_id=customer.id, channel=channel, state=state, intent=intent, created_at=opened,
+                         updated_at=opened, resolved_at=resolved, first_response_at=first_response,
+                         csat_requested_at=resolved if rating else None)
+            session.add(row)
+            await session.flush()
+            for at, reason in escalations:
+                session.add(Event(ticket_id=row.id, kind="transition", created_at=at,
+                                  payload={"from": "bot", "to": "escalated", "reason": reason}))
+            for n in range(breaches):
+                session.add(Event(ticket_id=row.id, kind="sla_breached", created_at=opened + timedelta(hours=n + 1),
+                                  payload={"target": "first_response"}))
+            if rating is not None:
+                score, resolver = rating
+                session.add(CsatRating(
+                    ticket_id=row.id, customer_id=customer.id, rating=score, resolved_by=resolver,
+                    agent_id=agent.id if resolver == "agent" else None, channel=channel, intent=intent,
+                    created_at=resolved or opened,
+                ))
+
+        await ticket(_at(2, 10), "resolved", intent="goodbye", resolved=_at(2, 10, 10), rating=(5, "bot"))
+        await ticket(_at(3, 9), "resolved", intent="track_order", resolved=_at(3, 11), first_response=_at(3, 9, 15),
+                     escalations=((_at(3, 9, 5), "explicit_request"),), rating=(2, "agent"))
+        await ticket(_at(4, 12), "closed", channel="sms", intent="get_refund", resolved=_at(4, 13),
+                     first_response=_at(4, 12, 31), escalations=((_at(4, 12, 1), "negative_sentiment"),),
+                     breaches=2, rating=(4, "agent"))
+        await ticket(_at(5, 8), "awaiting_customer")
+        await ticket(_at(6, 8), "human", escalations=((_at(6, 8, 0, 30), "explicit_request"),
+                                                      (_at(6, 9), "negative_sentiment")), breaches=1)
+        await ticket(_at(7, 8), "closed", resolved=_at(7, 8, 20), rating=(3, "bot"))
+        # Outside the report: opened the minute before the window, and replayed traffic inside it.
+        await ticket(_at(31, 23, 59, month=10), "resolved", intent="goodbye", resolved=_at(1, 0, 30),
+                     escalations=((_at(31, 23, 59, 30, month=10), "explicit_request"),), breaches=1,
+                     rating=(1, "bot"))
+        await ticket(_at(8, 8), "resolved", channel="replay", resolved=_at(8, 9), rating=(1, "bot"))
+
+
+def _c(count: int, mean: float | None, satisfied: float | None) -> dict[str, Any]:
+    return {"count": count, "mean": mean, "satisfied": satisfied}
+
+
+EXPECTED = {
+    "since": "2026-11-01T00:00:00+00:00", "until": "2026-12-01T00:00:00+00:00",
+    "tickets": 6,
+    "csat": _c(4, 3.5, 0.5),  # 5, 2, 4, 3
+    "csat_by_resolver": {"bot": _c(2, 4.0, 0.5), "human": _c(2, 3.0, 0.5)},
+    "csat_by_intent": {"goodbye": _c(1, 5.0, 1.0), "track_order": _c(1, 2.0, 0.0), "get_refund": _c(1, 4.0, 1.0),
+                       "(none)": _c(1, 3.0, 0.0)},
+    "csat_by_channel": {"webchat": _c(3, 3.333, 0.3333), "sms": _c(1, 4.0, 1.0)},
+    "deflected": 2, "deflection": 0.3333,  # tickets 1 and 6
+    "escalated": 3, "escalation_rate": 0.5,  # tickets 2, 3 and 5
+    "escalations_by_reason": {"explicit_request": {"tickets": 2, "rate": 0.3333},
+                              "negative_sentiment": {"tickets": 2, "rate": 0.3333}},
+    "first_response": {"count": 2, "seconds": 1200.0},  # 600 s and 1,800 s
+    "first_response_waiting": 1,  # ticket 5
+    "resolution": {"count": 4, "seconds": 2400.0},  # 600, 1,200, 3,600, 7,200 s
+    "sla_breaches": 3, "sla_breached_tickets": 2,
+}
+
+
+async def test_the_report_equals_hand_computed_numbers(migrated_database_url: str) -> None:
+    from state.db import open_database
+    from state.reports import compute
+
+    db = open_database(migrated_database_url)
+    try:
+        await _seed_report(db)
+        assert (await compute(db, SINCE, UNTIL)).as_dict() == EXPECTED
+        # An empty window: zeros and no means, not errors.
+        empty = (await compute(db, _at(1, 0, month=12), _at(2, 0, month=12))).as_dict()
+        assert empty["tickets"] == 0 and empty["csat"] == _c(0, None, None) and empty["deflection"] is None
+        assert empty["first_response"] == {"count": 0, "seconds": None} and empty["sla_breaches"] == 0
+        # The default window: the 30 days up to now.
+        default = await compute(db)
+        assert default.until - default.since == timedelta(days=30)
+        assert abs((default.until - datetime.now(UTC)).total_seconds()) < 60
+        with pytest.raises(ValueError, match="must be before"):
+            await compute(db, UNTIL, SINCE)
+    finally:
+        await db.dispose()
+
+
+def test_helpline_report_prints_the_same_numbers(migrated_database_url: str, tmp_path: Any, monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from helpline.cli import main as cli
+    from state.db import open_database
+
+    async def seed() -> None:
+        db = open_database(migrated_database_url)
+        try:
+            await _seed_report(db)
+        finally:
+            await db.dispose()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("HELPLINE_DATA_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("HELPLINE_DATABASE_URL", migrated_database_url)
+    runner = CliRunner()
+    done = runner.invoke(cli, ["report", "--since", "2026-11-01", "--until", "2026-11-30", "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.output) == EXPECTED
+    text = runner.invoke(cli, ["report", "--since", "2026-11-01", "--until", "2026-11-30"])
+    assert text.exit_code == 0
+    lines = text.output.splitlines()
+    assert lines[0] == "tickets opened 2026-11-01 00:00 to 2026-12-01 00:00 UTC: 6"
+    assert "CSAT: 3.50 of 5 from 4 rating(s), 50% rated 4-5" in lines
+    assert "  by resolver human: 3.00 of 5 from 2 rating(s), 50% rated 4-5" in lines
+    assert "deflection: 33.3% (2 resolved without a person)" in lines
+    assert "  explicit_request: 33.3% (2)" in lines
+    assert "median first response: 20.0 min over 2 ticket(s); 1 escalated without a reply yet" in lines
+    assert "median resolution: 40.0 min over 4 ticket(s)" in lines
+    assert "SLA breaches: 3 on 2 ticket(s)" in lines
+    for args, words in ((["--since", "2026-13-01"], "--since must be a date written YYYY-MM-DD"),
+                        (["--since", "2026-11-30", "--until", "2026-11-01"], "must be before")):
+        bad = runner.invoke(cli, ["report", *args])
+        assert bad.exit_code == 2 and words in bad.output, bad.output
+
+
+async def test_the_reports_page_is_for_admins_only(helpline_client) -> None:
+    client = helpline_client
+    rt = runtime(client)
+    await _seed_report(rt.db)
+    anonymous = await client.get("/agent/reports", allow_redirects=False)
+    assert anonymous.status == 303 and anonymous.headers["Location"].startswith("/agent/login?next=")
+    await _logged_in(client, "plain@example.com")
+    page = await client.get("/agent")
+    assert 'href="/agent/reports"' not in await page.text()  # no link for agents
+    refused = await client.get("/agent/reports", allow_redirects=False)
+    assert refused.status == 403 and "admins only" in await refused.text()
+    await client.post("/agent/logout", data={"csrf_token": CSRF.search(await page.text()).group(1)})
+
+    await _logged_in(client, "boss@example.com", role="admin")
+    assert 'href="/agent/reports"' in await (await client.get("/agent")).text()
+    shown = await client.get("/agent/reports?since=2026-11-01&until=2026-11-30")
+    assert shown.status == 200 and shown.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    html = await shown.text()
+    for metric, value in (("tickets", "6"), ("deflection", "33.3%"), ("escalation-rate", "50.0%"),
+                          ("first-response", "20.0 min"), ("resolution", "40.0 min"), ("sla-breaches", "3")):
+        assert f'data-metric="{metric}">{value}<' in html or f'data-metric="{metric}"><strong' in html, metric
+    assert '<tr data-csat="resolved by human"><td>resolved by human</td><td>2</td><td>3.00</td><td>50.0%</td></tr>' in html
+    assert '<tr data-reason="negative_sentiment">' in html
+    default = await client.get("/agent/reports")
+    thirty = (datetime.now(UTC) - timedelta(days=30)).strftime("%Y-%m-%d")
+    assert default.status == 200 and f'name="since" value="{thirty}"' in await default.text()
+    bad = await client.get("/agent/reports?since=yesterday")
+    assert bad.status == 400 and "since must be a date written YYYY-MM-DD" in await bad.text()
+
+
+# --- the widget in a real browser ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def browser() -> Any:
+    from pathlib import Path
+
+    async_api = pytest.importorskip("playwright.async_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip(f"Chromium not found at {chromium}: install Debian's package (apt-get install chromium)")
+    async with async_api.async_playwright() as pw:
+        launched = await pw.chromium.launch(executable_path=str(chromium), args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--no-first-run"])
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+async def test_the_widget_shows_the_prompt_sends_a_rating_and_shows_it_done_after_reloads(
+    browser: Any, server_url: str, database_url: str
+) -> None:
+    from state.db import open_database
+
+    context = await browser.new_context(viewport={"width": 1100, "height": 760})
+    context.set_default_timeout(30_000)
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(server_url + "/")
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    box = page.get_by_label("Type your message")
+    await box.fill("ok bye, have a nice day")
+    await box.press("Enter")
+
+    prompt = page.locator(".hl-msg--system .hl-csat")
+    await prompt.wait_for()
+    assert await page.locator(".hl-msg--system .hl-text").last.text_content() == csat.PROMPT_TEXT
+    send = prompt.get_by_role("button", name="Send")
+    assert await send.is_disabled()  # nothing chosen yet
+    await prompt.get_by_role("button", name="4 out of 5").click()
+    assert await prompt.get_by_role("button", name="4 out of 5").get_attribute("aria-pressed") == "true"
+    await prompt.get_by_label("Comment (optional)").fill("<b>Fast</b> and friendly")
+    await send.click()
+    await page.locator(".hl-csat[data-state=done]").wait_for()
+    assert await prompt.locator(".hl-csat-status").text_content() == "Thanks for your feedback"
+    assert all([await b.is_disabled() for b in await prompt.locator("button").all()])
+    assert await prompt.locator("b").count() == 0  # text stays text
+
+    db = open_database(database_url)
+    try:
+        async with db.sessions() as session:
+            [row] = list(await session.scalars(select(CsatRating)))
+        assert (row.rating, row.comment, row.resolved_by) == (4, "<b>Fast</b> and friendly", "bot")
+    finally:
+        await db.dispose()
+
+    # A reload shows the prompt answered (kept with the message).
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    await page.locator(".hl-csat[data-state=done]").wait_for()
+    # A widget that lost its transcript gets the prompt again from the server, marked answered.
+    await page.evaluate(
+        "() => { for (let i = 0; i < localStorage.length; i++) { const k = localStorage.key(i);"
+        " if (k.startsWith('helpline:')) { const s = JSON.parse(localStorage.getItem(k));"
+        " s.messages = []; s.last_seq = 0; localStorage.setItem(k, JSON.stringify(s)); } } }"
+    )
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    await page.locator(".hl-csat[data-state=done]").wait_for()
+    assert await page.locator(".hl-csat").count() == 1
+    assert errors == []
+    await context.close()

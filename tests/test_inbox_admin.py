@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -98,7 +100,7 @@ async def test_every_admin_route_refuses_anonymous_callers_agents_and_posts_with
     db = runtime(client).db
     registered = {
         (r.method, r.resource.canonical) for r in client.server.app.router.routes()
-        if r.resource is not None and r.resource.canonical.startswith("/agent/admin")
+        if r.resource is not None and r.resource.canonical.startswith("/agent/admin") and r.method != "HEAD"
     }
     assert registered == {("GET", p) for p in ADMIN_GETS} | {("POST", p) for p in ADMIN_POSTS}
     admin = await accounts.add_agent(db, "lead@example.com", PASSWORD, role="admin")
@@ -245,8 +247,8 @@ async def _two_instances_obey_a_switch_within_a_second(aiohttp_client: Any, sett
         reply = await _customer_says(rt_b, f"b-{mode}", "how long does a refund take?")
         if mode == "disabled":
             assert reply == settings.disabled_reply and rt_b.understander.calls == calls
-        else:
-            assert "Source: Refunds" in reply and rt_b.understander.calls == calls + 1
+        else:  # (no call count here: the sweep may re-answer "b-disabled" on B meanwhile)
+            assert "Source: Refunds" in reply
 
 
 async def test_a_switch_on_one_instance_reaches_another_within_a_second(app_settings, aiohttp_client) -> None:
@@ -284,11 +286,13 @@ async def test_an_admin_adds_disables_enables_and_resets_agents(helpline_client,
         ({"password_again": "something else entirely"}, "the two passwords differ"),
         ({"email": "not-an-email"}, "not an email address"),
         ({"role": "owner"}, "role must be one of agent, admin"),
+        ({"email": "k" * 400 + "@example.com"}, "not an email address"),  # refused, never cut to fit
+        ({"name": "Kim <i>K</i>" + "x" * 200}, "the name has 212 characters; at most 200"),
     ):
         response = await add(**form)
         text = await response.text()
         assert response.status == 400 and message in text, (form, text)
-        assert 'value="Kim &lt;i&gt;K&lt;/i&gt;"' in text  # what was typed stays, escaped; never the password
+        assert 'value="Kim &lt;i&gt;K&lt;/i&gt;' in text  # what was typed stays, escaped; never the password
         assert "kims first password" not in text
     assert [a.email for a in await accounts.list_agents(db)] == ["lead@example.com"]
     response = await add()
@@ -337,6 +341,12 @@ async def test_an_admin_adds_disables_enables_and_resets_agents(helpline_client,
     assert [(e["action"], e["email"], e["by"]) for e in await _events(db, "agent_admin")] == [
         ("add", "kim@example.com", by), ("disable", "kim@example.com", by), ("enable", "kim@example.com", by),
         ("password", "kim@example.com", by)]
+    # A new password of your own ends your sessions too: off to the login form.
+    own = await act("password", agent_id=str(admin.id), password="leads new password",
+                    password_again="leads new password")
+    assert own.status == 303 and own.headers["Location"] == "/agent/login"
+    assert (await client.get("/agent/admin/agents", allow_redirects=False)).status == 303
+    assert await _can_log_in(client, "lead@example.com", "leads new password")
 
 
 async def test_admins_cannot_disable_themselves_or_remove_the_last_admin(helpline_client, aiohttp_client) -> None:
@@ -403,8 +413,6 @@ class PasswordRedis:
              "--requirepass", password], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        import socket
-
         while time.monotonic() < deadline:
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
@@ -422,8 +430,6 @@ class PasswordRedis:
 async def test_the_settings_page_shows_the_settings_with_every_secret_masked(
     database_url, intent_model_dir, tmp_path, aiohttp_client
 ) -> None:
-    import shutil
-
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     secrets = {

@@ -9,7 +9,8 @@
  *   data-title         panel title (default "Support")
  *
  * Plain JS, no dependencies. Talks the /ws/chat protocol: hello(session_id, last_seq) -> welcome,
- * backlog, live frames. Message text only ever reaches the page through textContent.
+ * backlog, live frames. Message text only ever reaches the page through textContent. A message whose
+ * meta holds a CSAT prompt gets rating buttons (1-5), a comment box and Send (a "csat" frame).
  * The transcript, last_seq and unsent messages are kept in localStorage (one record per server URL)
  * so a reload shows the history once and a reconnect asks only for what was missed.
  */
@@ -80,7 +81,12 @@
     var stored = loadState();
     if (stored.session_id === state.session_id) {
       var bySeq = {};
-      stored.messages.concat(state.messages).forEach(function (m) { bySeq[m.seq] = m; });
+      stored.messages.concat(state.messages).forEach(function (m) {
+        var earlier = bySeq[m.seq];
+        // A rating sent from either tab stays sent.
+        if (earlier && earlier.csat && earlier.csat.done && m.csat) m.csat.done = true;
+        bySeq[m.seq] = m;
+      });
       state.messages = Object.keys(bySeq).map(function (k) { return bySeq[k]; })
         .sort(function (a, b) { return a.seq - b.seq; });
       state.last_seq = Math.max(state.last_seq, stored.last_seq);
@@ -268,6 +274,7 @@
       var item = bubble(m.author, m.text, m.created_at);
       item.setAttribute("data-seq", String(m.seq));
       if (m.client_message_id) item.setAttribute("data-client-id", m.client_message_id);
+      if (m.csat) item.appendChild(csatBox(m));
       if (m.author === "customer") setDelivery(item, "sent");
       placeBySeq(item);
     }
@@ -279,6 +286,102 @@
       badge.hidden = false;
       launcher.setAttribute("aria-label", "Open support chat, " + unread + " unread");
     }
+  }
+
+  // ---------------------------------------------------------------- satisfaction rating (CSAT)
+
+  var CSAT_MAX_COMMENT = 1000;
+  var CSAT_THANKS = "Thanks for your feedback";
+  var CSAT_FINAL_ERRORS = { no_such_ticket: true, not_asked: true };
+
+  function csatFor(ticket) {
+    return list.querySelector('.hl-csat[data-ticket="' + Number(ticket) + '"]');
+  }
+
+  function csatDone(box) {
+    box.setAttribute("data-state", "done");
+    var controls = box.querySelectorAll("button, textarea");
+    for (var i = 0; i < controls.length; i++) controls[i].disabled = true;
+    box.querySelector(".hl-csat-status").textContent = CSAT_THANKS;
+  }
+
+  function csatBox(m) {
+    // A prompt the server sent when the ticket was resolved: five buttons, an optional comment,
+    // Send. Answered once; the state is kept with the message, so a reload shows it done.
+    var ticket = m.csat.ticket;
+    var box = el("div", "hl-csat", { role: "group", "aria-label": "Rate this conversation", "data-ticket": String(ticket) });
+    var scale = el("div", "hl-csat-scale");
+    var chosen = null;
+    var rates = [];
+    for (var n = 1; n <= 5; n++) {
+      var rate = el("button", "hl-csat-rate", {
+        type: "button", "data-rating": String(n), "aria-pressed": "false",
+        "aria-label": n + " out of 5" + (n === 1 ? " (poor)" : n === 5 ? " (excellent)" : "")
+      });
+      rate.textContent = String(n);
+      rates.push(rate);
+      scale.appendChild(rate);
+    }
+    var commentId = uid + "-csat-" + ticket;
+    var label = el("label", "hl-visually-hidden", { "for": commentId });
+    label.textContent = "Comment (optional)";
+    var comment = el("textarea", "hl-csat-comment", {
+      id: commentId, rows: "2", maxlength: String(CSAT_MAX_COMMENT), placeholder: "Comment (optional)"
+    });
+    var submitBtn = el("button", "hl-csat-send", { type: "button" });
+    submitBtn.textContent = "Send";
+    submitBtn.disabled = true;
+    var note = el("p", "hl-csat-status", { role: "status" });
+    rates.forEach(function (button) {
+      button.addEventListener("click", function () {
+        chosen = Number(button.getAttribute("data-rating"));
+        rates.forEach(function (b) { b.setAttribute("aria-pressed", b === button ? "true" : "false"); });
+        submitBtn.disabled = false;
+      });
+    });
+    submitBtn.addEventListener("click", function () {
+      if (!chosen) return;
+      var frame = { type: "csat", ticket: ticket, rating: chosen };
+      if (comment.value.trim()) frame.comment = comment.value.slice(0, CSAT_MAX_COMMENT);
+      if (!ready || !send(frame)) {
+        note.textContent = "Not connected. Please try again in a moment.";
+        return;
+      }
+      box.setAttribute("data-state", "sending");
+      rates.concat([submitBtn]).forEach(function (b) { b.disabled = true; });
+      comment.disabled = true;
+      note.textContent = "Sending…";
+    });
+    box.appendChild(scale);
+    box.appendChild(label);
+    box.appendChild(comment);
+    box.appendChild(submitBtn);
+    box.appendChild(note);
+    if (m.csat.done) csatDone(box);
+    return box;
+  }
+
+  function csatAnswered(ticket) {
+    state.messages.forEach(function (m) {
+      if (m.csat && m.csat.ticket === ticket) m.csat.done = true;
+    });
+    saveState();
+    var box = csatFor(ticket);
+    if (box) csatDone(box);
+  }
+
+  function csatRefused(ticket, code, text) {
+    var box = csatFor(ticket);
+    if (!box) {
+      renderNotice(text, "error");
+      return;
+    }
+    box.setAttribute("data-state", "error");
+    box.querySelector(".hl-csat-status").textContent = text;
+    if (CSAT_FINAL_ERRORS[code]) return;
+    var controls = box.querySelectorAll(".hl-csat-rate, .hl-csat-comment");
+    for (var i = 0; i < controls.length; i++) controls[i].disabled = false;
+    box.querySelector(".hl-csat-send").disabled = !box.querySelector('.hl-csat-rate[aria-pressed="true"]');
   }
 
   function renderPending(entry) {
@@ -402,6 +505,9 @@
             text: frame.text == null ? "" : String(frame.text),
             created_at: frame.created_at || null, client_message_id: frame.client_message_id || null
           };
+          // Except a rating prompt: the ticket it rates, and whether it was answered already.
+          var prompt = frame.meta && frame.meta.csat;
+          if (prompt && typeof prompt.ticket === "number") m.csat = { ticket: prompt.ticket, done: !!prompt.rated };
           state.messages.push(m);
           renderMessage(m, true);
         }
@@ -411,12 +517,20 @@
       case "ack":
         settle(frame.client_message_id, frame.seq);
         break;
+      case "csat_result":
+        // "stored" or "already_rated": either way this prompt is answered.
+        if (typeof frame.ticket === "number") csatAnswered(frame.ticket);
+        break;
       case "typing":
         typing.hidden = !frame.on;
         if (frame.on && isNearBottom()) list.scrollTop = list.scrollHeight;
         break;
       case "error":
         var text = frame.message || "Something went wrong.";
+        if (frame.hasOwnProperty("ticket")) { // the answer to a rating
+          csatRefused(frame.ticket, frame.code, text);
+          break;
+        }
         if (frame.code === "bad_session") {
           // The server did not issue our session id (or no longer accepts it): ask for a new
           // one at once; unsent messages stay queued for it.

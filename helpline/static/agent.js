@@ -58,6 +58,29 @@
     return Math.floor(seconds / 86400) + " d ago";
   }
 
+  // SLA: the time left to the earliest running target, or how long it is overdue.
+  function slaText(iso, breached) {
+    if (!iso) { return breached ? "breached" : "\u2014"; }
+    var seconds = Math.floor((Date.parse(iso) - Date.now()) / 1000);
+    var span = Math.abs(seconds), text;
+    if (span < 3600) { text = Math.max(1, Math.floor(span / 60)) + " min"; }
+    else if (span < 86400) { text = Math.floor(span / 3600) + " h " + Math.floor(span % 3600 / 60) + " min"; }
+    else { text = Math.floor(span / 86400) + " d " + Math.floor(span % 86400 / 3600) + " h"; }
+    return (seconds < 0 ? "overdue " : "due in ") + text + (breached ? " (breached)" : "");
+  }
+
+  function slaCell(tr, iso, breached) {
+    var td = document.createElement("td");
+    td.className = "sla" + (breached ? " sla-breached" : "");
+    var time = document.createElement("time");
+    time.className = "sla-due";
+    if (iso) { time.setAttribute("data-due", String(iso)); }
+    if (breached) { time.setAttribute("data-breached", "1"); }
+    time.textContent = slaText(iso, breached);
+    td.appendChild(time);
+    tr.appendChild(td);
+  }
+
   function cell(tr, text, className, isolate) {
     var td = document.createElement("td");
     if (className) { td.className = className; }
@@ -77,6 +100,7 @@
     tr.setAttribute("data-updated-at", String(row.updated_at));
     tr.setAttribute("data-state", String(row.state));
     tr.setAttribute("data-priority", String(row.priority));
+    tr.setAttribute("data-sla-due", row.sla_due_at ? String(row.sla_due_at) : "");
     var first = document.createElement("td");
     var link = document.createElement("a");
     link.href = "/agent/tickets/" + encodeURIComponent(String(row.id));
@@ -95,12 +119,21 @@
     time.textContent = ago(row.updated_at);
     waiting.appendChild(time);
     tr.appendChild(waiting);
+    slaCell(tr, row.sla_due_at, !!row.sla_breached);
     tr.classList.add("fresh");
     return tr;
   }
 
   function before(a, b) {
-    // The queue's order: most urgent priority first, then longest waiting, then lowest id.
+    // The queue's order (state.inbox.queue): soonest SLA due first (none: last), then most urgent
+    // priority, then longest waiting, then lowest id.
+    var da = a.getAttribute("data-sla-due"), db = b.getAttribute("data-sla-due");
+    if (da !== db) {
+      if (!da) { return false; }
+      if (!db) { return true; }
+      var na = Date.parse(da), nb = Date.parse(db);
+      if (na !== nb) { return na < nb; }
+    }
     var ra = Number(a.getAttribute("data-rank")), rb = Number(b.getAttribute("data-rank"));
     if (ra !== rb) { return ra < rb; }
     var ta = Date.parse(a.getAttribute("data-updated-at")), tb = Date.parse(b.getAttribute("data-updated-at"));
@@ -144,6 +177,10 @@
     var times = rows.querySelectorAll("time[datetime]");
     for (var i = 0; i < times.length; i++) {
       times[i].textContent = ago(times[i].getAttribute("datetime"));
+    }
+    var dues = document.querySelectorAll("time.sla-due");
+    for (var j = 0; j < dues.length; j++) {
+      dues[j].textContent = slaText(dues[j].getAttribute("data-due"), dues[j].hasAttribute("data-breached"));
     }
   }
 
