@@ -372,7 +372,8 @@ def train(data: Path, text_column: str, label_column: str, tiers_file: Path | No
 
 @main.command("agent-mode")
 @click.argument("mode", required=False, type=click.Choice(["enabled", "disabled", "default"]))
-def agent_mode(mode: str | None) -> None:
+@click.option("--reason", default=None, help="Why (recorded with the switch, shown on the inbox's kill-switch page).")
+def agent_mode(mode: str | None, reason: str | None) -> None:
     """Show or set the kill switch of every process of this deployment.
 
     MODE: disabled (every reply becomes the static auto-reply HELPLINE_DISABLED_REPLY, no model
@@ -386,7 +387,7 @@ def agent_mode(mode: str | None) -> None:
     data folder with no database rather than create one. Example:
 
     \b
-        HELPLINE_DATA_DIR=/srv/helpline helpline agent-mode disabled
+        HELPLINE_DATA_DIR=/srv/helpline helpline agent-mode disabled --reason "wrong refund answers"
 
     Exit status: 0 done, 1 no database there, or it cannot be reached or is not migrated.
     """
@@ -412,7 +413,8 @@ def agent_mode(mode: str | None) -> None:
         database = open_database(url)
         try:
             if mode is not None:
-                await set_agent_mode(database, None if mode == "default" else mode, actor=actor)
+                await set_agent_mode(database, None if mode == "default" else mode, actor=actor,
+                                     reason=reason.strip()[:500] if reason else None)
             return await get_flag(database, AGENT_MODE)
         finally:
             await database.dispose()

@@ -11,6 +11,7 @@ an unknown agent; the message says which. Must not import aiohttp or anything of
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -97,7 +98,7 @@ async def add_agent(
     if role not in ROLES:
         raise AgentError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
     email = normalise_email(email)
-    password_hash = _hasher.hash(check_password(password))
+    password_hash = await hash_password(password)
     try:
         async with db.write() as session:
             agent = Agent(email=email, display_name=display_name, password_hash=password_hash, role=role,
@@ -131,7 +132,7 @@ async def set_disabled(db: Database, email: str, disabled: bool = True) -> Agent
 
 async def set_password(db: Database, email: str, password: str) -> None:
     """Replace the agent's password and end its sessions. Raises :class:`AgentError`."""
-    password_hash = _hasher.hash(check_password(password))
+    password_hash = await hash_password(password)
     email = normalise_email(email)
     async with db.write() as session:
         agent = await session.scalar(select(Agent).where(Agent.email == email))
@@ -139,6 +140,12 @@ async def set_password(db: Database, email: str, password: str) -> None:
             raise AgentError(f"no agent with email {email}")
         agent.password_hash = password_hash
         await session.execute(delete(AgentSession).where(AgentSession.agent_id == agent.id))
+
+
+async def hash_password(password: str) -> str:
+    """The argon2id hash (PHC string) of a checked password, computed in a worker thread (tens of
+    milliseconds of CPU: never on the event loop). Raises :class:`AgentError` for a bad password."""
+    return await asyncio.to_thread(_hasher.hash, check_password(password))
 
 
 def verify_password(password_hash: str, password: str) -> bool:
@@ -171,10 +178,9 @@ def dummy_verify(password: str) -> None:
 
 async def rehash(db: Database, agent_id: int, password: str) -> None:
     """Store a fresh hash after the library's parameters changed (called after a good login)."""
+    password_hash = await asyncio.to_thread(_hasher.hash, password)
     async with db.write() as session:
-        await session.execute(
-            update(Agent).where(Agent.id == agent_id).values(password_hash=_hasher.hash(password))
-        )
+        await session.execute(update(Agent).where(Agent.id == agent_id).values(password_hash=password_hash))
 
 
 def _digest(token: str) -> str:

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 from config.settings import AgentMode
 from helpline.conversation import Inbound
 from helpline.server import RUNTIME
+from state.db import open_database
 from state.flags import set_agent_mode
 from state.models import Event, Message, Ticket
 from state.tickets import TicketState, transition
@@ -34,9 +35,17 @@ async def test_the_switch_needs_no_redis_and_reaches_a_running_server_within_a_s
     server = server_factory()
     server.start()
     env = {**server.env}
-    done = _cli(env, "disabled")
+    done = _cli(env, "disabled", "--reason", "  wrong refund answers ")
     assert done.returncode == 0, done.stderr
     assert "agent mode: disabled (set for every process" in done.stdout
+    database = open_database(env["HELPLINE_DATABASE_URL"])  # the switch's event names who and why
+    try:
+        async with database.sessions() as session:
+            event = (await session.scalars(select(Event).where(Event.kind == "agent_mode"))).one()
+    finally:
+        await database.dispose()
+    assert event.payload["mode"] == "disabled" and event.payload["reason"] == "wrong refund answers"
+    assert event.payload["actor"].startswith("cli:")
     await asyncio.sleep(1.1)
     chat = await ChatSocket.open(http, server.url)
     await chat.send("hi", "ks-1")
