@@ -51,6 +51,22 @@ def app_settings(tmp_path: Path, database_url: str, intent_model_dir: Path) -> S
     )
 
 
+def runtime(client: Any) -> Any:
+    """The :class:`helpline.runtime.Runtime` of an ``aiohttp_client`` test client's app."""
+    from helpline.server import RUNTIME
+
+    return client.server.app[RUNTIME]
+
+
+async def idle(rt: Any, timeout_s: float = 30.0) -> None:
+    """Wait until no turn runs in ``rt``'s process (every message received so far is answered)."""
+    for _ in range(int(timeout_s / 0.05)):
+        if not rt.conversations.in_flight:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("turns still running")
+
+
 @pytest.fixture
 async def helpline_client(app_settings: Settings, aiohttp_client: Any) -> Any:
     """An aiohttp ``TestClient`` on the real application (started: schema, models, KB loaded)."""

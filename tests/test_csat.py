@@ -13,10 +13,9 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from app_fixtures import ChatSocket
+from app_fixtures import ChatSocket, idle, runtime
 from sqlalchemy import func, select, update
 
-from helpline.server import RUNTIME
 from state import agents as accounts
 from state import csat
 from state import inbox
@@ -24,18 +23,6 @@ from state.models import CsatRating, Customer, Event, Message, Ticket
 
 PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def runtime(client: Any) -> Any:
-    return client.server.app[RUNTIME]
-
-
-async def _idle(rt: Any) -> None:
-    for _ in range(400):
-        if not rt.conversations.in_flight:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("turns still running")
 
 
 async def _chat(client: Any, session_id: str | None = None) -> ChatSocket:
@@ -87,7 +74,7 @@ async def test_a_bot_resolved_ticket_asks_once_and_the_rating_is_stored_as_the_b
     assert prompt["meta"] == {"csat": {"ticket": ticket_id, "scale": [1, 5]}}  # no resolver, no labels
     goodbye = [f for f in chat.frames if f["type"] == "message" and f["author"] == "bot"]
     assert len(goodbye) == 1 and goodbye[0]["seq"] < prompt["seq"]  # the goodbye first, then the prompt
-    await _idle(rt)
+    await idle(rt)
     async with rt.db.sessions() as session:
         ticket = await session.get(Ticket, ticket_id)
         assert ticket.state == "resolved" and ticket.csat_requested_at is not None
@@ -96,7 +83,7 @@ async def test_a_bot_resolved_ticket_asks_once_and_the_rating_is_stored_as_the_b
     # Saying goodbye again on the resolved ticket reopens and resolves it again: not asked twice.
     await chat.send("bye!", "m-2")
     await chat.until(lambda f: f["type"] == "message" and f["author"] == "bot" and f["seq"] > prompt["seq"])
-    await _idle(rt)
+    await idle(rt)
     assert not [f for f in await chat.drain(0.5) if _is_prompt(f)]
     assert len(await _prompts(rt, ticket_id)) == 1
 
@@ -116,7 +103,7 @@ async def test_an_agent_resolved_ticket_asks_once_and_credits_the_agent(helpline
     await chat.send("I want to talk to a real person", "m-1")
     handoff = await chat.bot_reply()
     ticket_id = handoff["ticket_id"]
-    await _idle(rt)
+    await idle(rt)
     agent, token = await _logged_in(client, "res@example.com")
     assert (await client.post(f"/agent/tickets/{ticket_id}/claim", data={"csrf_token": token},
                               allow_redirects=False)).status == 303
@@ -130,7 +117,7 @@ async def test_an_agent_resolved_ticket_asks_once_and_credits_the_agent(helpline
     # Reopened by the customer, escalated again, resolved again by the agent: still one prompt.
     await chat.send("actually, one more thing: I want to talk to a real person", "m-2")
     await chat.until(lambda f: f["type"] == "message" and f["author"] == "bot" and f["seq"] > prompt["seq"])
-    await _idle(rt)
+    await idle(rt)
     await inbox.claim(rt.db, ticket_id, agent)
     done = await inbox.resolve(rt.db, ticket_id, agent)
     assert done.csat_prompt is None and done.webhook_event is None
@@ -148,7 +135,7 @@ async def test_an_automatic_close_never_asks(helpline_client) -> None:
     chat = await _chat(helpline_client)
     await chat.send("how long does a refund take?", "m-1")
     first = await chat.bot_reply()
-    await _idle(rt)
+    await idle(rt)
     old_ticket = first["ticket_id"]
     # The ticket sits resolved past the reopen window without ever being asked (as a ticket
     # resolved before this release would): the next message closes it automatically.
@@ -157,7 +144,7 @@ async def test_an_automatic_close_never_asks(helpline_client) -> None:
             state="resolved", resolved_at=datetime.now(timezone.utc) - timedelta(days=30)))
     await chat.send("how long does a refund take?", "m-2")
     second = await chat.bot_reply()
-    await _idle(rt)
+    await idle(rt)
     assert second["ticket_id"] != old_ticket
     async with rt.db.sessions() as session:
         closed = await session.get(Ticket, old_ticket)
@@ -181,7 +168,7 @@ async def _bot_resolved(client: Any) -> tuple[ChatSocket, int]:
     chat = await _chat(client)
     await chat.send("ok bye, have a nice day", "bye-1")
     prompt = await chat.until(_is_prompt)
-    await _idle(runtime(client))
+    await idle(runtime(client))
     return chat, prompt["ticket_id"]
 
 

@@ -4,13 +4,13 @@ the real application on both database backends."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from app_fixtures import idle
 
 from bot.handoff import (
     BRIEF_VERSION, BriefCustomer, BriefInput, BriefTurn, EarlierTicket, build_brief, render_text,
@@ -192,17 +192,9 @@ def test_the_shipped_playbook_names_only_configured_intents() -> None:
 # --- on the application ---------------------------------------------------------------------------
 
 
-async def _idle(rt: Any) -> None:
-    for _ in range(400):
-        if not rt.conversations.in_flight:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("turns still running")
-
-
 async def _say(rt: Any, address: str, text: str) -> int:
     accepted = await rt.conversations.receive(Inbound("webchat", address, text))
-    await _idle(rt)
+    await idle(rt)
     return accepted.ticket.id
 
 

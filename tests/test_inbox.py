@@ -9,7 +9,7 @@ import re
 from typing import Any
 
 import pytest
-from app_fixtures import ChatSocket
+from app_fixtures import ChatSocket, idle, runtime
 from sqlalchemy import func, select
 
 from helpline.conversation import Inbound
@@ -21,18 +21,6 @@ from state.models import Event, Message, Ticket
 
 PASSWORD = "correct horse battery staple"
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-def runtime(client: Any) -> Any:
-    return client.server.app[RUNTIME]
-
-
-async def _idle(rt: Any) -> None:
-    for _ in range(400):
-        if not rt.conversations.in_flight:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("turns still running")
 
 
 async def _agent(client: Any, email: str, role: str = "agent") -> accounts.AgentView:
@@ -57,7 +45,7 @@ async def _logged_in(client: Any, email: str) -> str:
 async def _escalated(client: Any, address: str, text: str = "I want to talk to a real person") -> int:
     rt = runtime(client)
     accepted = await rt.conversations.receive(Inbound("webchat", address, text))
-    await _idle(rt)
+    await idle(rt)
     async with rt.db.sessions() as session:
         ticket = await session.get(Ticket, accepted.ticket.id)
         assert ticket.state == "escalated", ticket.state
@@ -214,7 +202,7 @@ async def test_an_agent_claims_replies_notes_and_hands_back_while_the_bot_stays_
     await chat.send("I want to talk to a real person about order #W0000000", "m-1")
     handoff = await chat.bot_reply()
     assert handoff["author"] == "bot"
-    await _idle(rt)
+    await idle(rt)
     await _agent(client, "dee@example.com")
     token = await _logged_in(client, "dee@example.com")
     queue = await (await client.get("/agent?view=unassigned")).text()
@@ -239,7 +227,7 @@ async def test_an_agent_claims_replies_notes_and_hands_back_while_the_bot_stays_
                       allow_redirects=False)
     await chat.send("thanks, how long will it take?", "m-2")
     await chat.until(lambda f: f["type"] == "message" and f["client_message_id"] == "m-2")
-    await _idle(rt)
+    await idle(rt)
     quiet = await chat.drain(0.7)
     assert not [f for f in quiet if f["type"] == "message" and f["direction"] == "outbound"]
     assert "VIP, be kind" not in str(chat.frames)
@@ -294,7 +282,7 @@ async def test_agents_see_only_the_queue_and_their_own_tickets(helpline_client) 
     admin = await _agent(client, "ida@example.com", role="admin")
     ticket_id = await _escalated(client, "owned")
     bot_only = (await rt.conversations.receive(Inbound("webchat", "bot-only", "how long does a refund take?"))).ticket.id
-    await _idle(rt)
+    await idle(rt)
     await inbox.claim(rt.db, ticket_id, owner)
     with pytest.raises(inbox.NotAllowed):
         await inbox.reply(rt.db, ticket_id, other, "I'll take it", lease_s=30)
@@ -425,7 +413,7 @@ async def test_a_turn_running_when_an_agent_reopens_the_ticket_sends_nothing(hel
         await asyncio.wait_for(entered.wait(), 10)
         await inbox.reopen(rt.db, ticket_id, agent)
         release.set()
-        await _idle(rt)
+        await idle(rt)
     finally:
         rt.router.route = route
     async with rt.db.sessions() as session:
@@ -448,14 +436,14 @@ async def test_a_ticket_the_bot_took_back_is_anyones_to_claim_when_it_escalates_
     await inbox.claim(rt.db, ticket_id, first)
     await inbox.resolve(rt.db, ticket_id, first)
     await rt.conversations.receive(Inbound("webchat", "comes-back", "how long does a refund take?"))
-    await _idle(rt)
+    await idle(rt)
     async with rt.db.sessions() as session:
         ticket = await session.get(Ticket, ticket_id)
         assert ticket.state == "awaiting_customer" and ticket.assignee_id is None
     with pytest.raises(inbox.NotFound):
         await inbox.ticket_view(rt.db, ticket_id, first)
     await rt.conversations.receive(Inbound("webchat", "comes-back", "I want to talk to a real person"))
-    await _idle(rt)
+    await idle(rt)
     assert [i.ticket_id for i in await inbox.queue(rt.db, second, view="unassigned")] == [ticket_id]
     await inbox.claim(rt.db, ticket_id, second)
     with pytest.raises(inbox.Conflict, match="you already own this ticket"):
@@ -491,7 +479,7 @@ async def test_replayed_tickets_are_nobodys_even_by_id(helpline_client) -> None:
     rt = runtime(helpline_client)
     admin = await _agent(helpline_client, "oz@example.com", role="admin")
     accepted = await rt.conversations.receive(Inbound("replay", "replayed", "I want to talk to a real person"))
-    await _idle(rt)
+    await idle(rt)
     with pytest.raises(inbox.NotFound):
         await inbox.ticket_view(rt.db, accepted.ticket.id, admin)
     with pytest.raises(inbox.NotFound):

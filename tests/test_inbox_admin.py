@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 import pytest
-from app_fixtures import REPO, free_port
+from app_fixtures import REPO, free_port, idle, runtime
 from pydantic import SecretStr
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from config.redact import HIDDEN, mask_url, redacted_settings, show
 from config.settings import Settings
 from helpline.conversation import Inbound
-from helpline.server import RUNTIME, build_app
+from helpline.server import build_app
 from state import agent_admin
 from state import agents as accounts
 from state.flags import AGENT_MODE, get_flag
@@ -37,18 +37,6 @@ ADMIN_POSTS = {"/agent/admin/kill-switch"} | {
     f"/agent/admin/agents/{a}" for a in ("add", "disable", "enable", "password", "role")
 }
 BANNER = 'id="bot-off"'
-
-
-def runtime(client: Any) -> Any:
-    return client.server.app[RUNTIME]
-
-
-async def _idle(rt: Any) -> None:
-    for _ in range(600):
-        if not rt.conversations.in_flight:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("turns still running")
 
 
 async def _logged_in(client: Any, email: str, password: str = PASSWORD) -> str:
@@ -68,7 +56,7 @@ async def _can_log_in(client: Any, email: str, password: str = PASSWORD) -> bool
 async def _customer_says(rt: Any, address: str, text: str) -> str:
     """A customer message through the real intake and turn; the reply the customer got."""
     accepted = await rt.conversations.receive(Inbound("webchat", address, text))
-    await _idle(rt)
+    await idle(rt)
     async with rt.db.sessions() as session:
         replies = (await session.scalars(
             select(Message.text).where(Message.ticket_id == accepted.ticket.id, Message.direction == "outbound")

@@ -11,31 +11,18 @@ from typing import Any
 
 import jsonschema
 import pytest
-from app_fixtures import ChatSocket
+from app_fixtures import ChatSocket, idle, runtime
 from openapi_spec_validator import validate as validate_spec
 from sqlalchemy import func, select
 
 from helpline.conversation import Inbound
 from helpline.inbox_api import MAX_BODY_BYTES, openapi_document
-from helpline.server import RUNTIME
 from state import agents as accounts
 from state import api_tokens
 from state.models import AgentApiToken, Message, OutboxEntry, Ticket
 
 PASSWORD = "correct horse battery staple"
 API = "/agent/api"
-
-
-def runtime(client: Any) -> Any:
-    return client.server.app[RUNTIME]
-
-
-async def _idle(rt: Any) -> None:
-    for _ in range(400):
-        if not rt.conversations.in_flight:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("turns still running")
 
 
 async def _token(client: Any, email: str, role: str = "agent") -> str:
@@ -48,7 +35,7 @@ async def _token(client: Any, email: str, role: str = "agent") -> str:
 async def _escalated(client: Any, address: str, text: str = "I want to talk to a real person") -> int:
     rt = runtime(client)
     accepted = await rt.conversations.receive(Inbound("webchat", address, text))
-    await _idle(rt)
+    await idle(rt)
     async with rt.db.sessions() as session:
         assert (await session.get(Ticket, accepted.ticket.id)).state == "escalated"
     return accepted.ticket.id
@@ -251,7 +238,7 @@ async def test_agents_see_only_the_queue_and_their_own_tickets_and_write_only_wh
     admin = await _token(client, "adm@example.com", role="admin")
     ticket_id = await _escalated(client, "api-owned")
     bot_only = (await rt.conversations.receive(Inbound("webchat", "api-bot", "how long does a refund take?"))).ticket.id
-    await _idle(rt)
+    await idle(rt)
     assert (await call(client, "POST", f"/tickets/{ticket_id}/claim", owner))[0] == 200
     # Readable (in the queue) but owned by someone else: 403 for writes.
     status, body = await call(client, "POST", f"/tickets/{ticket_id}/reply", other, {"text": "mine now"})
@@ -318,7 +305,7 @@ async def test_a_help_desk_reads_claims_replies_to_the_widget_and_hands_back(hel
     await chat.send("I want to talk to a real person about order #W0000000", "m-1")
     handoff = await chat.bot_reply()
     ticket_id = handoff["ticket_id"]
-    await _idle(rt)
+    await idle(rt)
     token = await _token(client, "desk@example.com")
 
     status, page = await call(client, "GET", "/tickets?view=unassigned&channel=webchat&limit=10", token)
@@ -355,7 +342,7 @@ async def test_a_help_desk_reads_claims_replies_to_the_widget_and_hands_back(hel
     assert status == 200
     await chat.send("thanks, how long will it take?", "m-2")
     await chat.until(lambda f: f["type"] == "message" and f["client_message_id"] == "m-2")
-    await _idle(rt)
+    await idle(rt)
     assert not [f for f in await chat.drain(0.7) if f["type"] == "message" and f["direction"] == "outbound"]
     assert "VIP via API" not in str(chat.frames)
 

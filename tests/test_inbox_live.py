@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from app_fixtures import ChatSocket
+from app_fixtures import ChatSocket, idle, runtime
 from sqlalchemy import func, select, update
 
 from config.settings import Settings
@@ -31,7 +31,7 @@ from helpline.inbox_live import (
     Position,
     change_kind,
 )
-from helpline.server import RUNTIME, build_app
+from helpline.server import build_app
 from state import agents as accounts
 from state import inbox
 from state.models import AgentSession, Customer, Event, Ticket, utcnow
@@ -90,26 +90,14 @@ def test_only_queue_events_become_frames() -> None:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def runtime(client: Any) -> Any:
-    return client.server.app[RUNTIME]
-
-
 def live_of(client: Any) -> LiveQueue:
     return client.server.app[INBOX_LIVE]
-
-
-async def _idle(rt: Any) -> None:
-    for _ in range(400):
-        if not rt.conversations.in_flight:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("turns still running")
 
 
 async def _escalated(client: Any, address: str, text: str = "I want to talk to a real person") -> int:
     rt = runtime(client)
     accepted = await rt.conversations.receive(Inbound("webchat", address, text))
-    await _idle(rt)
+    await idle(rt)
     async with rt.db.sessions() as session:
         assert (await session.get(Ticket, accepted.ticket.id)).state == "escalated"
     await live_of(client).feed.notify()  # what conversation.py does after such a turn
@@ -320,7 +308,7 @@ async def test_a_new_escalation_appears_live_on_a_connected_queue(helpline_clien
     chat = await ChatSocket.open(client.session, str(client.make_url("/")))
     await chat.send("I want to talk to a real person <img src=x onerror=alert(1)>", "m-1")
     handoff = await chat.bot_reply()
-    await _idle(runtime(client))
+    await idle(runtime(client))
     started = asyncio.get_running_loop().time()
     await live.feed.notify()
     frame = await sock.ticket(lambda f: f["kind"] == "escalated", timeout=3)
@@ -340,7 +328,7 @@ async def test_a_new_escalation_appears_live_on_a_connected_queue(helpline_clien
     # The customer writes again: the row's preview follows.
     await chat.send("hello? anyone there?", "m-2")
     await chat.until(lambda f: f["type"] == "ack")
-    await _idle(runtime(client))
+    await idle(runtime(client))
     await live.feed.notify()
     message = await sock.ticket(lambda f: f["kind"] == "customer_message")
     assert message["row"]["preview"] == "hello? anyone there?"
@@ -357,7 +345,7 @@ async def test_the_periodic_re_read_delivers_when_no_wake_up_comes(helpline_clie
     await sock.synced()
     rt = runtime(client)
     accepted = await rt.conversations.receive(Inbound("webchat", "no-wake", "I want to talk to a real person"))
-    await _idle(rt)  # nobody calls notify()
+    await idle(rt)  # nobody calls notify()
     frame = await sock.ticket(lambda f: f["kind"] == "escalated", timeout=5)
     assert frame["ticket_id"] == accepted.ticket.id
     await sock.close()
@@ -376,7 +364,7 @@ async def test_agents_receive_only_tickets_they_may_read_in_their_view(helpline_
         await sock.synced()
     # Replayed traffic is nobody's, not even an admin's.
     replayed = await rt.conversations.receive(Inbound("replay", "replayed", "I want to talk to a real person"))
-    await _idle(rt)
+    await idle(rt)
     ticket_id = await _escalated(client, "private", "I want to talk to a real person, my secret is 4242")
     first = await everyone.ticket(lambda f: f["kind"] == "escalated")
     assert first["ticket_id"] == ticket_id and "4242" in first["row"]["preview"]
@@ -416,7 +404,7 @@ async def test_a_reconnect_replays_exactly_the_events_it_missed(helpline_client,
     await inbox.claim(rt.db, ids[0], gil.view)
     await inbox.set_priority(rt.db, ids[0], gil.view, "urgent")
     await rt.conversations.receive(Inbound("webchat", "replay-1", "are you still there?"))
-    await _idle(rt)
+    await idle(rt)
     expected = await _relevant_after(rt.db, cursor)
     assert len(expected) >= 5
     again = await gil.connect(cursor=cursor)
@@ -646,7 +634,7 @@ async def test_an_escalation_on_one_process_reaches_a_socket_on_another_through_
         await sock.synced()
         rt = runtime(a)
         accepted = await rt.conversations.receive(Inbound("webchat", "across", "I want to talk to a real person"))
-        await _idle(rt)
+        await idle(rt)
         started = asyncio.get_running_loop().time()
         await live_of(a).feed.notify()
         frame = await sock.ticket(lambda f: f["kind"] == "escalated", timeout=5)

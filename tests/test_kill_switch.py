@@ -143,7 +143,9 @@ async def test_customers_who_wrote_while_the_bot_was_off_are_answered_when_it_is
 
     await set_agent_mode(rt.db, "enabled", actor="test")
     await asyncio.sleep(1.1)
-    assert await conv.sweep(rt.settings.stale_after_s) == 1
+    # The server's own periodic sweep job may get there first; either way the ticket moves once
+    # (the kill_switch_lifted transitions are counted below).
+    assert await conv.sweep(rt.settings.stale_after_s) in (0, 1)
     await _wait_idle(rt)
     replies = await _replies(rt, stranded.ticket.id)
     assert replies[:2] == [rt.settings.disabled_reply] * 2
@@ -156,7 +158,9 @@ async def test_customers_who_wrote_while_the_bot_was_off_are_answered_when_it_is
         lifted = (await session.execute(
             select(Event.payload).where(Event.ticket_id == stranded.ticket.id, Event.kind == "transition")
         )).scalars().all()
-    assert {"from": "escalated", "to": "bot", "reason": "kill_switch_lifted", "reanswer": 2} in lifted
+    assert [p for p in lifted if p.get("reason") == "kill_switch_lifted"] == [
+        {"from": "escalated", "to": "bot", "reason": "kill_switch_lifted", "reanswer": 2}
+    ]
     assert await conv.sweep(rt.settings.stale_after_s) == 0  # once only
     assert len(await _replies(rt, taken.ticket.id)) == 1  # the agent's ticket got no bot answer
 
