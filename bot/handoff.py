@@ -50,7 +50,7 @@ ANSWER_TIERS = frozenset({"retrieval", "deterministic", "reasoning"})
 MAX_KEY_SENTENCES = 3
 MAX_SENTENCE_CHARS = 240
 MAX_ANSWERS = 5
-MAX_TURNS = 200
+MAX_TURNS = 50
 """Only the last this many customer messages are read: the brief's cost is bounded per ticket."""
 
 # Money as customers write it: "$45.90", "€ 30", "45.90 USD", "20 dollars". Linear: no nested repeats.

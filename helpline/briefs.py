@@ -10,6 +10,7 @@ customer's identities and five earlier tickets: a bounded cost per call.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from sqlalchemy import select
@@ -100,7 +101,9 @@ async def gather(session: AsyncSession, ticket: Ticket, settings: Settings) -> B
 async def refresh(session: AsyncSession, ticket: Ticket, settings: Settings, playbook: Playbook) -> dict[str, Any]:
     """Rebuild and store ``ticket``'s brief in ``session`` (not committed); returns it."""
     await session.flush()
-    brief = build_brief(await gather(session, ticket, settings), playbook)
+    # Milliseconds of regular expressions over up to 50 messages: off the event loop.
+    brief = await asyncio.to_thread(build_brief, await gather(session, ticket, settings), playbook)
     ticket.brief = brief
     ticket.handoff_summary = render_text(brief)
+    ticket.language = str(brief["escalation"]["language"])[:8]
     return brief

@@ -334,16 +334,19 @@ class InboxRoutes:
         view = request.query.get("view", "all")
         channel = request.query.get("channel") or None
         priority = request.query.get("priority") or None
+        language = request.query.get("language") or None
         # Read before the queue: every event in it shows in the page, later ones reach the socket.
         cursor = (await self.feed.position()).encode()
         try:
-            items = await inbox.queue(self.rt.db, login.agent, view=view, channel=channel, priority=priority)
+            items = await inbox.queue(self.rt.db, login.agent, view=view, channel=channel, priority=priority,
+                                      language=language)
         except inbox.InboxError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         channels = sorted(self.rt.outbox.senders.keys() - set(inbox.HIDDEN_CHANNELS))
         return render(
             "queue.html", login=login, items=items, view=view, views=inbox.QUEUE_VIEWS, channel=channel,
-            channels=channels, priority=priority, priorities=inbox.PRIORITIES, cursor=cursor,
+            channels=channels, priority=priority, priorities=inbox.PRIORITIES, cursor=cursor, language=language,
+            languages=sorted({*self.settings.supported_languages, *self.settings.language_candidates}),
             notice=request.query.get("done") and _DONE.get(request.query["done"]),
         )
 

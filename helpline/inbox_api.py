@@ -114,6 +114,8 @@ class QueueQuery(BaseModel):
         "all", description="all handed-off tickets, mine (assigned to you) or unassigned")
     channel: str | None = Field(None, min_length=1, max_length=32, description="only this channel, e.g. webchat")
     priority: Priority | None = Field(None, description="only this priority")
+    language: str | None = Field(None, min_length=2, max_length=8, pattern=r"^[a-z]{2,3}$",
+                                 description="only customers writing in this language (ISO 639-1, e.g. de)")
     limit: int = Field(50, ge=1, le=MAX_QUEUE_LIMIT, description="at most this many tickets")
 
 
@@ -168,10 +170,15 @@ class QueueEntry(Out):
     customer: str = Field(description="name, email or 'customer N'")
     preview: str = Field(description="the customer's last message, cut to 140 characters")
     waiting_since: datetime = Field(description="when the ticket last changed hands (UTC)")
+    sla_due_at: datetime | None = Field(None, description="the earliest due time of the ticket's running SLA "
+                                        "targets (UTC); null while none runs (e.g. waiting on the customer)")
+    sla_breached: bool = Field(False, description="an SLA target of this ticket was missed")
+    language: str | None = Field(None, description="the customer's language (ISO 639-1), as the brief found it")
 
 
 class QueuePage(Out):
-    tickets: list[QueueEntry] = Field(description="most urgent priority first, then longest waiting")
+    tickets: list[QueueEntry] = Field(description="soonest SLA due time first, then most urgent priority, "
+                                      "then longest waiting")
 
 
 class Identity(Out):
@@ -559,11 +566,12 @@ class ApiRoutes:
 
     async def list_tickets(self, login: TokenLogin, query: QueueQuery) -> QueuePage:
         items = await inbox.queue(self.rt.db, login.agent, view=query.view, channel=query.channel,
-                                  priority=query.priority, limit=query.limit)
+                                  priority=query.priority, language=query.language, limit=query.limit)
         return QueuePage(tickets=[
             QueueEntry(id=i.ticket_id, channel=i.channel, state=i.state, priority=i.priority,
                        reason=i.reason, intent=i.intent, assignee=_agent_ref(i.assignee_id, i.assignee),
-                       customer=i.customer, preview=i.preview, waiting_since=i.waiting_since)
+                       customer=i.customer, preview=i.preview, waiting_since=i.waiting_since,
+                       sla_due_at=i.sla_due_at, sla_breached=i.sla_breached_at is not None, language=i.language)
             for i in items
         ])
 

@@ -258,7 +258,7 @@ async def read_changes(db: Database, where: ColumnElement[bool], limit: int = PA
                     "reason": t.escalation_reason, "intent": t.intent,
                     "preview": bidi_safe(previews.get(t.id, "")), "updated_at": t.updated_at.isoformat(),
                     "sla_due_at": t.sla_due_at.isoformat() if t.sla_due_at else None,
-                    "sla_breached": t.sla_breached_at is not None,
+                    "sla_breached": t.sla_breached_at is not None, "language": t.language,
                 })
     changes = {}
     for event_id, (ticket_id, kind) in kinds.items():
@@ -461,19 +461,23 @@ class View:
     view: str = "all"
     channel: str | None = None
     priority: str | None = None
+    language: str | None = None
 
     @classmethod
     def parse(cls, frame: dict[str, Any]) -> View:
         view = frame.get("view") or "all"
         channel = frame.get("channel") or None
         priority = frame.get("priority") or None
+        language = frame.get("language") or None
+        if language is not None and (not isinstance(language, str) or len(language) > 8):
+            raise _FrameError("language must be an ISO 639-1 code")
         if view not in inbox.QUEUE_VIEWS:
             raise _FrameError(f"view must be one of {', '.join(inbox.QUEUE_VIEWS)}")
         if priority is not None and priority not in inbox.PRIORITIES:
             raise _FrameError(f"priority must be one of {', '.join(inbox.PRIORITIES)}")
         if channel is not None and (not isinstance(channel, str) or len(channel) > 32):
             raise _FrameError("channel must be a channel name")
-        return cls(view, channel, priority)
+        return cls(view, channel, priority, language)
 
     def shows(self, ticket: Ticket, agent: AgentView) -> bool:
         """The filter of ``state.inbox.queue`` for one ticket, plus the reading rule."""
@@ -484,6 +488,8 @@ class View:
         if self.view == "unassigned" and ticket.assignee_id is not None:
             return False
         if self.channel and ticket.channel != self.channel:
+            return False
+        if self.language and ticket.language != self.language:
             return False
         return not (self.priority and ticket.priority != self.priority)
 

@@ -92,6 +92,7 @@ class QueueItem:
     sla_due_at: datetime | None = None
     """The earliest due time of the ticket's running SLA timers (None: none running or paused)."""
     sla_breached_at: datetime | None = None
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -165,12 +166,12 @@ def _check_text(text: str, what: str) -> str:
 
 async def queue(
     db: Database, agent: AgentView, *, view: str = "all", channel: str | None = None,
-    priority: str | None = None, limit: int = 200,
+    priority: str | None = None, language: str | None = None, limit: int = 200,
 ) -> list[QueueItem]:
     """Handed-off tickets (``escalated`` and ``human``): soonest SLA due time first (the earliest
     running timer's, see :mod:`state.sla_timers`), then most urgent priority, then longest waiting.
-    ``view``: ``all``, ``mine`` (assigned to ``agent``) or ``unassigned``; ``channel`` and
-    ``priority`` filter further. Raises :class:`InboxError` for an unknown view or priority."""
+    ``view``: ``all``, ``mine`` (assigned to ``agent``) or ``unassigned``; ``channel``, ``priority``
+    and ``language`` (ISO 639-1, as the handoff brief found it) filter further. Raises :class:`InboxError` for an unknown view or priority."""
     if view not in QUEUE_VIEWS:
         raise InboxError(f"view must be one of {', '.join(QUEUE_VIEWS)}")
     if priority is not None and priority not in PRIORITIES:
@@ -189,6 +190,8 @@ async def queue(
         query = query.where(Ticket.channel == channel)
     if priority:
         query = query.where(Ticket.priority == priority)
+    if language:
+        query = query.where(Ticket.language == language)
     rank = case({p: n for n, p in enumerate(PRIORITIES)}, value=Ticket.priority, else_=len(PRIORITIES))
     async with db.sessions() as session:
         order = (Ticket.sla_due_at.is_(None), Ticket.sla_due_at, rank, Ticket.updated_at, Ticket.id)
@@ -201,7 +204,7 @@ async def queue(
             intent=t.intent, assignee=(a.display_name or a.email) if a is not None else None,
             assignee_id=t.assignee_id, customer=c.display_name or c.email or f"customer {c.id}",
             preview=previews.get(t.id, ""), waiting_since=t.updated_at,
-            sla_due_at=t.sla_due_at, sla_breached_at=t.sla_breached_at,
+            sla_due_at=t.sla_due_at, sla_breached_at=t.sla_breached_at, language=t.language,
         )
         for t, c, a in rows
     ]

@@ -155,6 +155,8 @@ class Ticket(Base):
     handoff_summary: Mapped[str | None] = mapped_column(Text)
     # The structured handoff brief (bot.brief.Brief as JSON; its "version" names the schema).
     brief: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # ISO 639-1 language of the customer, as the brief found it (the inbox's language filter).
+    language: Mapped[str | None] = mapped_column(String(8))
     # Order-store user id the customer proved to be in this conversation (order number plus the
     # email or postcode on the order); order details go only to orders this owner owns.
     verified_owner: Mapped[str | None] = mapped_column(String(128))

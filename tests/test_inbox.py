@@ -498,3 +498,58 @@ async def test_the_queue_puts_the_most_urgent_first_whatever_its_length(helpline
     await inbox.set_priority(rt.db, ids[-2], admin, "low", sla=rt.sla.config)
     assert [i.ticket_id for i in await inbox.queue(rt.db, admin, limit=1)] == [ids[-1]]
     assert [i.ticket_id for i in await inbox.queue(rt.db, admin)] == [ids[-1], *ids[:4], ids[-2]]
+
+
+async def test_the_queue_filters_by_the_customers_language(helpline_client) -> None:
+    client = helpline_client
+    rt = runtime(client)
+    german = await _escalated(client, "lang-de", "Wo ist meine Bestellung? Ich warte schon seit zwei Wochen auf das Paket.")
+    english = await _escalated(client, "lang-en")
+    admin = await _agent(client, "lin@example.com", role="admin")
+    assert [i.ticket_id for i in await inbox.queue(rt.db, admin, language="de")] == [german]
+    assert [(i.ticket_id, i.language) for i in await inbox.queue(rt.db, admin, language="en")] == [(english, "en")]
+    await _logged_in(client, "lin@example.com")
+    page = await (await client.get("/agent?language=de")).text()
+    assert f'data-ticket-id="{german}"' in page and f'data-ticket-id="{english}"' not in page
+    assert '<option selected>de</option>' in page and 'data-language="de"' in page
+
+
+async def test_the_bot_stays_silent_on_a_persons_ticket_whichever_process_gets_the_message(
+    app_settings, aiohttp_client
+) -> None:
+    """Two servers on one database (each with its own in-process locks, as two processes without
+    Redis): while an agent owns the ticket, customer messages reaching either server get no bot
+    reply; after the hand-back, either server's bot answers."""
+    from helpline.server import build_app
+
+    first = await aiohttp_client(build_app(app_settings))
+    second = await aiohttp_client(build_app(app_settings))
+    rt_a, rt_b = runtime(first), runtime(second)
+    ticket_id = await _escalated(first, "two-procs")
+    agent = await accounts.add_agent(rt_a.db, "two@example.com", PASSWORD)
+    await inbox.claim(rt_a.db, ticket_id, agent)
+    for n, rt in enumerate((rt_a, rt_b, rt_a, rt_b)):
+        await rt.conversations.receive(Inbound("webchat", "two-procs", f"are you there? ({n})"))
+    await asyncio.gather(idle(rt_a), idle(rt_b))
+    for rt in (rt_a, rt_b):
+        await rt.conversations.sweep(0)  # whatever one process left, the other would pick up
+    await asyncio.gather(idle(rt_a), idle(rt_b))
+    async with rt_a.db.sessions() as session:
+        claimed_at = await session.scalar(
+            select(func.max(Event.id)).where(Event.ticket_id == ticket_id, Event.kind == "claimed")
+        )
+        bot_after = await session.scalar(select(func.count()).select_from(Message).where(
+            Message.ticket_id == ticket_id, Message.author == "bot",
+            Message.created_at > (await session.get(Event, claimed_at)).created_at,
+        ))
+        pending = await session.scalar(select(func.count()).select_from(Message).where(
+            Message.ticket_id == ticket_id, Message.direction == "inbound", Message.processed_at.is_(None)))
+        ticket = await session.get(Ticket, ticket_id)
+    assert (bot_after, pending, ticket.state) == (0, 0, "human")
+    await inbox.hand_back(rt_a.db, ticket_id, agent)
+    await rt_b.conversations.receive(Inbound("webchat", "two-procs", "how long does a refund take?"))
+    await idle(rt_b)
+    async with rt_b.db.sessions() as session:
+        last = (await session.scalars(select(Message).where(Message.ticket_id == ticket_id)
+                                      .order_by(Message.id.desc()).limit(1))).one()
+    assert last.author == "bot" and "refund" in last.text.lower()

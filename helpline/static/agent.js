@@ -111,7 +111,7 @@
     cell(tr, row.customer, null, true);
     cell(tr, row.preview, "preview", true);
     cell(tr, (row.reason || "") + (row.intent ? " \u00b7 " + row.intent : ""), null, false);
-    cell(tr, row.channel, null, false);
+    cell(tr, row.channel + (row.language ? " \u00b7 " + row.language : ""), null, false);
     cell(tr, row.assignee ? row.assignee : "unassigned", null, !!row.assignee);
     var waiting = document.createElement("td");
     var time = document.createElement("time");
@@ -237,7 +237,8 @@
         cursor: stored(),
         view: live.getAttribute("data-view") || "all",
         channel: live.getAttribute("data-channel") || null,
-        priority: live.getAttribute("data-priority") || null
+        priority: live.getAttribute("data-priority") || null,
+        language: live.getAttribute("data-language") || null
       }));
       pingTimer = setInterval(function () {
         ws.send(JSON.stringify({ type: "ping" }));
