@@ -16,6 +16,7 @@ gathers :class:`BriefInput`) or know about channels.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -161,31 +162,61 @@ def _trend(scores: Sequence[float]) -> str:
     return "negative" if last <= -0.3 else "steady"
 
 
-def _key_sentences(turns: Sequence[BriefTurn], evidence_words: Sequence[str], limit: int) -> list[str]:
+@dataclass(frozen=True)
+class MessageFacts:
+    """What the brief takes from one customer message, computed once per text (cached: a brief is
+    rebuilt at every message while a person owns the ticket, and only the new message costs work).
+    ``candidates``: up to :data:`CANDIDATES_PER_MESSAGE` ``(score, index, sentence)`` for key
+    sentences, best first (index: the sentence's position in the message)."""
+
+    order_ids: tuple[str, ...]
+    emails: tuple[str, ...]
+    amounts: tuple[str, ...]
+    candidates: tuple[tuple[float, int, str], ...]
+
+
+CANDIDATES_PER_MESSAGE = 5
+MAX_SENTENCES_READ = 40
+"""Sentences of one message considered for key sentences (the rest of a pasted document is not)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def message_facts(text: str) -> MessageFacts:
+    """Entities, amounts and key-sentence candidates of one (already length-limited) message.
+    Linear in its length: the entity extractor runs once on the whole text; each sentence is only
+    checked for the digits of those ids, an ``@`` or an amount."""
+    found = extract_entities(text)
+    amounts = tuple(_unique(_amounts(text)))
+    digit_keys = [d for d in (re.sub(r"\D", "", o) for o in found.order_ids) if d]
+    candidates: list[tuple[float, int, str]] = []
+    for index, sentence in enumerate(split_sentences(text)[:MAX_SENTENCES_READ]):
+        words = sentence.split()
+        names_fact = (any(d in sentence for d in digit_keys) or "@" in sentence
+                      or _AMOUNT.search(sentence) is not None)
+        if len(words) < 3 and not names_fact:
+            continue
+        candidates.append((min(len(words), 25) / 25 + (2 if names_fact else 0), index, _clip(sentence)))
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    return MessageFacts(found.order_ids, found.emails, amounts, tuple(candidates[:CANDIDATES_PER_MESSAGE]))
+
+
+def _key_sentences(turns: Sequence[BriefTurn], facts: Sequence[MessageFacts], evidence_words: Sequence[str]) -> list[str]:
     """The customer's own sentences that carry the request, in the order they were written: those
     naming an order, amount or email, those holding the trigger's words, then the longest of the
     rest; greetings, thanks and one-word messages are left out."""
-    scored: list[tuple[float, int, str]] = []
-    position = 0
+    scored: list[tuple[float, tuple[int, int], str]] = []
     lowered_evidence = [w.lower() for w in evidence_words if w]
-    for turn in turns:
-        intent = (turn.decision or {}).get("intent")
-        for sentence in split_sentences(turn.text[:limit]):
-            position += 1
-            words = sentence.split()
-            if len(words) < 3 and not extract_entities(sentence).order_ids:
-                continue
-            score = min(len(words), 25) / 25
-            found = extract_entities(sentence)
-            if found.order_ids or found.emails or _amounts(sentence):
-                score += 2
+    for number, (turn, fact) in enumerate(zip(turns, facts, strict=True)):
+        small_talk = (turn.decision or {}).get("intent") in _SMALL_TALK
+        for base, index, sentence in fact.candidates:
+            score = base
             lowered = sentence.lower()
             if any(w in lowered or lowered in w for w in lowered_evidence):
                 score += 3
-            if intent in _SMALL_TALK:
+            if small_talk:
                 score -= 2
             if score > 0:
-                scored.append((score, position, _clip(sentence)))
+                scored.append((score, (number, index), sentence))
     best = sorted(scored, key=lambda s: (-s[0], s[1]))[:MAX_KEY_SENTENCES]
     return [text for _, _, text in sorted(best, key=lambda s: s[1])]
 
@@ -324,14 +355,10 @@ def build_brief(data: BriefInput, playbook: Playbook) -> dict[str, Any]:
     each read up to ``data.max_message_chars``."""
     turns = list(data.turns)[-MAX_TURNS:]
     limit = data.max_message_chars
-    order_ids: list[str] = []
-    emails: list[str] = []
-    amounts: list[str] = []
-    for turn in turns:
-        found = extract_entities(turn.text[:limit])
-        order_ids.extend(found.order_ids)
-        emails.extend(found.emails)
-        amounts.extend(_amounts(turn.text[:limit]))
+    facts = [message_facts(turn.text[:limit]) for turn in turns]
+    order_ids = [o for f in facts for o in f.order_ids]
+    emails = [e for f in facts for e in f.emails]
+    amounts = [a for f in facts for a in f.amounts]
     order_ids, emails, amounts = _unique(order_ids), _unique(emails), _unique(amounts)
     intent, confidence = _main_intent(turns, data.confidence_threshold)
     evidence = dict(data.evidence)
@@ -359,7 +386,7 @@ def build_brief(data: BriefInput, playbook: Playbook) -> dict[str, Any]:
             "order_ids": order_ids,
             "amounts": amounts,
             "emails": emails,
-            "key_sentences": _key_sentences(turns, words, limit),
+            "key_sentences": _key_sentences(turns, facts, words),
         },
         "escalation": {
             "reason": data.reason,

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.handoff import MAX_TURNS, BriefCustomer, BriefInput, BriefTurn, EarlierTicket, build_brief, render_text
 from bot.playbook import Playbook
 from config.settings import Settings
+from state.conversations import shown_address
 from state.models import Customer, CustomerIdentity, Event, Message, Ticket
 
 EARLIER_TICKETS = 5
@@ -44,7 +45,7 @@ async def _customer(session: AsyncSession, ticket: Ticket) -> BriefCustomer:
         id=ticket.customer_id,
         name=customer.display_name if customer else None,
         email=customer.email if customer else None,
-        identities=tuple((c, a) for c, a in identities),
+        identities=tuple((c, shown_address(c, a)) for c, a in identities),
         earlier_tickets=tuple(EarlierTicket(t.id, t.state, t.intent, t.created_at) for t in earlier),
     )
 
@@ -106,4 +107,8 @@ async def refresh(session: AsyncSession, ticket: Ticket, settings: Settings, pla
     ticket.brief = brief
     ticket.handoff_summary = render_text(brief)
     ticket.language = str(brief["escalation"]["language"])[:8]
+    if brief["want"]["intent"]:
+        # The topic, not "get me a person": the queue, the reports and the webhook show what the
+        # customer wants (each turn's own intent stays in its event).
+        ticket.intent = brief["want"]["intent"]
     return brief

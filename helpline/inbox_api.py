@@ -22,6 +22,7 @@ itself, nor send anything to a customer except through :func:`helpline.inbox.sen
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -461,6 +462,11 @@ async def read_body(request: web.Request, model: type[Body]) -> Body:
             raise ApiError(413, f"the body is over {MAX_BODY_BYTES} bytes")
     if not raw.strip() and model is EmptyBody:
         return EmptyBody()
+    duplicate = _duplicate_key(bytes(raw))
+    if duplicate is not None:
+        # JSON parsers disagree on repeated keys (first or last wins): a proxy that checked the
+        # first must not see another request than the one stored. RFC 8259 section 4.
+        raise ApiError(400, f"the key {duplicate!r} appears twice in one object", code="invalid_json")
     try:
         return model.model_validate_json(bytes(raw))
     except ValidationError as exc:
@@ -516,6 +522,7 @@ class ApiRoutes:
                 if e.method == "POST":
                     log.info("agent %s (API token %s): %s on ticket %s", login.agent.id, login.token_id,
                              e.operation_id, args[1])
+                    await self.rt.inbox_feed.notify()  # committed: every live queue re-reads at once
             payload = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
             response = web.json_response(payload)
             response.headers[hdrs.CACHE_CONTROL] = "no-store"
@@ -647,6 +654,30 @@ class ApiRoutes:
     async def hand_back(self, login: TokenLogin, ticket_id: int, body: Body) -> ActionResult:
         await inbox.hand_back(self.rt.db, ticket_id, login.agent)
         return ActionResult(ticket=await self._status(ticket_id))
+
+
+class _Repeated(ValueError):
+    pass
+
+
+def _duplicate_key(raw: bytes) -> str | None:
+    """The first key repeated within one JSON object of ``raw``, or None (also for invalid JSON:
+    the schema check reports that)."""
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                raise _Repeated(key)
+            seen[key] = value
+        return seen
+
+    try:
+        json.loads(raw, object_pairs_hook=pairs)
+    except _Repeated as exc:
+        return str(exc)
+    except (ValueError, RecursionError):
+        return None
+    return None
 
 
 def _agent_ref(agent_id: int | None, name: str | None) -> AgentRef | None:

@@ -8,6 +8,8 @@ wire formats.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from functools import partial
 from datetime import datetime, timedelta
@@ -21,6 +23,20 @@ from state import sla_timers
 from state.db import Database
 from state.models import Customer, CustomerIdentity, Event, Message, Ticket, utcnow
 from state.tickets import TicketState, transition
+
+
+SECRET_ADDRESS_CHANNELS = frozenset({"webchat", "replay", "eval"})
+"""Channels whose customer address is a credential: a web-chat session id lets whoever holds it
+resume that customer's chat (see docs/webchat-protocol.md). It never leaves the server."""
+
+
+def shown_address(channel: str, address: str) -> str:
+    """``address`` as agents, the JSON API and the handoff webhook may see it: a phone number or an
+    email address as it is, a credential (:data:`SECRET_ADDRESS_CHANNELS`) as ``session 1a2b3c4d``
+    (the first 8 hex digits of its SHA-256: the same session reads the same, nothing to reuse)."""
+    if channel in SECRET_ADDRESS_CHANNELS:
+        return "session " + hashlib.sha256(address.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return address
 
 
 @dataclass(frozen=True)

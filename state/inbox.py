@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from config.sla import SlaConfig
 from state.agents import AgentView
-from state.conversations import next_seq
+from state.conversations import next_seq, shown_address
 from state.db import Database
 from state.models import Agent, Customer, CustomerIdentity, Event, Message, Ticket, utcnow
 from state.outbox import add as queue_outbound
@@ -146,6 +146,14 @@ class TicketView:
     brief: dict[str, Any] | None = None
     """The structured handoff brief (bot.handoff, schema version in ``brief["version"]``) or None."""
 
+    @property
+    def unanswered(self) -> bool:
+        """The customer's last message has no agent reply after it (the bot's handoff message
+        answers nothing): handing back now leaves it to nobody."""
+        last_customer = max((m.id for m in self.transcript if m.author == "customer"), default=None)
+        last_agent = max((m.id for m in self.transcript if m.author == "agent"), default=0)
+        return last_customer is not None and last_customer > last_agent
+
 
 def may_read(ticket: Ticket, agent: AgentView) -> bool:
     """The reading rule of this module's docstring; replayed traffic is nobody's (not even an
@@ -233,7 +241,7 @@ async def ticket_view(db: Database, ticket_id: int, agent: AgentView, *, max_mes
         assert customer is not None
         assignee = await session.get(Agent, ticket.assignee_id) if ticket.assignee_id else None
         identities = [
-            (i.channel, i.address)
+            (i.channel, shown_address(i.channel, i.address))
             for i in await session.scalars(
                 select(CustomerIdentity).where(CustomerIdentity.customer_id == customer.id).order_by(CustomerIdentity.id)
             )
@@ -475,7 +483,7 @@ async def reopen(db: Database, ticket_id: int, agent: AgentView, *, sla: SlaConf
         ticket.assignee_id = agent.id
         transition(session, ticket, TicketState.human, reason="reopened_by_agent", agent_id=agent.id)
         if sla is not None:
-            await sla_timers.on_escalated(session, ticket, sla)
+            await sla_timers.on_escalated(session, ticket, sla, reopened=True)
 
 
 async def hand_back(db: Database, ticket_id: int, agent: AgentView) -> None:

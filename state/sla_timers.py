@@ -93,13 +93,15 @@ async def _start(session: AsyncSession, ticket: Ticket, target: str, config: Sla
     started.append(timer)
 
 
-async def on_escalated(session: AsyncSession, ticket: Ticket, config: SlaConfig, now: datetime | None = None) -> list[SlaTimer]:
-    """The ticket reached the inbox (or an agent reopened it): the resolution clock starts, and the
-    first-response clock too until an agent has replied (a target already running keeps its
-    clock). Returns the timers started."""
+async def on_escalated(session: AsyncSession, ticket: Ticket, config: SlaConfig, now: datetime | None = None,
+                       *, reopened: bool = False) -> list[SlaTimer]:
+    """The ticket reached the inbox: the first-response and resolution clocks start (a target
+    already running keeps its clock), also when it comes back after a hand-back to the bot: the
+    customer is waiting for a person again. ``reopened``: an agent took a resolved ticket back
+    (the agent is already on it): only the resolution clock starts. Returns the timers started."""
     now = now or utcnow()
     started: list[SlaTimer] = []
-    targets = (RESOLUTION,) if ticket.first_response_at is not None else (FIRST_RESPONSE, RESOLUTION)
+    targets = (RESOLUTION,) if reopened else (FIRST_RESPONSE, RESOLUTION)
     for target in targets:
         await _start(session, ticket, target, config, now, started)
     await _refresh_due(session, ticket)
@@ -128,7 +130,8 @@ async def on_customer_message(session: AsyncSession, ticket: Ticket, config: Sla
     clock starts, and a paused resolution clock resumes. Returns the timers started or resumed."""
     now = now or utcnow()
     changed: list[SlaTimer] = []
-    if ticket.first_response_at is not None:
+    waiting_first = await _running(session, ticket.id, (FIRST_RESPONSE,))
+    if ticket.first_response_at is not None and not waiting_first:  # a person already answered
         await _start(session, ticket, NEXT_RESPONSE, config, now, changed)
     for timer in await _running(session, ticket.id, (RESOLUTION,)):
         if timer.due_at is None:

@@ -218,6 +218,9 @@ async def test_an_escalation_stores_the_brief_keeps_it_current_and_the_inbox_sho
     assert b["bot_did"]["lookups"] == [{"order_id": "#W5976205", "result": "processed"}]
     assert b["ownership"]["verified_owner"] == "lucas_rahman_9742"
     assert ticket.handoff_summary == render_text(b)
+    # The ticket's intent is the topic, not "get me a person" (found by a support lead: every
+    # escalated ticket read contact_human_agent in the reports and the webhook).
+    assert ticket.intent == "track_order" and ticket.language == "en"
 
     # Kept current: what the customer adds while waiting joins the brief, no bot reply.
     await _say(rt, address, "also my refund of $45.90 for #W3655159 never arrived")
@@ -236,3 +239,26 @@ async def test_an_escalation_stores_the_brief_keeps_it_current_and_the_inbox_sho
     assert "Wants:</strong> <bdi>Track order; order #W5976205, #W3655159; amount $45.90" in page
     assert "playbook: tracking" in page and "Looked up #W5976205: processed" in page
     assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page
+
+
+def test_a_rebuild_reads_only_the_new_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a break test: the brief is rebuilt at every customer message while a person owns
+    the ticket, and each rebuild re-read every earlier message (over a second of CPU per message on
+    a long ticket). Each message's text is now read once."""
+    import bot.handoff as handoff
+
+    calls: list[int] = []
+    real = handoff.extract_entities
+    monkeypatch.setattr(handoff, "extract_entities", lambda text: calls.append(len(text)) or real(text))
+    handoff.message_facts.cache_clear()
+    turns = [turn(f"message {n}: my order #W{1000000 + n} is late, I paid ${n}.50") for n in range(30)]
+    first = brief_of(turns, "explicit_request")
+    assert len(calls) == 30 and len(first["want"]["order_ids"]) == 30
+    calls.clear()
+    second = brief_of([*turns, turn("one more thing about #W7777777")], "explicit_request")
+    assert len(calls) == 1 and second["want"]["order_ids"][-1] == "#W7777777"
+    # Over MAX_TURNS messages only the last ones count: a pasted flood costs a bounded amount.
+    many = [turn(f"note {n} about my order") for n in range(handoff.MAX_TURNS + 40)]
+    calls.clear()
+    brief_of(many, "explicit_request")
+    assert len(calls) == handoff.MAX_TURNS

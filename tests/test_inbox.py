@@ -553,3 +553,48 @@ async def test_the_bot_stays_silent_on_a_persons_ticket_whichever_process_gets_t
         last = (await session.scalars(select(Message).where(Message.ticket_id == ticket_id)
                                       .order_by(Message.id.desc()).limit(1))).one()
     assert last.author == "bot" and "refund" in last.text.lower()
+
+
+async def test_web_chat_session_ids_never_reach_agents_the_api_or_the_brief(helpline_client) -> None:
+    """Found by a break test: the customer's identity address on web chat is the session id, a
+    credential that resumes the customer's chat; the API and the brief (and so the webhook) carried it."""
+    import hashlib
+    import json
+
+    from state import api_tokens
+
+    client = helpline_client
+    rt = runtime(client)
+    secret = "wFn42VTu14I7BTUbzzHxCwhQi.sKvcpJVxTic1Q_secret-session"
+    ticket_id = await _escalated(client, secret)
+    shown = "session " + hashlib.sha256(secret.encode()).hexdigest()[:8]
+    admin = await _agent(client, "mask@example.com", role="admin")
+    view = await inbox.ticket_view(rt.db, ticket_id, admin)
+    assert view.identities == [("webchat", shown)]
+    assert view.brief["customer"]["identities"] == [{"channel": "webchat", "address": shown}]
+    token, _ = await api_tokens.issue(rt.db, "mask@example.com")
+    response = await client.get(f"/agent/api/tickets/{ticket_id}", headers={"Authorization": f"Bearer {token}"})
+    body = await response.text()
+    assert response.status == 200 and shown in body and "secret-session" not in body
+    async with rt.db.sessions() as session:
+        stored = await session.get(Ticket, ticket_id)
+    assert "secret-session" not in json.dumps(stored.brief) + stored.handoff_summary
+
+
+async def test_the_ticket_page_warns_before_a_hand_back_leaves_a_message_unanswered(helpline_client) -> None:
+    """Found by a support lead: a question the customer asked while an agent owned the ticket was
+    answered by nobody after the hand-back, and nothing said so."""
+    client = helpline_client
+    rt = runtime(client)
+    ticket_id = await _escalated(client, "unanswered")
+    await _agent(client, "una@example.com")
+    csrf = await _logged_in(client, "una@example.com")
+    assert (await client.post(f"/agent/tickets/{ticket_id}/claim", data={"csrf_token": csrf},
+                              allow_redirects=False)).status == 303
+    assert 'id="unanswered"' in await (await client.get(f"/agent/tickets/{ticket_id}")).text()
+    assert (await client.post(f"/agent/tickets/{ticket_id}/reply", data={"csrf_token": csrf, "text": "On it."},
+                              allow_redirects=False)).status == 303
+    assert 'id="unanswered"' not in await (await client.get(f"/agent/tickets/{ticket_id}")).text()
+    await rt.conversations.receive(Inbound("webchat", "unanswered", "could it arrive before Friday?"))
+    await idle(rt)
+    assert 'id="unanswered"' in await (await client.get(f"/agent/tickets/{ticket_id}")).text()

@@ -244,3 +244,23 @@ async def test_two_servers_and_a_restart_breach_each_timer_once(app_settings: Se
             .group_by(Event.ticket_id)
         )).all())
     assert per_ticket == {ticket_id: 1 for ticket_id in ids}
+
+
+async def test_a_ticket_handed_back_and_escalated_again_is_due_a_first_response_again(make_client: Any) -> None:
+    """Found by a support lead trying the inbox: the returning customer's ticket only had the
+    resolution target (due days later), so it sorted behind every fresh ticket."""
+    rt = (await make_client()).server.app[RUNTIME]
+    ticket_id = await _escalate(rt, "sla-again")
+    agent = await accounts.add_agent(rt.db, "sla-again@example.com", "correct horse battery staple")
+    await inbox.claim(rt.db, ticket_id, agent)
+    await send_reply(rt, ticket_id, agent, "Hello!")
+    await inbox.hand_back(rt.db, ticket_id, agent)
+    again = utcnow()
+    assert await _escalate(rt, "sla-again") == ticket_id
+    t = await timers_of(rt, ticket_id)
+    assert t["first_response#2"].status == "running" and close_to(t["first_response#2"].due_at, again + timedelta(hours=1))
+    assert close_to((await ticket_of(rt, ticket_id)).sla_due_at, again + timedelta(hours=1))
+    # The customer writes again before anyone answers: still the first response, no next-response clock.
+    more = await rt.conversations.receive(Inbound("webchat", "sla-again", "hello??"))
+    await rt.conversations.process_ticket(more.ticket.id)
+    assert "next_response" not in await timers_of(rt, ticket_id)
