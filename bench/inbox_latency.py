@@ -25,9 +25,10 @@ knowledge base; ``--data-dir`` reuses one) with one change from the defaults:
 ``HELPLINE_NEW_SESSIONS_PER_ADDRESS`` is raised, because every simulated customer comes from
 127.0.0.1. ``--database-url`` must name an empty, throw-away database (agents and tickets are added).
 
-Writes ``bench/results/inbox-latency[-BACKEND].json`` (``--out``) and prints a summary. Exit status:
-0 when every measurement completed, 1 when the server did not come up or a measurement failed, 2 on
-bad options.
+Writes ``bench/results/inbox-latency.json`` on SQLite, ``inbox-latency-BACKEND.json`` otherwise
+(``inbox-latency-postgresql-redis.json``), or ``--out``, and prints a summary. Exit status: 0 when
+every measurement completed (targets met or not: see ``met`` in the result), 1 when the server did
+not come up or a measurement failed, 2 on bad options.
 """
 
 from __future__ import annotations
@@ -291,7 +292,8 @@ async def bench(args: argparse.Namespace) -> int:
 
     backend = args.backend or ("sqlite" if not args.database_url else args.database_url.split(":", 1)[0].split("+")[0])
     backend += "+redis" if args.redis_url else ""
-    output = args.out or RESULTS_DIR / ("inbox-latency.json" if backend == "sqlite" else f"inbox-latency-{backend}.json")
+    output = args.out or RESULTS_DIR / (
+        "inbox-latency.json" if backend == "sqlite" else f"inbox-latency-{backend.replace('+', '-')}.json")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="helpline-inbox-bench-") as tmp:
