@@ -17,8 +17,8 @@ against the new policy, keeping the business time already used. ``tickets.sla_du
 due time of the ticket's running timers (the queue's order).
 
 A breach (:func:`breach`) is one conditional UPDATE from ``running`` with ``due_at`` in the past, so
-it happens exactly once however many processes (job-queue workers at the due time, the periodic sweep
-after a restart) try it; the winner marks the ticket (``sla_breached_at``), raises its priority one
+it happens exactly once however many processes run the ``sla_tick`` job at once, or a restarted
+process runs it again; the winner marks the ticket (``sla_breached_at``), raises its priority one
 step, records an ``sla_breached`` event and, when configured, a ``ticket.sla_breached`` webhook event,
 in that same transaction.
 
