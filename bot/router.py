@@ -27,11 +27,14 @@ The router only decides; it does not touch tickets, messages or channels (see
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.actions import ActionContext, run_handler
+from bot.clarify import chosen_option, suggestions, vagueness
+from bot.context import Focus, InContext, follow_up_cue, in_context, next_focus
 from bot.entities import bare_postcode
 from bot.ownership import AttemptLimits, Proof
 from bot.answers import compose_answer
@@ -40,8 +43,11 @@ from bot.escalation import Escalation, PriorTurn, Reply, Trigger
 from bot.guard import check_input
 from bot.intent_model import OUT_OF_SCOPE, IntentSpec
 from bot.knowledge import KnowledgeBase
+from bot.playbook import Playbook
 from bot.understanding import MODEL_TOKENS, Understander, Understanding, model_view
+from config.replies import Replies, load_replies
 from config.settings import Settings
+from config.sla import SlaConfig
 from state.orders import OrderStore
 
 TIERS = ("guard", "deterministic", "retrieval", "reasoning", "human")
@@ -52,13 +58,20 @@ HANDOFF_REPLY = (
     "I'm passing this to a member of our support team now. They'll reply right here, and they "
     "can see our conversation, so you won't need to repeat anything."
 )
+"""The handoff text when the router has no replies file (tests that build a bare router)."""
+SMALL_TALK = frozenset({"greeting", "thanks", "goodbye"})
+"""Intents answered even when the message has no request in it ("hi", "thanks")."""
+APOLOGY_REASONS = ("negative_sentiment", "conversation_sentiment", "repeated_failure")
+"""Handoff reasons whose reply starts with an apology that fits the topic (``config/replies.yaml``)."""
+
 
 @dataclass(frozen=True)
 class TurnContext:
     """What the router may know about the ticket: no database handles, no channel details.
 
     ``prior``: the ticket's earlier customer turns, oldest first (the conversation-level escalation
-    triggers read them), at most ``history_turns`` messages back.
+    triggers read them), at most ``history_turns`` messages back. ``focus``: what the conversation
+    was about after the last turn (:class:`bot.context.Focus`, from that turn's event), or None.
     """
 
     ticket_id: int
@@ -68,6 +81,7 @@ class TurnContext:
     prior: tuple[PriorTurn, ...] = ()
     verified_owner: str | None = None
     customer_id: int | None = None
+    focus: Focus | None = None
 
 
 @dataclass
@@ -78,8 +92,12 @@ class Decision:
     it resolved (the customer said goodbye); ``pending`` is the slot the bot now waits for;
     ``verified_owner`` the order owner the customer proved to be on this turn (the ticket keeps it);
     ``complaint`` the words with which the customer said the last answer did not help, if any (kept
-    so later turns count the failure without reading the message again).
-    ``cost_usd`` is 0 on local tiers.
+    so later turns count the failure without reading the message again). ``quick_replies``: short
+    labels the customer can pick instead of typing (buttons in the widget, numbered options on text
+    channels; stored in the reply message's ``meta["quick_replies"]``).
+    ``confidence`` is the score the confidence threshold was compared with: the intent's calibrated
+    probability, or for a knowledge-base answer the combined intent-and-article score
+    (``data["intent_confidence"]`` then keeps the intent's own). ``cost_usd`` is 0 on local tiers.
     """
 
     tier: str
@@ -101,6 +119,7 @@ class Decision:
     data: dict[str, Any] = field(default_factory=dict)
     verified_owner: str | None = None
     complaint: str | None = None
+    quick_replies: tuple[str, ...] = ()
 
     def event_payload(self) -> dict[str, Any]:
         """JSON-able record of the decision for the append-only event log."""
@@ -120,8 +139,35 @@ class Decision:
             "models": self.models,
             "cost_usd": self.cost_usd,
             "complaint": self.complaint,
+            "quick_replies": list(self.quick_replies),
             "data": self.data,
         }
+
+
+@dataclass(frozen=True)
+class Reading:
+    """How the router read one message: ``u`` the understanding the tiers act on (of the message,
+    or of the message in context), ``text`` what the models read, ``context`` the follow-up reading
+    used (None: the message alone), ``choice`` the intent of a quick reply the customer picked."""
+
+    u: Understanding
+    text: str
+    context: InContext | None = None
+    choice: str | None = None
+
+
+def kb_probability(score: float, midpoint: float, scale: float) -> float:
+    """The chance that the best article answers the question, from its hybrid search score: a
+    logistic curve through 0.5 at ``midpoint`` (settings ``article_score_midpoint`` and
+    ``article_score_scale``)."""
+    return 1.0 / (1.0 + math.exp(-(score - midpoint) / max(scale, 1e-6)))
+
+
+def combined_confidence(intent_confidence: float, kb: float) -> float:
+    """One score for "this knowledge-base answer is right": the intent model's confidence and the
+    article's probability (:func:`kb_probability`) combined as independent evidence (noisy-or), so a
+    confident intent or a near-verbatim article each suffice and two middling signals add up."""
+    return 1.0 - (1.0 - intent_confidence) * (1.0 - kb)
 
 
 class Router:
@@ -135,6 +181,9 @@ class Router:
         knowledge: KnowledgeBase,
         orders: OrderStore,
         attempts: AttemptLimits | None = None,
+        replies: Replies | None = None,
+        sla: SlaConfig | None = None,
+        playbook: Playbook | None = None,
     ) -> None:
         self.settings = settings
         self.intents = intents
@@ -142,6 +191,9 @@ class Router:
         self.knowledge = knowledge
         self.orders = orders
         self.attempts = attempts
+        self.replies = replies if replies is not None else load_replies(settings.replies_file)
+        self.sla = sla
+        self.playbook = playbook
         # Answers are quoted from knowledge-base sentences, which recur across questions.
         self.sentence_embedder = CachedEmbedder(understander.embedder)
         # Earlier customer messages, as the turn embedded them (their model view), for the
@@ -156,6 +208,11 @@ class Router:
         """A reasoning tier needs an LLM provider; a later issue adds them."""
         return False
 
+    def handoff_reply(self) -> str:
+        """What the customer hears when a person takes over now: the team's hours or expected first
+        response (``config/replies.yaml``'s handoff texts, with the SLA file's calendar)."""
+        return self.replies.handoff_text(self.sla)
+
     async def route(self, text: str, ctx: TurnContext) -> Decision:
         """Decide the turn for customer ``text`` on the ticket described by ``ctx``."""
         guarded = check_input(text, self.settings.max_message_chars)
@@ -164,7 +221,8 @@ class Router:
 
         # Every CPU step runs in a worker thread: the event loop only waits (sockets, webhooks and
         # other customers' turns go on meanwhile).
-        u, trigger, instead, complaint = await asyncio.to_thread(self._assess, text, ctx)
+        reading, trigger, instead, complaint = await asyncio.to_thread(self._assess, text, ctx)
+        u = reading.u
         base = dict(
             intent=u.intent,
             confidence=round(u.confidence, 4),
@@ -177,71 +235,182 @@ class Router:
             complaint=complaint,
         )
         if trigger is not None:
-            return Decision(
-                tier="human", reason=trigger.reason, reply=trigger.reply(HANDOFF_REPLY), escalate=True,
+            decision = Decision(
+                tier="human", reason=trigger.reason, reply=self._handoff_text(trigger, u, ctx), escalate=True,
                 data=dict(trigger.data), **base,
             )
-        decision = await self._tiers(text, u, ctx, base) if instead is None else Decision(
-            tier="deterministic", reason=instead.reason, reply=instead.text, data=dict(instead.data), **base
-        )
-        outcome = PriorTurn.from_event(text, decision.event_payload())
-        failed = await asyncio.to_thread(self.escalation.after_tiers, text, outcome, ctx.prior)
-        return decision if failed is None else self._hand_over(decision, failed)
+        else:
+            decision = await self._tiers(text, reading, ctx, base) if instead is None else Decision(
+                tier="deterministic", reason=instead.reason, reply=instead.text, data=dict(instead.data), **base
+            )
+            outcome = PriorTurn.from_event(text, decision.event_payload())
+            failed = await asyncio.to_thread(self.escalation.after_tiers, text, outcome, ctx.prior)
+            if failed is not None:
+                decision = self._hand_over(decision, failed, u, ctx)
+        if (
+            not decision.escalate and decision.reply and u.sentiment <= self.settings.apology_sentiment
+            and decision.reason not in ("off_topic",)
+        ):
+            decision.reply = f"{self._apology(u, ctx)} {decision.reply}"
+        return self._remember(decision, text, reading, ctx)
 
     def _assess(
         self, text: str, ctx: TurnContext
-    ) -> tuple[Understanding, Trigger | None, Reply | None, str | None]:
-        """Blocking: understand the message, check the escalation triggers and, when none fires,
-        whether a fixed reply ("are you a bot?", "that didn't help") replaces the tiers."""
+    ) -> tuple[Reading, Trigger | None, Reply | None, str | None]:
+        """Blocking: understand the message (in context when it is a follow-up), check the
+        escalation triggers and, when none fires, whether a fixed reply ("are you a bot?", "that
+        didn't help") replaces the tiers."""
         u = self.understander.understand(text)
         # The next turns compare their message with this one (repeated message): embedded once.
         self.message_embedder.remember(model_view(text), u.embedding)
-        answering = bool(ctx.pending) and self._fills_pending(ctx.pending or {}, u, text)
+        choice = self._choice(ctx.pending, text)
+        answering = choice is not None or (bool(ctx.pending) and self._fills_pending(ctx.pending or {}, u, text))
         trigger = self.escalation.check(
             text, u, ctx.prior, reasoning_available=self.reasoning_available, answers_question=answering
         )
         instead = None if trigger is not None else self.escalation.reply_instead(text, u)
-        return u, trigger, instead, self.escalation.complaint(text)
+        reading = Reading(u=u, text=model_view(text), choice=choice)
+        if trigger is None and instead is None and not answering:
+            reading = self._in_context(text, u, ctx) or reading
+        return reading, trigger, instead, self.escalation.complaint(text)
 
-    async def _tiers(self, text: str, u: Understanding, ctx: TurnContext, base: dict[str, Any]) -> Decision:
+    def _in_context(self, text: str, u: Understanding, ctx: TurnContext) -> Reading | None:
+        """The follow-up reading of ``text`` (see :mod:`bot.context`), or None to read it alone."""
+        focus = ctx.focus
+        if focus is None or not focus.request or (u.intent in SMALL_TALK and self._confident(u)):
+            return None
+        clear = self._confident(u) and not u.out_of_scope and u.intent != OUT_OF_SCOPE
+        cue = follow_up_cue(text, has_request_words=clear)
+        if cue != "opener" and clear:
+            # "can I return it?" knows what it asks; "it" is the order or article in focus, which the
+            # answer reads from the focus (not from the earlier request's words).
+            return None
+        if cue is None and len(text.split()) > 8:
+            return None  # says what it is about by itself
+        contextual = in_context(text, focus, cue or "short")
+        if contextual is None:
+            return None
+        view = model_view(contextual.text)
+        understood = self.understander.understand(view)
+        if cue is None and understood.confidence <= u.confidence:
+            return None  # a short message the context does not explain better
+        # Entities and sentiment are the message's own; intent and embedding come from the context.
+        merged = replace(understood, entities=u.entities, sentiment=u.sentiment)
+        return Reading(u=merged, text=view, context=contextual)
+
+    def _confident(self, u: Understanding) -> bool:
+        return u.confidence >= self.settings.confidence_threshold
+
+    def _choice(self, pending: Mapping[str, Any] | None, text: str) -> str | None:
+        """The intent of the quick reply ``text`` picks after a clarifying question, or None."""
+        if not pending or pending.get("slot") != "choice":
+            return None
+        options, intents = pending.get("options"), pending.get("intents")
+        if not isinstance(options, list) or not isinstance(intents, list) or len(options) != len(intents):
+            return None
+        index = chosen_option(text, [str(o) for o in options])
+        return str(intents[index]) if index is not None and str(intents[index]) in self.intents else None
+
+    async def _tiers(self, text: str, reading: Reading, ctx: TurnContext, base: dict[str, Any]) -> Decision:
+        u = reading.u
+        if reading.context is not None:
+            base.update(intent=u.intent, confidence=round(u.confidence, 4), alternatives=u.alternatives)
         if ctx.pending and self._fills_pending(ctx.pending, u, text):
             spec = self.intents.get(str(ctx.pending.get("intent")))
             if spec is not None and spec.handler:
                 base["intent"] = spec.name
                 return await self._deterministic(spec, u, ctx, base, reason="slot_filled", text=text)
+        if reading.choice is not None:
+            # The customer picked a topic the bot offered: act on it as if they had asked for it.
+            spec = self.intents[reading.choice]
+            base.update(intent=spec.name, confidence=1.0)
+            base["data"] = {"choice": spec.name}
+            label = self.replies.topic_label(spec.name) or spec.name
+            embedding = (await asyncio.to_thread(self.understander.embedder.embed, [label]))[0]
+            return await self._by_tier(spec, Reading(u=replace(u, embedding=embedding), text=label), ctx, base)
 
-        if u.out_of_scope and u.intent != OUT_OF_SCOPE:
-            # Far from every example the model was trained on (its density score is above the
-            # threshold fitted at training): whatever intent is nearest, this is not a request the
-            # bot knows. The out_of_scope class itself takes the intent's own tier below.
-            base["data"] = {"out_of_scope": True, "oos_score": round(u.oos_score, 4)}
-            return self._beyond_local(base, reason="out_of_scope")
-
-        if u.confidence < self.settings.confidence_threshold:
-            return self._beyond_local(base, reason="low_confidence")
+        if u.intent in SMALL_TALK and self._confident(u) and not u.out_of_scope and u.intent in self.intents:
+            return await self._by_tier(self.intents[u.intent], reading, ctx, base)
+        vague = vagueness(text) if reading.context is None else None
+        if vague is not None:
+            return self._clarify(u, ctx, base, why=vague)
 
         spec = self.intents.get(u.intent)
-        if spec is None:  # a model trained on other intents than the config: never guess
-            return self._beyond_local(base, reason="unknown_intent")
+        confident = (
+            spec is not None and self._confident(u) and not u.out_of_scope and u.intent != OUT_OF_SCOPE
+        )
+        if confident and spec.tier != "retrieval":
+            return await self._by_tier(spec, reading, ctx, base)
+        # A retrieval intent, or no intent the bot can act on: the knowledge base may still answer.
+        return await self._retrieval(reading, ctx, base, spec if confident else None)
+
+    async def _by_tier(self, spec: IntentSpec, reading: Reading, ctx: TurnContext, base: dict[str, Any]) -> Decision:
         if spec.tier == "deterministic":
-            return await self._deterministic(spec, u, ctx, base, reason="answered", text=text)
+            return await self._deterministic(spec, reading.u, ctx, base, reason="answered", text=reading.text)
         if spec.tier == "retrieval":
-            return await self._retrieval(text, u, base)
+            return await self._retrieval(reading, ctx, base, spec)
         if spec.tier == "reasoning":
-            return self._beyond_local(base, reason="needs_reasoning")
+            return self._beyond_local(base, ctx, reason="needs_reasoning")
         return Decision(
-            tier="human", reason=f"intent_{spec.name}", reply=HANDOFF_REPLY, escalate=True, **base
+            tier="human", reason=f"intent_{spec.name}", reply=self.handoff_reply(), escalate=True, **base
         )
 
     # --- steps ------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _hand_over(decision: Decision, trigger: Trigger) -> Decision:
+    def _apology(self, u: Understanding, ctx: TurnContext) -> str:
+        """The apology that fits what the customer is upset about: the playbook topic of the intent
+        (this message's when it is clear, else the one in focus)."""
+        own = u.intent if u.intent not in SMALL_TALK and u.intent != OUT_OF_SCOPE else None
+        focus = ctx.focus.intent if ctx.focus is not None else None
+        # A clear intent of this message, else the topic in focus, else this message's best guess.
+        intent = (own if self._confident(u) else None) or focus or own
+        topic = self.playbook.next_step(intent, None).rule if self.playbook is not None and intent else None
+        return self.replies.apology(topic)
+
+    def _handoff_text(self, trigger: Trigger, u: Understanding, ctx: TurnContext) -> str:
+        text = self.handoff_reply()
+        if trigger.reason.startswith(APOLOGY_REASONS):
+            text = f"{self._apology(u, ctx)} {text}"
+        return trigger.reply(text)
+
+    def _hand_over(self, decision: Decision, trigger: Trigger, u: Understanding, ctx: TurnContext) -> Decision:
         # The tiers' facts (intent, lookups, retrieval ranking) stay on record; the reply is the handoff.
         return replace(
-            decision, tier="human", reason=trigger.reason, reply=trigger.reply(HANDOFF_REPLY),
-            escalate=True, resolve=False, pending=None, data={**decision.data, **trigger.data},
+            decision, tier="human", reason=trigger.reason, reply=self._handoff_text(trigger, u, ctx),
+            escalate=True, resolve=False, pending=None, quick_replies=(), data={**decision.data, **trigger.data},
         )
+
+    def _clarify(self, u: Understanding, ctx: TurnContext, base: dict[str, Any], *, why: str) -> Decision:
+        """A clarifying question with the likeliest topics as quick replies; after
+        ``clarify_limit`` clarifications (or off-topic replies) in a row, a person instead."""
+        if self._unhelped_in_a_row(ctx) >= self.settings.clarify_limit:
+            return self._beyond_local(base, ctx, reason=f"not_understood_{why}")
+        offered = suggestions(u.alternatives, self.replies.topic_label, self.intents)
+        labels = [label for _, label in offered]
+        data = {**base.pop("data", {}), "clarify": why}
+        return Decision(
+            tier="deterministic", reason="clarify", reply=self.replies.clarify_text(),
+            quick_replies=tuple(labels),
+            pending={"slot": "choice", "options": labels, "intents": [i for i, _ in offered]} if labels else None,
+            data=data, **base,
+        )
+
+    def _off_topic(self, u: Understanding, ctx: TurnContext, base: dict[str, Any]) -> Decision:
+        if self._unhelped_in_a_row(ctx) >= self.settings.clarify_limit:
+            return self._beyond_local(base, ctx, reason="out_of_scope")
+        return Decision(
+            tier="deterministic", reason="off_topic", reply=self.replies.off_topic_text(), **base,
+        )
+
+    @staticmethod
+    def _unhelped_in_a_row(ctx: TurnContext) -> int:
+        """Clarifying questions and off-topic replies since the last turn the bot acted on."""
+        count = 0
+        for turn in reversed(ctx.prior):
+            if turn.escalated or turn.reason not in ("clarify", "off_topic"):
+                break
+            count += 1
+        return count
 
     @staticmethod
     def _fills_pending(pending: Mapping[str, Any], u: Understanding, text: str) -> bool:
@@ -271,12 +440,12 @@ class Router:
             postcodes = (bare,) if bare else ()
         return Proof(emails=u.entities.emails, postcodes=postcodes)
 
-    def _beyond_local(self, base: dict[str, Any], *, reason: str) -> Decision:
+    def _beyond_local(self, base: dict[str, Any], ctx: TurnContext | None = None, *, reason: str) -> Decision:
         # The reasoning tier arrives with LLM providers; until one is configured a person takes over.
         return Decision(
             tier="human",
             reason=f"{reason}_no_reasoning_tier" if not self.reasoning_available else reason,
-            reply=HANDOFF_REPLY,
+            reply=self.handoff_reply(),
             escalate=True,
             **base,
         )
@@ -296,10 +465,11 @@ class Router:
                     customer_id=ctx.customer_id, attempts=self.attempts,
                 ),
             )
+            data = {**base.pop("data", {}), **result.data}
             if result.escalate:
                 return Decision(
                     tier="human", reason="verification_locked", reply=result.reply, escalate=True,
-                    data=dict(result.data), **base,
+                    data=data, **base,
                 )
             pending: dict[str, Any] | None = None
             if result.missing_slot:
@@ -311,41 +481,57 @@ class Router:
                 reason=self._asked(result) or reason,
                 reply=result.reply,
                 pending=pending,
-                data=dict(result.data),
+                data=data,
                 verified_owner=result.verified_owner,
                 **base,
             )
         return Decision(
             tier="deterministic",
             reason=reason,
-            reply=spec.reply,
+            reply=self.replies.fill(spec.reply or ""),
             resolve=spec.name == "goodbye",
             **base,
         )
 
-    async def _retrieval(self, text: str, u: Understanding, base: dict[str, Any]) -> Decision:
+    async def _retrieval(
+        self, reading: Reading, ctx: TurnContext, base: dict[str, Any], spec: IntentSpec | None
+    ) -> Decision:
+        """A knowledge-base answer, decided on one combined score (:func:`combined_confidence`) of
+        the intent (``spec``: a confident retrieval intent, or None: no intent the bot can act on)
+        and the best article. Below the threshold: a clarifying question, an off-topic reply, or a
+        person (a confident intent whose articles do not answer)."""
+        u = reading.u
         # The eval harness scores retrieval at depth 5 (hit@5), so at least 5 candidates are ranked
         # and recorded; the answer is composed from the top ``retrieval_top_k`` only.
         ranked = await self.knowledge.search(
-            u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=model_view(text)
+            u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=reading.text
         )
-        base["data"] = {"retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
-        passages = ranked[: self.settings.retrieval_top_k]
-        kb_version = self.knowledge.version or ""
-        answer = await asyncio.to_thread(
-            compose_answer,
-            text,
-            u.embedding,
-            passages,
-            kb_version,
-            self.settings.retrieval_threshold,
-            self.sentence_embedder,
-        )
-        best = round(passages[0].score, 4) if passages else None
+        data = {**base.pop("data", {}), "retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
+        best = round(ranked[0].score, 4) if ranked else None
+        kb = kb_probability(best or 0.0, self.settings.article_score_midpoint, self.settings.article_score_scale)
+        intent_confidence = u.confidence if spec is not None else 0.0
+        score = combined_confidence(intent_confidence, kb)
+        data.update(intent_confidence=round(u.confidence, 4), kb_probability=round(kb, 4))
+        base.update(confidence=round(score, 4), data=data)
+        answer = None
+        if score >= self.settings.confidence_threshold:
+            passages = ranked[: self.settings.retrieval_top_k]
+            answer = await asyncio.to_thread(
+                compose_answer, reading.text, u.embedding, passages, self.knowledge.version or "",
+                self.settings.retrieval_threshold, self.sentence_embedder,
+            )
         if answer is None:
-            decision = self._beyond_local(base, reason="no_kb_match")
+            base["data"] = data
+            if spec is not None:  # the intent is clear but no article answers it
+                decision = self._beyond_local(base, ctx, reason="no_kb_match")
+            elif u.out_of_scope and vagueness(reading.text) is None:
+                decision = self._off_topic(u, ctx, base)
+            else:
+                decision = self._clarify(u, ctx, base, why="low_confidence")
             decision.retrieval_score = best
             return decision
+        if spec is None:
+            data["answered_by"] = "article"
         return Decision(
             tier="retrieval",
             reason="answered",
@@ -354,3 +540,24 @@ class Router:
             retrieval_score=round(answer.score, 4),
             **base,
         )
+
+    def _remember(self, decision: Decision, text: str, reading: Reading, ctx: TurnContext) -> Decision:
+        """Record the context the turn used and the focus it leaves (``data["context"]``,
+        ``data["focus"]``) for the next turn."""
+        orders = decision.data.get("orders")
+        described = [o.get("order_id") for o in orders if isinstance(o, dict)] if isinstance(orders, list) else []
+        acted = not decision.escalate and decision.tier in ("deterministic", "retrieval") and decision.reason not in (
+            "clarify", "off_topic", "asked_if_bot", "customer_said_not_helped"
+        ) and decision.intent not in SMALL_TALK
+        focus = next_focus(
+            ctx.focus, text=text, understood=reading.text, intent=decision.intent,
+            doc_id=decision.citations[0] if decision.citations else None,
+            order_id=str(described[-1]) if described and described[-1] else None, acted=acted,
+        )
+        data = dict(decision.data)
+        if reading.context is not None:
+            data["context"] = reading.context.record(ctx.focus or Focus())
+        if not focus.empty:
+            data["focus"] = focus.to_json()
+        decision.data = data
+        return decision

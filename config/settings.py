@@ -272,6 +272,11 @@ class Settings(BaseSettings):
         0.8, ge=0.5, le=1, description="difflib ratio at or above which a misspelt word (not an English "
         "word itself) is read as a trigger word: 'humen' -> human, 'operater' -> operator. 1 = exact only."
     )
+    replies_file: Path = Field(
+        CONFIG_DIR / "replies.yaml",
+        description="What the assistant says in its own words: names, greeting and suggested questions, "
+        "clarifying question, off-topic reply, handoff texts, apologies (see config/replies.py).",
+    )
     playbook_file: Path = Field(
         CONFIG_DIR / "playbook.yaml",
         description="Support playbook: the next step the handoff brief suggests, by intent and escalation "
@@ -294,6 +299,23 @@ class Settings(BaseSettings):
     )
     negative_turn_threshold: float = Field(
         -0.25, ge=-1, le=0, description="VADER compound at or below which a turn counts as negative."
+    )
+    apology_sentiment: float = Field(
+        -0.4, ge=-1, le=0, description="VADER compound score at or below which a reply the bot gives "
+        "without a handoff starts with the apology of config/replies.yaml that fits the topic."
+    )
+    clarify_limit: int = Field(
+        2, ge=0, description="Clarifying questions and off-topic replies in a row after which the next "
+        "message the bot cannot act on goes to a person; 0: never clarify, hand over at once."
+    )
+    article_score_midpoint: float = Field(
+        0.75, ge=0, le=1.5, description="Knowledge-base search score (cosine + 0.5 x lexical) at which an "
+        "article alone is even odds to answer the question; with article_score_scale it maps the score to "
+        "the probability combined with the intent confidence (see docs/conversations.md)."
+    )
+    article_score_scale: float = Field(
+        0.05, gt=0, le=1, description="Width of the logistic curve from search score to article "
+        "probability: smaller is steeper."
     )
     repeated_failure_limit: int = Field(
         2, ge=0, description="Escalate when this many turns since the last handoff failed (see "

@@ -19,9 +19,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from bot.context import Focus
 from bot.escalation import PriorTurn
 from bot.playbook import Playbook
-from bot.router import HANDOFF_REPLY, Decision, Router, TurnContext
+from bot.router import Decision, Router, TurnContext
 from config.settings import AgentMode, Settings
 from config.sla import SlaConfig, load_sla_config
 from helpline import briefs
@@ -318,7 +319,7 @@ class Conversations:
             assert ticket is not None and customer is not None
             state = TicketState(ticket.state)
             history = await recent_messages(session, ticket.id, self.settings.history_turns)
-            prior = await self._prior_turns(session, ticket.id, history, message)
+            prior, focus = await self._prior_turns(session, ticket.id, history, message)
         disabled = (await self.agent_mode()) is AgentMode.disabled
         if (
             not disabled and state is TicketState.escalated and ticket.escalation_reason == "kill_switch"
@@ -347,6 +348,7 @@ class Conversations:
                 prior=prior,
                 verified_owner=ticket.verified_owner,
                 customer_id=customer.id,
+                focus=focus,
             )
             text = message.text[:limit]  # routing cost is bounded by the limit, whatever was stored
             if len(text) > LONG_MESSAGE_CHARS:
@@ -396,15 +398,17 @@ class Conversations:
 
     async def _prior_turns(
         self, session: AsyncSession, ticket_id: int, history: list[Message], message: Message
-    ) -> tuple[PriorTurn, ...]:
+    ) -> tuple[tuple[PriorTurn, ...], Focus | None]:
         """The customer's messages in ``history`` before ``message``, oldest first, each with the
-        decision its turn event recorded (for the conversation-level escalation triggers)."""
+        decision its turn event recorded (for the conversation-level escalation triggers), and the
+        focus the latest of those turns left (:class:`bot.context.Focus`; None: none recorded, or
+        a person answered since)."""
         earlier = [
             m for m in history
             if m.direction == "inbound" and m.author == "customer" and m.seq < message.seq
         ]
         if not earlier:
-            return ()
+            return (), None
         rows = await session.execute(
             select(Event.payload)
             .where(Event.ticket_id == ticket_id, Event.kind == "turn")
@@ -416,7 +420,9 @@ class Conversations:
             if isinstance(payload, dict):
                 by_message.setdefault(payload.get("message_id"), payload)
         limit = self.settings.max_message_chars  # an oversized message was never understood either
-        return tuple(PriorTurn.from_event(m.text[:limit], by_message.get(m.id)) for m in earlier)
+        last = by_message.get(earlier[-1].id) or {}
+        focus = Focus.from_json((last.get("data") or {}).get("focus")) if isinstance(last.get("data"), dict) else None
+        return tuple(PriorTurn.from_event(m.text[:limit], by_message.get(m.id)) for m in earlier), focus
 
     async def _commit_turn(
         self,
@@ -496,6 +502,7 @@ class Conversations:
                         "escalated": decision.escalate,
                         "latency_ms": latency_ms,
                         "citations": list(decision.citations),
+                        **({"quick_replies": list(decision.quick_replies)} if decision.quick_replies else {}),
                     },
                     created_at=now,
                 )
@@ -584,7 +591,7 @@ class Conversations:
 
     async def _fail_turn(self, message: Message, epoch: int | None) -> None:
         # A bug must not leave the customer stuck or loop forever: hand the ticket to a person.
-        decision = Decision(tier="human", reason="internal_error", reply=HANDOFF_REPLY, escalate=True)
+        decision = Decision(tier="human", reason="internal_error", reply=self.router.handoff_reply(), escalate=True)
         try:
             async with self.db.sessions() as session:
                 history = await recent_messages(session, message.ticket_id, self.settings.history_turns)

@@ -22,12 +22,14 @@ from bot.embeddings import Embedder
 from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train, routing_intents
 from bot.knowledge import KnowledgeBase
 from bot.ownership import AttemptLimits
+from bot.playbook import Playbook
 from bot.router import Router
 from bot.sentiment import Sentiment
 from bot.understanding import Understander
 from channels.sessions import SessionIssuer
 from channels.webchat import CHANNELS as WEBCHAT_CHANNELS
 from channels.webchat import WebChatChannel
+from config.replies import load_replies
 from config.settings import Settings
 from config.sla import load_sla_config
 from helpline.clients import parse_networks
@@ -118,8 +120,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             hot.limiter, per_customer=settings.verify_failures_per_customer,
             per_order=settings.verify_failures_per_order, window_s=settings.verify_window_s,
         )
+        sla_config = load_sla_config(settings.sla_file)
         router = Router(
-            settings, routing_intents(intents, intent_model), understander, knowledge, orders, attempts
+            settings, routing_intents(intents, intent_model), understander, knowledge, orders, attempts,
+            replies=load_replies(settings.replies_file), sla=sla_config, playbook=Playbook.load(settings.playbook_file),
         )
         # Shared state or the database unreachable: refuse work with "try again", never lose it.
         outage_errors = (*hot.outage_errors, *DATABASE_OUTAGE_ERRORS)
@@ -131,7 +135,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             db, {}, lease_s=settings.outbox_lease_s, max_attempts=settings.outbox_max_attempts
         )
         webhooks = Webhooks(db, settings)
-        sla = SlaClock(db, load_sla_config(settings.sla_file), webhooks)
+        sla = SlaClock(db, sla_config, webhooks)
         inbox_feed = InboxFeed(db, hot)  # cheap: reads nothing until an agent's page connects
         sla.notify = inbox_feed.notify
         conversations = Conversations(
