@@ -7,7 +7,8 @@ understood it. The next turn starts from it (``TurnContext.focus``). A short or 
 *follow-up* (:func:`follow_up_cue`) and is understood in context (:func:`in_context`):
 
 - it names a new value of a slot the earlier request named ("and to the UK?" after "do you ship to
-  Canada?"): the earlier request with the value replaced ("do you ship to the UK?");
+  Canada?"): the earlier request with the value replaced by its canonical name ("do you ship to the
+  United Kingdom?");
 - otherwise: the earlier request and the message together ("do you ship to Canada? how much does
   that cost?"), so the topic and its entities reach the intent model and the knowledge-base search.
 
@@ -223,10 +224,25 @@ def in_context(text: str, focus: Focus, cue: str) -> InContext | None:
     ):
         if value and old_phrase and value != old_value:
             start = request.casefold().rfind(old_phrase.casefold())
-            replaced = request[:start] + (phrase or value) + request[start + len(old_phrase):]
+            # The name the knowledge base uses ("United Kingdom", not "UK"), so the answer's
+            # sentences match it word for word.
+            replaced = request[:start] + value + request[start + len(old_phrase):]
             return InContext(text=replaced[:MAX_REQUEST_CHARS], kind="slot_replaced", cue=cue)
     combined = f"{request.rstrip()} {text.strip()}"
     return InContext(text=combined[-(MAX_REQUEST_CHARS + len(text)):], kind="combined", cue=cue)
+
+
+_PRONOUN = re.compile(r"\b(it|this|that|them)\b", re.IGNORECASE)
+
+
+def resolve_pronoun(text: str, focus: Focus) -> InContext | None:
+    """A clear short request about "it" with an order in focus, read as about "my order" ("can I
+    return it?" -> "can I return my order?"), so the search finds the policy for orders rather than
+    whatever "it" matches; None when there is no order in focus or no such pronoun."""
+    if not focus.order_id or len(_WORD.findall(text)) > SHORT_WORDS:
+        return None
+    resolved, count = _PRONOUN.subn("my order", text, count=1)
+    return InContext(text=resolved, kind="pronoun_resolved", cue="anaphora") if count else None
 
 
 def next_focus(

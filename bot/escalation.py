@@ -14,7 +14,9 @@ handoff summary key on it) and JSON-ready ``data`` for the turn event:
                            above ``confidence_threshold``; ``data={"matched": "talk to someone"}``
 ``sensitive_intent``       an intent in ``sensitive_intents`` with confidence >= 0.5; ``data={"intent"}``
 ``sensitive_topic``        a phrase of a topic in ``sensitive_topics_file``; ``data={"topic", "matched"}``
-``negative_sentiment``     this message's VADER compound <= ``anger_threshold``
+``negative_sentiment``     this message's sentiment (:mod:`bot.sentiment`) <= ``anger_threshold``, or <=
+                           :data:`AIMED_ANGER_THRESHOLD` with the anger aimed at us or in strong words,
+                           see :func:`aimed_at_us`; ``data={"sentiment": -0.71}`` (+ ``"aimed": words``)
 ``conversation_sentiment`` the conversation's sentiment, see :func:`conversation_sentiment`
 ``repeated_message``       a near-duplicate of an earlier customer message, see :func:`repeated_message`
 ``repeated_failure``       the bot could not help ``repeated_failure_limit`` times, see :func:`repeated_failure`
@@ -97,7 +99,7 @@ REPLY_REASONS = ("asked_if_bot", "customer_said_not_helped")
 """Reasons of :meth:`Escalation.reply_instead`: a fixed reply from the bot, no escalation."""
 
 ASKED_IF_BOT_REPLY = (
-    "I'm Helpline's automated assistant. If you'd like a person, just say so and I'll pass you to our team."
+    "I'm {assistant}, {shop}'s automated assistant. If you'd like a person, just say so and I'll pass you to our team."
 )
 NOT_HELPED_REPLY = (
     "I'm sorry that didn't help. Could you tell me in other words what you need? If it's about an "
@@ -647,6 +649,35 @@ def asks_if_bot(tokens: Sequence[str]) -> str | None:
     return " ".join(questions[0])
 
 
+# --- anger aimed at us -----------------------------------------------------------------------------
+
+AIMED_ANGER_THRESHOLD = -0.4
+"""Sentiment at or below which a message escalates when its anger is aimed at us (:func:`aimed_at_us`):
+"your service is shit" (-0.56), "you people are a joke, worst company" (-0.44); "I hate the colour,
+can I swap it?" (-0.57) and "I'm sick of waiting, any update?" (-0.51) aim at no one and are answered."""
+AIMED_AT_US = tuple(
+    phrase_tokens(p)
+    for p in (
+        "you are", "youre", "you people", "you guys", "you lot", "hate you", "you suck", "screw you",
+        "your company", "your service", "your customer service", "your support", "your shop", "your store",
+        "your website", "your site", "your app", "your staff", "your team", "your people", "your bot",
+        "this company", "this service", "this shop", "this store", "this website", "this site", "this app",
+        "this bot", "company", "customer service", "service", "support team", "staff",
+        "fuck*", "shit", "shitty", "bullshit", "crap", "crappy", "wtf",
+    )
+)
+"""Phrases that aim a message's negativity at us (you, your company, the service) or make it strong
+words (swearing at someone, not "the goddamn penalty", whose swear word carries no sentiment)."""
+_AIMED_AT_US = PhraseMatcher(AIMED_AT_US)
+
+
+def aimed_at_us(tokens: Sequence[str]) -> str | None:
+    """The words of :data:`AIMED_AT_US` found in ``tokens`` (from :meth:`Speller.tokens`), or None.
+    Linear in the length of ``tokens``."""
+    found = _AIMED_AT_US.first(tokens)
+    return " ".join(found) if found else None
+
+
 # --- sensitive topics ------------------------------------------------------------------------------
 
 _TOPIC_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -987,9 +1018,15 @@ class Escalation:
             return Trigger("sensitive_intent", {"intent": u.intent})
         return None
 
-    def negative_sentiment(self, u: Understanding) -> Trigger | None:
+    def negative_sentiment(self, u: Understanding, tokens: Sequence[str]) -> Trigger | None:
+        """Fires when ``u.sentiment`` <= ``anger_threshold``, or <= :data:`AIMED_ANGER_THRESHOLD` and
+        ``tokens`` (from :meth:`Speller.tokens`) aim the anger at us (:func:`aimed_at_us`)."""
         if u.sentiment <= self.settings.anger_threshold:
             return Trigger("negative_sentiment", {"sentiment": round(u.sentiment, 4)})
+        if u.sentiment <= AIMED_ANGER_THRESHOLD:
+            aimed = aimed_at_us(tokens)
+            if aimed:
+                return Trigger("negative_sentiment", {"sentiment": round(u.sentiment, 4), "aimed": aimed})
         return None
 
     def conversation_sentiment(self, u: Understanding, stretch: Sequence[PriorTurn]) -> Trigger | None:
@@ -1038,7 +1075,7 @@ class Escalation:
             or self.explicit_request(tokens, u, text, use_intent=not answers_question)
             or (None if answers_question else self.sensitive_intent(u))
             or self.sensitive_topic(tokens)
-            or self.negative_sentiment(u)
+            or self.negative_sentiment(u, tokens)
             or self.conversation_sentiment(u, stretch)
             or self.repeated_message(text, u, stretch)
             or self.repeated_failure(stretch, self._complaint(text))

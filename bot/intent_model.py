@@ -5,9 +5,12 @@ sentence embedding (:mod:`bot.embeddings`) and one on TF-IDF word (1-2) + charac
 boundaries) n-grams, pooled log-linearly (``p ~ p_emb^w * p_tfidf^(1-w)``, ``w`` chosen on
 cross-validated predictions), then temperature scaling fitted on the same 5-fold cross-validated
 predictions so that ``confidence`` is a calibrated probability. Out of scope is told two ways: an
-``out_of_scope`` class when the training data has one, and a density score on the embeddings (cosine
-to the nearest in-scope training example, :attr:`IntentPrediction.oos_score`) with a threshold fitted
-on the cross-validated in-scope scores.
+``out_of_scope`` class when the training data has one, and :attr:`IntentPrediction.oos_score`, which
+combines the confidence with the density of the training data around the message (cosine to the
+nearest in-scope training example) as ``1 - confidence * (1 - density)^OOS_DENSITY_WEIGHT``, with a
+flag threshold fitted on cross-validated in-scope predictions. The density only softens the
+confidence; it never vetoes a confident answer (measured in ``bench/train_bench.py``: as a veto it
+cost 1-2 points of in-scope accuracy and caught fewer out-of-scope messages than the confidence).
 
 Two ways to train: from ``config/intents.yaml`` (:meth:`IntentModel.train`; about 1,000 sentences, a few
 seconds on 2 cores, so the server trains at first start and caches the result under
@@ -48,10 +51,15 @@ from bot.tfidf import Tfidf
 
 TIERS = ("deterministic", "retrieval", "reasoning", "human")
 MIN_EXAMPLES = 15
-TRAINING_CODE_VERSION = "intent-train-2"
+DEFAULT_TIER = "retrieval"
+"""Tier of a trained label that neither ``--tiers`` nor the intents file gives one: answer it from the
+knowledge base (the router still hands off when nothing there is relevant enough)."""
+TRAINING_CODE_VERSION = "intent-train-3"
 """Bump when training or inference changes in a way that must invalidate saved models."""
-MODEL_FORMAT = 2
-"""``meta.json`` format: 1 = arithmetic mean of the two models, no density; 2 = this module."""
+MODEL_FORMAT = 3
+"""``meta.json`` format: 1 = arithmetic mean of the two models, no density; 2 = density veto
+(``oos_score`` = density, float64 TF-IDF weights); 3 = this module (combined ``oos_score``, float16
+weights, pruned vocabularies). Formats 1 and 2 still load and keep their own out-of-scope rule."""
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent name of "not something this bot handles" (``config/intents.yaml`` routes it to a person)."""
@@ -62,6 +70,17 @@ OOS_LABELS = ("out_of_scope", "oos")
 EMBEDDING_C = 8.0
 TFIDF_C = 10.0
 CV_FOLDS = 5
+"""Cross-validation folds; a label with fewer rows is cross-validated in as many folds as it has
+rows (its other folds never saw it: its held-out figures are pessimistic)."""
+MIN_DF = 2
+"""TF-IDF terms must occur in at least this many training texts (hapax n-grams are mostly noise and
+were 60-70% of the vocabulary)."""
+MAX_WORD_FEATURES = 12_000
+MAX_CHAR_FEATURES = 24_000
+"""Vocabulary caps (most frequent terms kept): the TF-IDF weights are features x labels, and L-BFGS
+keeps about 25 copies of them while fitting, so these bound training memory and model size."""
+TRAIN_JOBS = 2
+"""Fits run in parallel threads (the 5 cross-validation fits and the final one are independent)."""
 WORD_NGRAMS = (1, 2)
 CHAR_NGRAMS = (2, 5)
 EMBEDDING_WEIGHTS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -70,7 +89,14 @@ cross-validated errors wins (ties: the one nearest 0.5)."""
 DENSITY_K = 1
 """Neighbours averaged by the density score: 1 = the nearest training example (stack-notes method)."""
 DENSITY_QUANTILE = 0.99
-"""The out-of-scope threshold keeps this share of cross-validated in-scope examples in scope."""
+"""Format 2 only: its density threshold kept this share of cross-validated in-scope rows in scope."""
+OOS_DENSITY_WEIGHT = 0.25
+"""Exponent of ``(1 - density)`` in the combined out-of-scope score (0 = confidence alone). Small on
+purpose: on Bitext with held-out intents a larger weight lost out-of-scope recall at 99% in-scope
+accuracy, while far-off messages (weather, jokes) are caught either way (bench/train_bench.py)."""
+OOS_QUANTILE = 0.995
+"""The ``out_of_scope`` flag threshold keeps this share of the correctly predicted cross-validated
+in-scope rows in scope (so the flag costs at most 0.5% of right answers before any other threshold)."""
 _DENSITY_CHUNK = 512  # query rows per similarity block: bounds memory to chunk x training rows
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -103,14 +129,19 @@ def _normalise_example(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-def load_intents(path: Path) -> dict[str, IntentSpec]:
+def load_intents(path: Path, *, min_examples: int = MIN_EXAMPLES) -> dict[str, IntentSpec]:
     """Read and validate an intents file (format: see the header of ``config/intents.yaml``).
+
+    ``min_examples``: examples each intent needs. The default (15) applies when the file trains the
+    model (:func:`load_or_train`); pass 0 when a model trained elsewhere (``helpline train``,
+    ``HELPLINE_INTENT_MODEL_DIR``) does the classifying and the file only gives tiers, replies and
+    handlers: then ``examples`` may be missing or short.
 
     Returns:
         intent name -> IntentSpec, in file order.
     Raises:
         IntentConfigError: unreadable YAML, unknown or missing field, tier not in ``TIERS``, fewer than
-            15 examples, an example repeated (case and spacing ignored) within or across intents, a
+            ``min_examples`` examples, an example repeated (case and spacing ignored) within or across intents, a
             deterministic intent without exactly one of reply/handler, or reply/handler on another
             tier. The message names the intent and the field.
         FileNotFoundError: the file does not exist.
@@ -148,14 +179,14 @@ def load_intents(path: Path) -> dict[str, IntentSpec]:
         if not isinstance(description, str) or not description.strip():
             raise fail("description", "missing or empty")
 
-        examples = body.get("examples")
+        examples = body.get("examples", [] if min_examples == 0 else None)
         if not isinstance(examples, list) or not all(isinstance(e, str) for e in examples):
             raise fail("examples", "must be a list of strings")
         examples = [e.strip() for e in examples]
         if any(not e for e in examples):
             raise fail("examples", "empty example")
-        if len(examples) < MIN_EXAMPLES:
-            raise fail("examples", f"{len(examples)} examples, at least {MIN_EXAMPLES} needed")
+        if len(examples) < min_examples:
+            raise fail("examples", f"{len(examples)} examples, at least {min_examples} needed")
         for example in examples:
             key = _normalise_example(example)
             if key in seen:
@@ -194,7 +225,7 @@ def load_intents(path: Path) -> dict[str, IntentSpec]:
             handler=handler,
             slots=tuple(slots),
         )
-    if len(specs) < 2:
+    if min_examples and len(specs) < 2:
         raise IntentConfigError(f"{path}: at least two intents are needed to train a classifier")
     return specs
 
@@ -262,11 +293,15 @@ class IntentPrediction:
     """``confidence``: calibrated probability of ``intent`` (0..1). ``alternatives``: the top 3
     (intent, probability) pairs, descending; the first is ``(intent, confidence)``.
 
-    ``oos_score``: the density score, ``1 - cosine`` between the message's embedding and its nearest
-    in-scope training example (0 = a training example, about 0.2-0.5 for paraphrases, 0.6-1.0 for
-    unrelated text; 0.0 for models saved without training embeddings). ``out_of_scope``: the
-    predicted intent is :data:`OUT_OF_SCOPE`, or ``oos_score`` is above the model's
-    ``oos_threshold``. ``intent`` is still the most likely trained intent either way.
+    ``oos_score`` (0..1, higher = less like anything trained): ``1 - p * (1 -
+    density)^OOS_DENSITY_WEIGHT``, where ``p`` is the highest probability of an in-scope intent (the
+    confidence, unless the intent is :data:`OUT_OF_SCOPE`) and density is ``1 - cosine`` between the message's embedding and
+    its nearest in-scope training example (0 = a training example, about 0.2-0.5 for paraphrases,
+    0.6-1.0 for unrelated text). A confident prediction keeps a low score however far it is from the
+    training rows (confidence 0.9998 at density 0.6 scores 0.20). Models of format 2 give the density
+    alone, format 1 gives 0.0. ``out_of_scope``: the predicted intent is :data:`OUT_OF_SCOPE`, or
+    ``oos_score`` is above the model's ``oos_threshold``. ``intent`` is still the most likely
+    trained intent either way.
     """
 
     intent: str
@@ -288,12 +323,15 @@ class HeldOut:
     model fitted without it (``CV_FOLDS`` stratified folds).
 
     ``y``: true label index per row, shape ``(n,)``; ``probabilities``: calibrated, ``(n, labels)``;
-    ``oos_scores``: density scores against the other folds' in-scope rows, ``(n,)``. Not saved.
+    ``oos_scores``: the combined out-of-scope scores (density against the other folds' in-scope
+    rows), ``(n,)``; ``seen``: the row's label was in its fold's training rows (False only for labels
+    with fewer rows than ``CV_FOLDS``), ``(n,)``. Not saved.
     """
 
     y: np.ndarray
     probabilities: np.ndarray
     oos_scores: np.ndarray
+    seen: np.ndarray
 
 
 class IntentModelError(RuntimeError):
@@ -310,6 +348,7 @@ class IntentModel:
         temperature: the fitted calibration temperature (>1 softens, <1 sharpens).
         emb_weight: weight ``w`` of the embedding model in the pooling (0..1).
         oos_threshold: ``oos_score`` above which a prediction is ``out_of_scope`` (``inf``: never).
+        oos_rule: ``"combined"`` (format 3) or ``"density"`` (formats 1-2): what ``oos_score`` is.
         tiers: label -> tier saved with the model (``helpline train --tiers``; empty for models
             trained from ``intents.yaml``); see :func:`routing_intents`.
         source: ``"trained"`` or ``"loaded"``: how this instance came to be (tests use it).
@@ -336,6 +375,7 @@ class IntentModel:
         pooling: str = "log-linear",
         density: np.ndarray | None = None,
         oos_threshold: float = math.inf,
+        oos_rule: str = "combined",
         tiers: Mapping[str, str] | None = None,
         held_out: HeldOut | None = None,
     ) -> None:
@@ -347,7 +387,7 @@ class IntentModel:
         self._word = word
         self._char = char
         # Column slices per text are the hot path: store features x classes.
-        self._tfidf_coef_t = np.ascontiguousarray(tfidf_coef.T, dtype=np.float64)
+        self._tfidf_coef_t = np.ascontiguousarray(np.asarray(tfidf_coef).T, dtype=np.float32)
         self._tfidf_intercept = tfidf_intercept.astype(np.float64)
         self.temperature = float(temperature)
         self.emb_weight = float(emb_weight)
@@ -359,6 +399,9 @@ class IntentModel:
             else np.ascontiguousarray(np.asarray(density, dtype=np.float16), dtype=np.float32)
         )
         self.oos_threshold = float(oos_threshold)
+        if oos_rule not in ("combined", "density"):
+            raise ValueError(f"unknown oos_rule {oos_rule!r}")
+        self.oos_rule = oos_rule
         self.tiers = dict(tiers or {})
         self.source = source
         self.info = dict(info or {})
@@ -370,9 +413,9 @@ class IntentModel:
         ci, cv = self._char.row(text)
         logits = self._tfidf_intercept.copy()
         if len(wi):
-            logits += wv @ self._tfidf_coef_t[wi]
+            logits += wv @ self._tfidf_coef_t[wi].astype(np.float64)
         if len(ci):
-            logits += cv @ self._tfidf_coef_t[len(self._word.terms) + ci]
+            logits += cv @ self._tfidf_coef_t[len(self._word.terms) + ci].astype(np.float64)
         return logits
 
     def _rows(self, texts: Sequence[str], embeddings: np.ndarray | None) -> np.ndarray:
@@ -394,7 +437,7 @@ class IntentModel:
         pooled = _pool(log_emb, _log_softmax(tfidf_logits), self.emb_weight, self.pooling)
         return _calibrate(pooled, self.temperature)
 
-    def oos_scores(self, embeddings: np.ndarray) -> np.ndarray:
+    def density_scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Density scores, shape ``(n,)``: ``1 - cosine`` to the nearest in-scope training example.
 
         ``embeddings``: ``(n, 384)`` Embedder rows. All 0.0 when the model was saved without training
@@ -404,6 +447,14 @@ class IntentModel:
         if self._density is None:
             return np.zeros(len(rows))
         return _density_scores(rows, self._density)
+
+    def oos_scores(self, probabilities: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+        """:attr:`IntentPrediction.oos_score` of each row, shape ``(n,)``, from :meth:`probabilities`
+        ``(n, labels)`` and the ``(n, 384)`` embeddings of the same texts."""
+        density = self.density_scores(embeddings)
+        if self.oos_rule == "density":
+            return density
+        return _combined_oos(_in_scope_confidence(np.asarray(probabilities), self.labels), density)
 
     def _prediction(self, probs: np.ndarray, oos_score: float) -> IntentPrediction:
         top = np.argsort(-probs, kind="stable")[:3]
@@ -417,8 +468,7 @@ class IntentModel:
         passes it so the text is embedded once); without it the text is embedded here (blocking).
         Cost beyond the embedding: well under 1 ms for the classifiers, plus the density score
         (about 0.1 ms per 1,000 training rows)."""
-        rows = self._rows([text], None if embedding is None else np.asarray(embedding).reshape(1, -1))
-        return self._prediction(self.probabilities([text], rows)[0], self.oos_scores(rows)[0])
+        return self.predict_batch([text], None if embedding is None else np.asarray(embedding).reshape(1, -1))[0]
 
     def predict_batch(
         self, texts: Sequence[str], embeddings: np.ndarray | None = None
@@ -426,10 +476,8 @@ class IntentModel:
         """Classify many messages; ``embeddings`` shape ``(len(texts), 384)`` or None."""
         texts = list(texts)
         rows = self._rows(texts, embeddings)
-        return [
-            self._prediction(p, s)
-            for p, s in zip(self.probabilities(texts, rows), self.oos_scores(rows))
-        ]
+        probs = self.probabilities(texts, rows)
+        return [self._prediction(p, s) for p, s in zip(probs, self.oos_scores(probs, rows))]
 
     # --- training --------------------------------------------------------------------------------
     @classmethod
@@ -461,7 +509,7 @@ class IntentModel:
         on_step: Callable[[str], None] | None = None,
     ) -> IntentModel:
         """Fit on labelled texts: ``CV_FOLDS`` cross-validation fits (pooling weight, temperature,
-        out-of-scope threshold, :attr:`held_out`), then one fit on every row.
+        out-of-scope threshold, :attr:`held_out`) and one fit on every row, ``TRAIN_JOBS`` at a time.
 
         Args:
             texts: n customer messages (placeholders already filled).
@@ -476,8 +524,9 @@ class IntentModel:
         Returns:
             the model, ``source="trained"``, with ``held_out`` set.
         Raises:
-            ValueError: lengths differ, fewer than two labels, or a label with fewer than
-                ``CV_FOLDS`` rows. Time: about 2.5 s per 10,000 rows per fit on one core.
+            ValueError: lengths differ, fewer than two labels, or fewer than ``CV_FOLDS`` rows in all.
+                A label may have a single row (see ``CV_FOLDS``). Time and memory: see
+                ``docs/intent-model.md`` (measured by ``bench/train_bench.py --scale``).
         """
         # Import the fitting libraries first: threadpool_limits only reaches BLAS copies already loaded.
         import scipy.optimize  # noqa: F401
@@ -490,16 +539,15 @@ class IntentModel:
         names = tuple(dict.fromkeys(labels))
         if len(names) < 2:
             raise ValueError("at least two labels are needed to train a classifier")
-        counts = Counter(labels)
-        few = [f"{name!r} ({counts[name]})" for name in names if counts[name] < CV_FOLDS]
-        if few:
-            raise ValueError(f"labels with fewer than {CV_FOLDS} rows: {', '.join(few)}")
+        if len(texts) < CV_FOLDS:
+            raise ValueError(f"{len(texts)} rows; at least {CV_FOLDS} are needed (one per cross-validation fold)")
         index = {name: i for i, name in enumerate(names)}
         y = np.array([index[label] for label in labels])
         if embeddings is None:
             embeddings = embedder.embed(texts)
         embeddings = np.asarray(embeddings, dtype=np.float32).reshape(len(texts), -1)
-        # The matrices are small: BLAS threads only spin (measured 100x slower on a busy 2-core box).
+        # BLAS threads only spin on these small matrices (measured 100x slower on a busy 2-core box);
+        # the parallelism is across fits instead (TRAIN_JOBS).
         with threadpool_limits(limits=1):
             return cls._train(names, texts, y, embeddings, embedder, version, tiers, info, on_step)
 
@@ -516,31 +564,46 @@ class IntentModel:
         info: Mapping[str, Any] | None,
         on_step: Callable[[str], None] | None,
     ) -> IntentModel:
+        import warnings
+
+        from joblib import Parallel, delayed
         from sklearn.model_selection import StratifiedKFold
 
         n, k = len(texts), len(names)
         in_scope = np.array([names[i] != OUT_OF_SCOPE for i in y])
-        log_emb, log_tfidf, oos = np.zeros((n, k)), np.zeros((n, k)), np.zeros(n)
-        folds = StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0)
-        for fold, (train_idx, test_idx) in enumerate(folds.split(np.zeros(n), y), start=1):
+        with warnings.catch_warnings():
+            # Labels with fewer rows than folds are allowed (see CV_FOLDS); sklearn warns about them.
+            warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)
+            splits = list(StratifiedKFold(n_splits=CV_FOLDS, shuffle=True, random_state=0).split(np.zeros(n), y))
+        jobs = [(train_idx, f"cross-validation fold {i}/{CV_FOLDS}") for i, (train_idx, _) in enumerate(splits, 1)]
+        jobs.append((np.arange(n), "final fit on all rows"))
+
+        def run(train_idx: np.ndarray, step: str) -> _Fitted:
             fitted = _fit([texts[i] for i in train_idx], embeddings[train_idx], y[train_idx], k)
+            if on_step is not None:
+                on_step(step)
+            return fitted
+
+        fits = Parallel(n_jobs=min(TRAIN_JOBS, len(jobs)), prefer="threads")(delayed(run)(*job) for job in jobs)
+        final = fits.pop()
+        log_emb, log_tfidf, density = np.zeros((n, k)), np.zeros((n, k)), np.zeros(n)
+        seen = np.ones(n, dtype=bool)
+        for fitted, (train_idx, test_idx) in zip(fits, splits):
             log_emb[test_idx], log_tfidf[test_idx] = fitted.log_probabilities(
                 [texts[i] for i in test_idx], embeddings[test_idx]
             )
-            reference = embeddings[train_idx[in_scope[train_idx]]]
-            oos[test_idx] = _density_scores(embeddings[test_idx], reference)
-            if on_step is not None:
-                on_step(f"cross-validation fold {fold}/{CV_FOLDS}")
+            density[test_idx] = _density_scores(embeddings[test_idx], embeddings[train_idx[in_scope[train_idx]]])
+            seen[test_idx] = np.isin(y[test_idx], y[train_idx])
 
-        weight = _choose_weight(log_emb, log_tfidf, y)
+        # Rows whose label their fold never saw say nothing about pooling or calibration.
+        weight = _choose_weight(log_emb[seen], log_tfidf[seen], y[seen])
         pooled = _pool(log_emb, log_tfidf, weight, "log-linear")
-        temperature = _fit_temperature(pooled, y)
-        held_out = HeldOut(y=y, probabilities=_calibrate(pooled, temperature), oos_scores=oos)
-        threshold = float(np.quantile(oos[in_scope], DENSITY_QUANTILE)) if in_scope.any() else math.inf
-
-        final = _fit(texts, embeddings, y, k)
-        if on_step is not None:
-            on_step("final fit on all rows")
+        temperature = _fit_temperature(pooled[seen], y[seen])
+        probabilities = _calibrate(pooled, temperature)
+        oos = _combined_oos(_in_scope_confidence(probabilities, names), density)
+        held_out = HeldOut(y=y, probabilities=probabilities, oos_scores=oos, seen=seen)
+        right = in_scope & seen & (probabilities.argmax(axis=1) == y)
+        threshold = float(np.quantile(oos[right], OOS_QUANTILE)) if right.any() else math.inf
         # One reference row per distinct in-scope text: duplicates add size, not density.
         distinct = list({texts[i]: i for i in range(n) if in_scope[i]}.values())
         cv_accuracy = float((held_out.probabilities.argmax(axis=1) == y).mean())
@@ -552,7 +615,8 @@ class IntentModel:
             emb_intercept=final.emb_intercept,
             word=final.word,
             char=final.char,
-            tfidf_coef=final.tfidf_coef,
+            # Saved as float16: rounded here too, so this model and its reloaded copy agree exactly.
+            tfidf_coef=final.tfidf_coef.astype(np.float16),
             tfidf_intercept=final.tfidf_intercept,
             temperature=temperature,
             source="trained",
@@ -560,6 +624,7 @@ class IntentModel:
             emb_weight=weight,
             density=embeddings[sorted(distinct)],
             oos_threshold=threshold,
+            oos_rule="combined",
             tiers=tiers,
             held_out=held_out,
         )
@@ -569,14 +634,16 @@ class IntentModel:
         """Write ``weights.npz`` (float arrays only) and ``meta.json`` into ``directory`` (created).
 
         Not atomic by itself; :func:`save_versioned` writes to a temporary folder and renames it.
-        Size: about 1.5 MB + 0.8 KB per distinct in-scope training text (its float16 embedding).
+        Size: 2 bytes per TF-IDF term per label (float16; at most ``MAX_WORD_FEATURES +
+        MAX_CHAR_FEATURES`` terms) + 0.8 KB per distinct in-scope training text (its float16
+        embedding) + the vocabularies in ``meta.json``.
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         arrays = {
             "emb_coef": self._emb_coef,
             "emb_intercept": self._emb_intercept,
-            "tfidf_coef": self._tfidf_coef_t.T,
+            "tfidf_coef": self._tfidf_coef_t.T.astype(np.float16),
             "tfidf_intercept": self._tfidf_intercept,
             "word_idf": self._word.idf,
             "char_idf": self._char.idf,
@@ -594,6 +661,8 @@ class IntentModel:
             "emb_weight": self.emb_weight,
             "pooling": self.pooling,
             "density_k": DENSITY_K,
+            "oos_rule": self.oos_rule,
+            "oos_density_weight": OOS_DENSITY_WEIGHT,
             # JSON has no infinity: null means "never out of scope by density".
             "oos_threshold": self.oos_threshold if math.isfinite(self.oos_threshold) else None,
             "tiers": self.tiers,
@@ -605,8 +674,8 @@ class IntentModel:
 
     @classmethod
     def load(cls, directory: Path, embedder: Embedder) -> IntentModel:
-        """Load a directory written by :meth:`save` (format 1 or 2). No pickle: nothing in it can
-        run code.
+        """Load a directory written by :meth:`save` (formats 1-3; older formats keep their own
+        out-of-scope rule, see :data:`MODEL_FORMAT`). No pickle: nothing in it can run code.
 
         Raises:
             IntentModelError: files missing or unreadable, a format newer than this code, or the
@@ -621,9 +690,9 @@ class IntentModel:
         except (OSError, ValueError) as exc:
             raise IntentModelError(f"intent model {directory} cannot be read: {exc}") from exc
         fmt = meta.get("format", 1)
-        if fmt not in (1, MODEL_FORMAT):
+        if fmt not in (1, 2, MODEL_FORMAT):
             raise IntentModelError(
-                f"intent model {directory} has format {fmt!r}; this Helpline reads formats 1 and "
+                f"intent model {directory} has format {fmt!r}; this Helpline reads formats 1 to "
                 f"{MODEL_FORMAT}: upgrade Helpline or retrain the model"
             )
         if meta.get("embedder_model_id") != embedder.model_id:
@@ -650,6 +719,7 @@ class IntentModel:
             pooling=meta.get("pooling", "mean"),
             density=arrays.get("density"),
             oos_threshold=math.inf if threshold is None else float(threshold),
+            oos_rule=meta.get("oos_rule", "combined") if fmt == MODEL_FORMAT else "density",
             tiers=meta.get("tiers"),
         )
 
@@ -692,8 +762,10 @@ def _fit(texts: Sequence[str], embeddings: np.ndarray, y: np.ndarray, n_classes:
 
     emb_lr = LogisticRegression(C=EMBEDDING_C, max_iter=3000)
     emb_lr.fit(embeddings, y)
-    word = Tfidf.fit(texts, word_ngrams)
-    char = Tfidf.fit(texts, char_ngrams)
+    # Tiny data (a few rows per label) keeps every term: there, a term seen once may be all a label has.
+    min_df = MIN_DF if len(texts) >= 50 * MIN_DF else 1
+    word = Tfidf.fit(texts, word_ngrams, min_df=min_df, max_features=MAX_WORD_FEATURES)
+    char = Tfidf.fit(texts, char_ngrams, min_df=min_df, max_features=MAX_CHAR_FEATURES)
     x = hstack([word.matrix(texts), char.matrix(texts)]).tocsr()
     tfidf_lr = LogisticRegression(C=TFIDF_C, max_iter=3000)
     tfidf_lr.fit(x, y)
@@ -740,6 +812,19 @@ def _density_scores(queries: np.ndarray, reference: np.ndarray, k: int = DENSITY
     return out
 
 
+def _in_scope_confidence(probabilities: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Highest probability of an in-scope label per row, shape ``(n,)`` (the out-of-scope class's own
+    probability is what makes a message out of scope, not what keeps it in)."""
+    keep = [i for i, label in enumerate(labels) if label != OUT_OF_SCOPE]
+    return probabilities[:, keep].max(axis=1) if keep else np.zeros(len(probabilities))
+
+
+def _combined_oos(confidence: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """``1 - confidence * (1 - density)^OOS_DENSITY_WEIGHT``, shape of the inputs (see
+    :attr:`IntentPrediction.oos_score`)."""
+    return 1.0 - confidence * np.clip(1.0 - density, 0.0, 1.0) ** OOS_DENSITY_WEIGHT
+
+
 def _calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
     return _softmax(np.log(np.clip(probs, 1e-12, None)) / temperature)
 
@@ -765,8 +850,9 @@ def routing_intents(intents: Mapping[str, IntentSpec], model: IntentModel) -> di
     one that ``intents`` has with another tier gets that tier (a deterministic intent moved to
     another tier loses its reply and handler). Deterministic tiers need a reply or handler, which a
     tiers file cannot give, so they only ever confirm an intent ``intents`` already has as
-    deterministic (``helpline train`` refuses the others). Labels in neither stay unknown: the router
-    sends them to a person (``unknown_intent``).
+    deterministic (``helpline train`` refuses the others). A trained label in neither (a model saved
+    before ``helpline train`` recorded default tiers) gets :data:`DEFAULT_TIER`: answered from the
+    knowledge base, not sent to a person.
     """
     merged = dict(intents)
     for label, tier in model.tiers.items():
@@ -779,6 +865,10 @@ def routing_intents(intents: Mapping[str, IntentSpec], model: IntentModel) -> di
             description=spec.description if spec else f"trained label {label!r} (tier from the tiers file)",
             examples=spec.examples if spec else (),
         )
+    for label in model.labels:
+        if label not in merged and label != OUT_OF_SCOPE:  # out_of_scope is the router's own case
+            merged[label] = IntentSpec(name=label, tier=DEFAULT_TIER, examples=(),
+                                       description=f"trained label {label!r} (default tier)")
     return merged
 
 

@@ -17,6 +17,14 @@ supported, the supported languages together get at most ``max_supported_confiden
 English supported) under ``max_english_share`` of its words are English words. "ok", "merci",
 "danke schön" and an order number never count.
 
+Three guards keep English messages that lingua misreads from going to a person (measured in
+``bench/escalation_bench.py``): a short message (under ``short_words`` words) needs a top
+confidence of at least ``short_min_confidence`` ("Can I resent my passcode?" reads as German at
+0.65, while 4-5 word German, Italian or Portuguese questions read at 0.86-1.0); a word made of two
+English words of 4+ letters counts as English ("passcode", "giftwrap"); and names (a capitalised word
+that does not open a sentence: "Tomomi Nishiyama lives at Rua do Arenque, Goiânia") are left out of
+the English share, and a message needs ``min_common_words`` other words to be judged at all.
+
 Must not: route, reply, or touch tickets; it only names a language.
 """
 
@@ -57,6 +65,9 @@ _NOISE = re.compile(
     r"|#?\b[A-Za-z]{0,3}\d[\w-]*"  # order ids, numbers, codes
 )
 _WORD = re.compile(r"[^\W\d_]{2,}")
+_SENTENCE_END = re.compile(r"[.!?]\s")
+COMPOUND_PART = 4
+"""Letters each half of a compound needs for the compound to count as an English word."""
 SAMPLE_CHARS = 400
 """Characters of a message (after ids, emails and links are removed) the language is judged on."""
 # Scripts written without spaces between words: Han, Hiragana, Katakana, Hangul, Thai.
@@ -68,14 +79,15 @@ class LanguageGuess:
     """The detected language of one message: ``code`` ISO 639-1 lower case (``"de"``), ``confidence``
     lingua's relative confidence in it, in [0, 1] (the candidates' values sum to 1),
     ``supported_confidence`` the summed confidence of the supported languages, ``words`` the words of
-    letters the decision was made on, ``english_share`` the share of those words that are English
-    words (:func:`english_words`)."""
+    letters the decision was made on, ``english_share`` the share of those words, names left out, that
+    are English words (:func:`is_english_word`), ``common_words`` how many words are not names."""
 
     code: str
     confidence: float
     supported_confidence: float
     words: int
     english_share: float
+    common_words: int = 0
 
 
 @lru_cache(maxsize=1)
@@ -87,6 +99,31 @@ def english_words() -> frozenset[str]:
 
     vocab = json.loads(default_tokenizer_path().read_text(encoding="utf-8"))["model"]["vocab"]
     return frozenset(w for w in vocab if w.isalpha() and w.isascii() and not w.startswith("##"))
+
+
+def is_english_word(word: str, known: frozenset[str] | None = None) -> bool:
+    """Whether ``word`` (any case) is in ``known`` (default :func:`english_words`) or is two such words
+    of at least :data:`COMPOUND_PART` letters each written together ("passcode", "giftwrap")."""
+    known = english_words() if known is None else known
+    w = word.lower()
+    if w in known:
+        return True
+    return any(w[:k] in known and w[k:] in known for k in range(COMPOUND_PART, len(w) - COMPOUND_PART + 1))
+
+
+def _common_words(cleaned: str) -> list[str]:
+    """The words of ``cleaned`` that are not names: a capitalised word (not all capitals) that does not
+    open the text or a sentence is a name or a place, and says nothing of the writer's language."""
+    out = []
+    end = None  # where the previous word ended; None before the first word
+    for m in _WORD.finditer(cleaned):
+        w = m.group()
+        opening = end is None or _SENTENCE_END.search(cleaned, end, m.start()) is not None
+        end = m.end()
+        if w[0].isupper() and not w.isupper() and not opening:
+            continue
+        out.append(w)
+    return out
 
 
 def _iso(code: str, setting: str) -> IsoCode639_1:
@@ -107,7 +144,8 @@ class LanguageGate:
     A message is in an unsupported language when it is long enough to tell (see :meth:`guess`), the
     most likely candidate is unsupported, the supported languages together get a relative
     confidence of at most ``max_supported_confidence``, and (when English is supported) fewer than
-    ``max_english_share`` of its words are English words. Asking "how sure are we it is not ours?"
+    ``max_english_share`` of its words are English words, with the guards of the module docstring
+    (``short_words``, ``short_min_confidence``, ``min_common_words``). Asking "how sure are we it is not ours?"
     rather than "how sure are we it is German?" matters: for a short French sentence lingua spreads
     its confidence over French, Italian and Spanish, yet gives English almost nothing.
 
@@ -125,6 +163,9 @@ class LanguageGate:
         min_cjk_chars: int = 6,
         max_supported_confidence: float = 0.05,
         max_english_share: float = 0.6,
+        short_words: int = 6,
+        short_min_confidence: float = 0.8,
+        min_common_words: int = 3,
     ) -> None:
         self.supported = frozenset(c.strip().lower() for c in supported)
         self.candidates = tuple(dict.fromkeys(c.strip().lower() for c in candidates))
@@ -144,6 +185,9 @@ class LanguageGate:
         self.min_cjk_chars = min_cjk_chars
         self.max_supported_confidence = max_supported_confidence
         self.max_english_share = max_english_share
+        self.short_words = short_words
+        self.short_min_confidence = short_min_confidence
+        self.min_common_words = min_common_words
         self._english = english_words() if "en" in self.supported else frozenset()
         self.low_accuracy = low_accuracy
         builder = LanguageDetectorBuilder.from_iso_codes_639_1(*isos).with_preloaded_language_models()
@@ -171,12 +215,16 @@ class LanguageGate:
             float(v.value) for v in values if v.language.iso_code_639_1.name.lower() in self.supported
         )
         top = values[0]
+        common = _common_words(cleaned)
         return LanguageGuess(
             code=top.language.iso_code_639_1.name.lower(),
             confidence=float(top.value),
             supported_confidence=supported,
             words=words,
-            english_share=sum(w.lower() in self._english for w in found) / max(1, words),
+            english_share=(
+                sum(is_english_word(w, self._english) for w in common) / max(1, len(common)) if self._english else 0.0
+            ),
+            common_words=len(common),
         )
 
     def unsupported(self, text: str) -> LanguageGuess | None:
@@ -189,6 +237,10 @@ class LanguageGate:
             or found.supported_confidence > self.max_supported_confidence
             or (self._english and found.english_share >= self.max_english_share)
         ):
+            return None
+        if found.words >= self.min_words and found.common_words < self.min_common_words:
+            return None  # mostly names: an address, a signature
+        if found.words < self.short_words and found.confidence < self.short_min_confidence:
             return None
         return found
 

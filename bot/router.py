@@ -34,7 +34,7 @@ from typing import Any
 
 from bot.actions import ActionContext, run_handler
 from bot.clarify import chosen_option, suggestions, vagueness
-from bot.context import Focus, InContext, follow_up_cue, in_context, next_focus
+from bot.context import Focus, InContext, follow_up_cue, in_context, next_focus, resolve_pronoun
 from bot.entities import bare_postcode
 from bot.ownership import AttemptLimits, Proof
 from bot.answers import compose_answer
@@ -43,6 +43,7 @@ from bot.escalation import Escalation, PriorTurn, Reply, Trigger
 from bot.guard import check_input
 from bot.intent_model import OUT_OF_SCOPE, IntentSpec
 from bot.knowledge import KnowledgeBase
+from bot.order_policy import OrderFacts
 from bot.playbook import Playbook
 from bot.understanding import MODEL_TOKENS, Understander, Understanding, model_view
 from config.replies import Replies, load_replies
@@ -241,7 +242,8 @@ class Router:
             )
         else:
             decision = await self._tiers(text, reading, ctx, base) if instead is None else Decision(
-                tier="deterministic", reason=instead.reason, reply=instead.text, data=dict(instead.data), **base
+                tier="deterministic", reason=instead.reason, reply=self.replies.fill(instead.text),
+                data=dict(instead.data), **base,
             )
             outcome = PriorTurn.from_event(text, decision.event_payload())
             failed = await asyncio.to_thread(self.escalation.after_tiers, text, outcome, ctx.prior)
@@ -251,7 +253,9 @@ class Router:
             not decision.escalate and decision.reply and u.sentiment <= self.settings.apology_sentiment
             and decision.reason not in ("off_topic",)
         ):
-            decision.reply = f"{self._apology(u, ctx)} {decision.reply}"
+            apology = self._apology(u, ctx)
+            decision.reply = f"{apology} {decision.reply}"
+            decision.data = {**decision.data, "apology": apology}
         return self._remember(decision, text, reading, ctx)
 
     def _assess(
@@ -283,8 +287,16 @@ class Router:
         cue = follow_up_cue(text, has_request_words=clear)
         if cue != "opener" and clear:
             # "can I return it?" knows what it asks; "it" is the order or article in focus, which the
-            # answer reads from the focus (not from the earlier request's words).
-            return None
+            # answer reads from the focus (not from the earlier request's words). With an order in
+            # focus the models read "can I return my order?".
+            resolved = resolve_pronoun(text, focus) if cue == "anaphora" else None
+            if resolved is None:
+                return None
+            understood = self.understander.understand(model_view(resolved.text))
+            if not self._confident(understood):
+                return None
+            return Reading(u=replace(understood, entities=u.entities, sentiment=u.sentiment),
+                           text=model_view(resolved.text), context=resolved)
         if cue is None and len(text.split()) > 8:
             return None  # says what it is about by itself
         contextual = in_context(text, focus, cue or "short")
@@ -519,6 +531,9 @@ class Router:
             answer = await asyncio.to_thread(
                 compose_answer, reading.text, u.embedding, passages, self.knowledge.version or "",
                 self.settings.retrieval_threshold, self.sentence_embedder,
+                question=reading.text,
+                context=ctx.focus.request if ctx.focus is not None and reading.context is None else None,
+                order=await self._order_in_focus(u, ctx),
             )
         if answer is None:
             base["data"] = data
@@ -532,6 +547,8 @@ class Router:
             return decision
         if spec is None:
             data["answered_by"] = "article"
+        if answer.yes_no or answer.order_lead:
+            data["answer"] = {"yes_no": answer.yes_no, "order_lead": answer.order_lead, "order_topic": answer.order_topic}
         return Decision(
             tier="retrieval",
             reason="answered",
@@ -540,6 +557,20 @@ class Router:
             retrieval_score=round(answer.score, 4),
             **base,
         )
+
+    async def _order_in_focus(self, u: Understanding, ctx: TurnContext) -> OrderFacts | None:
+        """The order this conversation is about, when the customer proved it is theirs: what a
+        policy answer ("can I still cancel it?") must check. None when the message names another
+        order (that one is looked up, with its own proof) or nothing is proved."""
+        focus = ctx.focus
+        if focus is None or not focus.order_id or not ctx.verified_owner:
+            return None
+        if u.entities.order_ids and focus.order_id not in u.entities.order_ids:
+            return None
+        order = await self.orders.get(focus.order_id)
+        if order is None or order.user_id != ctx.verified_owner:
+            return None
+        return OrderFacts.from_order(order)
 
     def _remember(self, decision: Decision, text: str, reading: Reading, ctx: TurnContext) -> Decision:
         """Record the context the turn used and the focus it leaves (``data["context"]``,

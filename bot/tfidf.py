@@ -95,12 +95,25 @@ class Tfidf:
         self.analyzer = analyzer
 
     @classmethod
-    def fit(cls, texts: Sequence[str], analyzer: Analyzer) -> Tfidf:
-        """Vocabulary (every term, sorted) and idf of ``texts``."""
+    def fit(
+        cls, texts: Sequence[str], analyzer: Analyzer, *, min_df: int = 1, max_features: int | None = None
+    ) -> Tfidf:
+        """Vocabulary (sorted) and idf of ``texts``.
+
+        ``min_df``: keep only terms found in at least this many texts (scikit-learn's ``min_df`` as a
+        count). ``max_features``: keep at most this many terms, the most frequent by document
+        frequency (ties: alphabetical), like scikit-learn's ``max_features``. Raises ValueError when
+        ``min_df < 1`` or ``max_features < 1``.
+        """
+        if min_df < 1 or (max_features is not None and max_features < 1):
+            raise ValueError(f"min_df must be >= 1 and max_features >= 1, got {min_df}, {max_features}")
         df: Counter[str] = Counter()
         for text in texts:
             df.update(set(analyzer(text)))
-        terms = sorted(df)
+        kept = [t for t, n in df.items() if n >= min_df]
+        if max_features is not None and len(kept) > max_features:
+            kept = sorted(kept, key=lambda t: (-df[t], t))[:max_features]
+        terms = sorted(kept)
         n = len(texts)
         idf = np.array([math.log((1 + n) / (1 + df[t])) + 1.0 for t in terms])
         return cls(terms, idf, analyzer)

@@ -9,11 +9,16 @@ rows, the tiers, the seed, the embedding model and the training code, like the m
 ``config/intents.yaml``. Point ``HELPLINE_INTENT_MODEL_DIR`` at that folder to serve it.
 
 The report (:class:`TrainingReport`) is computed on cross-validated predictions: every row is
-predicted once by a model fitted on the other four fifths (stratified by label).
+predicted once by a model fitted on the other four fifths (stratified by label), with precision,
+recall and F1 per label, worst first; ``--validation FILE`` adds the same figures on a file the model
+never saw. :func:`predict_file` (``helpline predict``) runs a saved model over a file.
 
 Labels: any non-empty string; ``out_of_scope`` or ``oos`` (any case) train the out-of-scope class.
-Each label's tier comes from ``--tiers`` (YAML ``label: tier``) or else from the intents file; labels
-with neither are listed in the report (the router sends them to a person, reason ``unknown_intent_no_reasoning_tier``).
+A label may have fewer rows than there are folds (even one): it is trained, and its cross-validated
+figures are pessimistic (folds without it cannot predict it); the report warns. Each label's tier
+comes from ``--tiers`` (YAML ``label: tier``) or else from the intents file; labels with neither get
+:data:`bot.intent_model.DEFAULT_TIER` (``retrieval``: answered from the knowledge base), saved with
+the model and listed in a warning.
 
 Must not: touch the database or the network, or write anything before the input is fully checked.
 """
@@ -36,6 +41,7 @@ import yaml
 from bot.embeddings import Embedder
 from bot.intent_model import (
     CV_FOLDS,
+    DEFAULT_TIER,
     OUT_OF_SCOPE,
     TIERS,
     IntentModel,
@@ -71,22 +77,53 @@ class TrainingRow:
 
 @dataclass(frozen=True)
 class LabelScore:
-    """Cross-validated figures for one label: ``support`` rows, ``correct`` of them predicted as
-    this label, ``f1`` (0..1), and the label its rows were most often mistaken for (None if never)."""
+    """Figures for one label: ``support`` rows, ``correct`` of them predicted as this label,
+    ``precision``, ``recall``, ``f1`` (0..1), and the label its rows were most often mistaken for
+    (None if never)."""
 
     label: str
     support: int
     correct: int
+    precision: float
+    recall: float
     f1: float
     confused_with: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "support": self.support, "correct": self.correct,
+                "precision": round(self.precision, 4), "recall": round(self.recall, 4),
+                "f1": round(self.f1, 4), "confused_with": self.confused_with}
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Figures of the saved model on a ``--validation`` file it never saw: ``rows``, ``accuracy``,
+    ``macro_f1`` (over the labels of that file), ``per_class`` (worst F1 first), ``flagged_out_of_scope``
+    (share of rows the model marks ``out_of_scope``), ``unknown_labels`` (label -> rows for labels the
+    model was not trained on: always wrong)."""
+
+    data: Path
+    rows: int
+    accuracy: float
+    macro_f1: float
+    per_class: list[LabelScore]
+    flagged_out_of_scope: float
+    unknown_labels: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": str(self.data), "rows": self.rows, "accuracy": round(self.accuracy, 4),
+                "macro_f1": round(self.macro_f1, 4), "per_class": [c.to_json() for c in self.per_class],
+                "flagged_out_of_scope": round(self.flagged_out_of_scope, 4), "unknown_labels": self.unknown_labels}
 
 
 @dataclass
 class TrainingReport:
-    """What ``helpline train`` did. Accuracy, macro-F1 and the label scores are cross-validated
-    (every row predicted once by a model that did not see it). ``unknown_labels``: label -> rows for
-    labels that have no tier (neither ``--tiers`` nor the intents file). ``oos_*``: the density
-    threshold and the share of cross-validated rows above it, in scope and (when the data has an
+    """What ``helpline train`` did. Accuracy, macro-F1 and the label scores (``per_class``, worst F1
+    first; ``worst`` its first ``WORST_LABELS``) are cross-validated (every row predicted once by a
+    model that did not see it). ``unknown_labels``: label -> rows for labels that had no tier (neither
+    ``--tiers`` nor the intents file) and got ``DEFAULT_TIER``. ``validation``: figures on
+    ``--validation`` (None without). ``oos_*``: the out-of-scope flag threshold (on ``oos_score``) and
+    the share of cross-validated rows above it, in scope and (when the data has an
     out-of-scope class) out of scope; ``oos_class_recall``: share of out-of-scope rows predicted as
     the out-of-scope class (None without one). Times in seconds, wall clock (``*_s``) and CPU of this
     process, all threads (``*_cpu_s``: what a busy machine does not inflate); ``model_bytes`` on disk."""
@@ -99,6 +136,7 @@ class TrainingReport:
     accuracy: float
     macro_f1: float
     worst: list[LabelScore]
+    per_class: list[LabelScore]
     unknown_labels: dict[str, int]
     tiers: dict[str, str]
     oos_threshold: float
@@ -112,6 +150,7 @@ class TrainingReport:
     model_bytes: int
     reused: bool = False
     warnings: list[str] = field(default_factory=list)
+    validation: Validation | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able figures (``helpline train --json`` prints this as its last line)."""
@@ -122,11 +161,9 @@ class TrainingReport:
             "labels": len(self.labels),
             "accuracy": round(self.accuracy, 4),
             "macro_f1": round(self.macro_f1, 4),
-            "worst_labels": [
-                {"label": s.label, "support": s.support, "correct": s.correct, "f1": round(s.f1, 4),
-                 "confused_with": s.confused_with}
-                for s in self.worst
-            ],
+            "worst_labels": [s.to_json() for s in self.worst],
+            "per_class": [s.to_json() for s in self.per_class],
+            "validation": self.validation.to_json() if self.validation else None,
             "unknown_labels": self.unknown_labels,
             "oos_threshold": round(self.oos_threshold, 4),
             "oos_flagged_in_scope": round(self.oos_flagged_in_scope, 4),
@@ -245,21 +282,26 @@ def embed_with_progress(embedder: Embedder, texts: Sequence[str], *, progress: b
 
 
 def label_scores(y: np.ndarray, predicted: np.ndarray, labels: Sequence[str]) -> list[LabelScore]:
-    """Per-label support, correct count, F1 and most frequent confusion; ``y``/``predicted``: label
-    indices, shape ``(n,)``."""
-    from sklearn.metrics import f1_score
+    """Per-label support, correct count, precision, recall, F1 and most frequent confusion, worst F1
+    first (ties by label); ``y``/``predicted``: indices into ``labels``, shape ``(n,)``. Labels with
+    no rows in ``y`` are left out."""
+    from sklearn.metrics import precision_recall_fscore_support
 
-    f1 = f1_score(y, predicted, labels=list(range(len(labels))), average=None, zero_division=0)
+    index = list(range(len(labels)))
+    precision, recall, f1, _ = precision_recall_fscore_support(y, predicted, labels=index, zero_division=0)
     confusions = Counter((int(t), int(p)) for t, p in zip(y, predicted) if t != p)
     scores = []
     for i, label in enumerate(labels):
         mask = y == i
+        if not mask.any():
+            continue
         mistaken = [(n, p) for (t, p), n in confusions.items() if t == i]
         scores.append(LabelScore(
             label=label, support=int(mask.sum()), correct=int((predicted[mask] == i).sum()),
-            f1=float(f1[i]), confused_with=labels[max(mistaken)[1]] if mistaken else None,
+            precision=float(precision[i]), recall=float(recall[i]), f1=float(f1[i]),
+            confused_with=labels[max(mistaken)[1]] if mistaken else None,
         ))
-    return scores
+    return sorted(scores, key=lambda s: (s.f1, s.label))
 
 
 def train_from_file(
@@ -275,6 +317,7 @@ def train_from_file(
     embedder: Embedder | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    validation: Path | None = None,
 ) -> TrainingReport:
     """Check, train, save; see the module docstring. About 1.5 s per 1,000 rows embedding plus
     1.5 s per 1,000 rows fitting on 2 cores (10,000 rows: about 30 s).
@@ -292,9 +335,12 @@ def train_from_file(
         embedder: reused when given (tests, benchmarks); loaded otherwise.
         progress: show tqdm bars on stderr.
         log: called with each warning line as it arises (the CLI echoes them to stderr).
+        validation: a file with the same columns, scored by the saved model (``report.validation``);
+            checked before anything is trained.
     Raises:
-        TrainingDataError: see :func:`load_training_rows` and :func:`load_tiers`, and labels with
-            fewer than ``CV_FOLDS`` rows or fewer than two labels. Nothing is written then.
+        TrainingDataError: see :func:`load_training_rows` and :func:`load_tiers` (also for
+            ``validation``), fewer than ``CV_FOLDS`` rows in all, or fewer than two labels. Nothing
+            is written then.
     """
     from tqdm import tqdm
 
@@ -305,13 +351,11 @@ def train_from_file(
         rows += [TrainingRow(0, example, name) for name in missing for example in intents[name].examples]
         missing = []
     tiers_given = load_tiers(tiers_file, intents) if tiers_file is not None else {}
+    valid_rows = load_training_rows(validation, text_column, label_column) if validation is not None else None
     counts = Counter(r.label for r in rows)
-    few = [f"{label!r} has {n}" for label, n in counts.items() if n < CV_FOLDS]
-    if few:
-        raise TrainingDataError(
-            f"{data}: field {label_column!r}: every label needs at least {CV_FOLDS} rows (one per "
-            f"cross-validation fold): {', '.join(few)}"
-        )
+    if len(rows) < CV_FOLDS:
+        raise TrainingDataError(f"{data}: {len(rows)} rows; at least {CV_FOLDS} are needed (one per "
+                                "cross-validation fold)")
     if len(counts) < 2:
         raise TrainingDataError(f"{data}: field {label_column!r}: at least two labels are needed, found {list(counts)}")
 
@@ -322,6 +366,10 @@ def train_from_file(
         if log is not None:
             log(line)
 
+    few = [f"{label} ({n})" for label, n in sorted(counts.items()) if n < CV_FOLDS]
+    if few:
+        warn(f"{len(few)} label(s) have fewer than {CV_FOLDS} rows: trained, but their cross-validated "
+             f"figures are pessimistic (the folds without them cannot predict them); add rows: {', '.join(few)}")
     if missing:
         warn(f"{len(missing)} intent(s) of the intents file have no rows, so the model never predicts them "
              f"(add rows, or --add-config-examples to train them on the intents file's examples): "
@@ -331,16 +379,17 @@ def train_from_file(
         warn(f"tiers file labels not in the data (ignored): {', '.join(unused)}")
     tiers = {label: tiers_given.get(label) or intents[label].tier for label in counts
              if label in tiers_given or label in intents}
-    unknown = {label: n for label, n in sorted(counts.items()) if label not in tiers}
+    unknown = {label: n for label, n in sorted(counts.items()) if label not in tiers and label != OUT_OF_SCOPE}
     if unknown:
         listed = ", ".join(f"{label} ({n} rows)" for label, n in unknown.items())
-        warn(f"{len(unknown)} label(s) have no tier (not in the intents file, not in --tiers); the router "
-             f"sends them to a person (reason unknown_intent_no_reasoning_tier): {listed}")
+        warn(f"{len(unknown)} label(s) have no tier (not in the intents file, not in --tiers) and get "
+             f"'{DEFAULT_TIER}' (answered from the knowledge base): {listed}")
+        tiers.update({label: DEFAULT_TIER for label in unknown})
 
     embedder = embedder or Embedder.load()
     version = data_version(rows, tiers, seed, embedder.model_id)
-    rng = random.Random(seed)
-    texts = [fill_placeholders(r.text, rng) for r in rows]
+    valid_texts = _filled([r.text for r in valid_rows], seed + 1) if valid_rows else []
+    texts = _filled([r.text for r in rows], seed)
     labels = [r.label for r in rows]
 
     started, started_cpu = time.perf_counter(), time.process_time()
@@ -348,17 +397,51 @@ def train_from_file(
     embed_s, embed_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
     started, started_cpu = time.perf_counter(), time.process_time()
     with tqdm(total=CV_FOLDS + 1, desc="fitting", unit="fit", file=sys.stderr, disable=not progress) as bar:
-        model = IntentModel.train_examples(
-            texts, labels, embedder, version=version, embeddings=embeddings, tiers=tiers,
-            info={"data": Path(data).name, "rows": len(rows), "seed": seed},
-            on_step=lambda step: (bar.set_postfix_str(step), bar.update(1)),
-        )
+        try:
+            model = IntentModel.train_examples(
+                texts, labels, embedder, version=version, embeddings=embeddings, tiers=tiers,
+                info={"data": Path(data).name, "rows": len(rows), "seed": seed},
+                on_step=lambda step: (bar.set_postfix_str(step), bar.update(1)),
+            )
+        except ValueError as exc:
+            raise TrainingDataError(f"{data}: {exc}") from None
     fit_s, fit_cpu_s = time.perf_counter() - started, time.process_time() - started_cpu
 
     reused = (Path(out_dir) / version / "meta.json").is_file()
     model_dir = save_versioned(model, Path(out_dir))
-    return _report(Path(data), model, model_dir, tiers, unknown, (embed_s, fit_s, embed_cpu_s, fit_cpu_s),
-                   reused, warnings)
+    report = _report(Path(data), model, model_dir, tiers, unknown, (embed_s, fit_s, embed_cpu_s, fit_cpu_s),
+                     reused, warnings)
+    if valid_rows:
+        valid_emb = embed_with_progress(embedder, valid_texts, progress=progress)
+        report.validation = validate(model, validation, valid_texts, [r.label for r in valid_rows], valid_emb)
+    return report
+
+
+def _filled(texts: Sequence[str], seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return [fill_placeholders(text, rng) for text in texts]
+
+
+def validate(model: IntentModel, data: Path, texts: Sequence[str], labels: Sequence[str],
+             embeddings: np.ndarray | None = None) -> Validation:
+    """Score ``model`` on labelled ``texts`` it never saw (``embeddings``: their ``(n, 384)`` rows, or
+    None to embed here). Accuracy counts a row right when the predicted intent equals its label;
+    labels the model does not know are always wrong (listed in ``unknown_labels``)."""
+    from sklearn.metrics import f1_score
+
+    predictions = model.predict_batch(texts, embeddings)
+    names = list(model.labels) + sorted(set(labels) - set(model.labels))
+    index = {name: i for i, name in enumerate(names)}
+    y = np.array([index[label] for label in labels])
+    predicted = np.array([index[p.intent] for p in predictions])
+    present = sorted(set(y.tolist()))
+    return Validation(
+        data=Path(data), rows=len(texts), accuracy=float((y == predicted).mean()),
+        macro_f1=float(f1_score(y, predicted, labels=present, average="macro", zero_division=0)),
+        per_class=label_scores(y, predicted, names),
+        flagged_out_of_scope=float(np.mean([p.out_of_scope for p in predictions])),
+        unknown_labels=dict(sorted(Counter(label for label in labels if label not in model.labels).items())),
+    )
 
 
 def _report(data: Path, model: IntentModel, model_dir: Path, tiers: dict[str, str],
@@ -381,7 +464,8 @@ def _report(data: Path, model: IntentModel, model_dir: Path, tiers: dict[str, st
         labels={s.label: s.support for s in scores},
         accuracy=float(accuracy_score(held.y, predicted)),
         macro_f1=float(f1_score(held.y, predicted, average="macro")),
-        worst=sorted(scores, key=lambda s: (s.f1, s.label))[:WORST_LABELS],
+        worst=scores[:WORST_LABELS],
+        per_class=scores,
         unknown_labels=unknown,
         tiers=tiers,
         oos_threshold=model.oos_threshold,
@@ -398,6 +482,13 @@ def _report(data: Path, model: IntentModel, model_dir: Path, tiers: dict[str, st
     )
 
 
+def _class_table(scores: Sequence[LabelScore]) -> list[str]:
+    rows = [f"  {'label':30s} {'prec':>5s} {'recall':>6s} {'F1':>5s} {'right/rows':>10s}  most often mistaken for"]
+    rows += [f"  {s.label:30s} {s.precision:5.3f} {s.recall:6.3f} {s.f1:5.3f} {f'{s.correct}/{s.support}':>10s}  "
+             f"{s.confused_with or '-'}" for s in scores]
+    return rows
+
+
 def format_report(report: TrainingReport) -> str:
     """The human-readable report ``helpline train`` prints (several lines, no trailing newline).
     Warnings are not repeated here: ``train_from_file`` hands them to its ``log`` as they arise."""
@@ -407,13 +498,18 @@ def format_report(report: TrainingReport) -> str:
          f"{report.embed_cpu_s:.1f} + {report.fit_cpu_s:.1f} s)"),
         (f"held-out ({CV_FOLDS}-fold cross-validation, stratified): accuracy {report.accuracy:.2%}, "
          f"macro-F1 {report.macro_f1:.4f}"),
-        "worst labels (F1, correct/rows, most often mistaken for):",
+        "per label, worst first:",
+        *_class_table(report.per_class),
     ]
-    for s in report.worst:
-        lines.append(f"  {s.label:30s} {s.f1:.3f}  {s.correct}/{s.support}  {s.confused_with or '-'}")
+    if report.validation is not None:
+        v = report.validation
+        lines += [f"validation on {v.data.name} ({v.rows} rows the model never saw): accuracy {v.accuracy:.2%}, "
+                  f"macro-F1 {v.macro_f1:.4f}, flagged out of scope {v.flagged_out_of_scope:.1%}"
+                  + (f"; labels the model does not know (always wrong): {v.unknown_labels}" if v.unknown_labels else ""),
+                  "validation per label, worst first:", *_class_table(v.per_class)]
     lines.append(
-        f"out of scope: density threshold {report.oos_threshold:.3f} (1 - cosine to the nearest training "
-        f"example); above it: {report.oos_flagged_in_scope:.1%} of in-scope rows"
+        f"out of scope: flag threshold {report.oos_threshold:.3f} on oos_score (1 - confidence x (1 - "
+        f"density)^w); above it: {report.oos_flagged_in_scope:.1%} of in-scope rows"
         + (f", {report.oos_flagged_out_of_scope:.1%} of {OUT_OF_SCOPE} rows; {OUT_OF_SCOPE} class recall "
            f"{report.oos_class_recall:.1%}" if report.oos_class_recall is not None else "")
     )
@@ -421,3 +517,50 @@ def format_report(report: TrainingReport) -> str:
     lines.append(f"model {report.version} {state}: {report.model_dir} ({report.model_bytes / 1e6:.1f} MB)")
     lines.append(f"serve it with: HELPLINE_INTENT_MODEL_DIR={report.model_dir}")
     return "\n".join(lines)
+
+
+# --- batch prediction -------------------------------------------------------------------------------
+
+PREDICT_FIELDS = ("line", "text", "intent", "confidence", "oos_score", "out_of_scope")
+
+
+def predict_file(model: IntentModel, embedder: Embedder, data: Path, text_column: str, out: Path, *,
+                 seed: int = 0, progress: bool = True) -> int:
+    """``helpline predict``: classify every row of a ``.csv``/``.jsonl`` file (same reading rules as
+    :func:`load_training_rows`, no label needed; placeholders filled with ``seed``) and write one
+    record per row to ``out`` (``.csv`` with a header, or ``.jsonl``): :data:`PREDICT_FIELDS`, where
+    ``line`` is the row's line in ``data``, ``text`` the text as in the file, ``confidence`` and
+    ``oos_score`` in 0..1, ``out_of_scope`` a bool. Returns the number of rows.
+
+    Raises:
+        TrainingDataError: the input cannot be read (names the line and field), or ``out`` has
+            another suffix. Nothing is written then.
+    """
+    import csv
+
+    out = Path(out)
+    if out.suffix.lower() not in (".csv", ".jsonl"):
+        raise TrainingDataError(f"{out}: the output must be a .csv or .jsonl file")
+    try:
+        rows, bad = read_message_rows(Path(data), text_column, None, purpose="predict")
+    except DataFileError as exc:
+        raise TrainingDataError(str(exc)) from None
+    if bad:
+        raise TrainingDataError(f"{data}: {len(bad)} bad row(s): {'; '.join(bad[:5])}")
+    texts = _filled([r.text for r in rows], seed)
+    embeddings = embed_with_progress(embedder, texts, progress=progress)
+    predictions = model.predict_batch(texts, embeddings)
+    records = [
+        {"line": r.line, "text": r.text, "intent": p.intent, "confidence": round(p.confidence, 6),
+         "oos_score": round(p.oos_score, 6), "out_of_scope": p.out_of_scope}
+        for r, p in zip(rows, predictions)
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8", newline="") as fh:
+        if out.suffix.lower() == ".jsonl":
+            fh.writelines(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        else:
+            writer = csv.DictWriter(fh, fieldnames=PREDICT_FIELDS)
+            writer.writeheader()
+            writer.writerows(records)
+    return len(records)

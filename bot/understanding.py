@@ -42,8 +42,8 @@ class Understanding:
     (intent, probability) pairs, descending; ``sentiment`` the VADER compound score in [-1, 1];
     ``embedding`` the (384,) float32 L2-normalised sentence embedding. ``out_of_scope`` and
     ``oos_score`` come from the intent model (:class:`bot.intent_model.IntentPrediction`): the
-    predicted intent is ``out_of_scope``, or the message is far from every in-scope training example
-    (``oos_score``, 1 - cosine to the nearest one, above the model's threshold).
+    predicted intent is ``out_of_scope``, or its out-of-scope score (low confidence and far from
+    every in-scope training example, combined) is above the model's threshold.
     """
 
     intent: str

@@ -8,7 +8,9 @@ client -> server
   ``{"type": "ping"}``
   ``{"type": "csat", "ticket": int, "rating": 1-5, "comment"?: str}``                a rating, once per ticket
 server -> client
-  ``welcome`` (session_id, ticket_id, ticket_state, last_seq, resync), then every message of the
+  ``welcome`` (session_id, ticket_id, ticket_state, last_seq, resync, greeting: {text,
+  suggestions}: the opening message a client shows while the conversation has no messages, from
+  the replies file; never stored), then every message of the
   customer with ``seq > last_seq`` (the backlog), then ``{"type": "synced", "last_seq": int}``,
   then live ``message`` frames; ``ack`` per stored inbound message; ``typing``; ``error`` (code,
   message, and the frame's ``client_message_id`` when it had a readable one); ``pong``;
@@ -33,8 +35,10 @@ falls behind is refilled from the database), a client that does not read a frame
 ``chat_idle_timeout_s`` is closed (4000), and one client address may hold ``chat_sockets_per_address``
 sockets and start ``new_sessions_per_address`` sessions per window.
 
-Customer frames never carry the bot's internal labels (tier, intent, confidence); replayed traffic
-(``helpline replay``, from this machine or with the admin token) gets them, for its report.
+Customer frames never carry the bot's internal labels (tier, intent, confidence): their ``meta`` holds
+only what the customer's client acts on (:func:`public_meta`: a rating prompt, quick replies).
+Replayed traffic (``helpline replay``, from this machine or with the admin token) gets it all, for
+its report.
 
 This adapter normalises frames into :class:`helpline.conversation.Inbound` and renders stored
 messages; it knows nothing of routing.
@@ -55,6 +59,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from channels.sessions import LEGACY_MIN_LENGTH, REPLAY, WEBCHAT, SessionIssuer
+from config.replies import MAX_SUGGESTIONS, Replies, load_replies
 from config.settings import Settings
 from helpline.clients import (
     UNKNOWN,
@@ -112,16 +117,52 @@ CSAT_FRAMES_PER_MINUTE = 10
 """CSAT frames one customer may send per minute (each one is a database write attempt)."""
 
 
-def public_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """What of a message's ``meta`` a customer's frame carries: only a CSAT prompt's
-    ``{"csat": {"ticket", "scale", "rated"?}}``; the bot's labels and who resolved stay inside."""
-    prompt = meta.get("csat") if isinstance(meta, dict) else None
-    if not isinstance(prompt, dict):
+MAX_QUICK_REPLIES = MAX_SUGGESTIONS
+"""Quick replies shown under one message (the lead's contract: 1-4 short labels)."""
+MAX_QUICK_REPLY_CHARS = 80
+"""Longest quick-reply label passed to a customer (the replies file's limit for a suggestion)."""
+
+
+def quick_replies(meta: dict[str, Any] | None) -> list[str] | None:
+    """The quick-reply labels of a stored message's ``meta["quick_replies"]`` as a client may show
+    them: the labels that are non-blank strings of at most :data:`MAX_QUICK_REPLY_CHARS`
+    characters, the first :data:`MAX_QUICK_REPLIES` of them; None when there are none (no key, not
+    a list, nothing usable). Labels are passed as text; clients must never render them as markup."""
+    labels = meta.get("quick_replies") if isinstance(meta, dict) else None
+    if not isinstance(labels, list):
         return None
-    shown = {"ticket": prompt.get("ticket"), "scale": prompt.get("scale")}
-    if prompt.get("rated"):
-        shown["rated"] = True
-    return {"csat": shown}
+    shown = [label for label in labels
+             if isinstance(label, str) and label.strip() and len(label) <= MAX_QUICK_REPLY_CHARS]
+    return shown[:MAX_QUICK_REPLIES] or None
+
+
+def public_meta(meta: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What of a message's ``meta`` a customer's frame carries, or None for nothing: a CSAT
+    prompt's ``{"csat": {"ticket", "scale", "rated"?}}`` and a bot reply's
+    ``{"quick_replies": [label, ...]}`` (:func:`quick_replies`); the bot's labels and who resolved
+    stay inside."""
+    shown: dict[str, Any] = {}
+    prompt = meta.get("csat") if isinstance(meta, dict) else None
+    if isinstance(prompt, dict):
+        rating = {"ticket": prompt.get("ticket"), "scale": prompt.get("scale")}
+        if prompt.get("rated"):
+            rating["rated"] = True
+        shown["csat"] = rating
+    labels = quick_replies(meta)
+    if labels is not None:
+        shown["quick_replies"] = labels
+    return shown or None
+
+
+def is_csat_prompt(meta: dict[str, Any] | None) -> bool:
+    """Whether a stored message's ``meta`` holds a rating prompt."""
+    return isinstance(meta, dict) and isinstance(meta.get("csat"), dict)
+
+
+def greeting_frame(replies: Replies) -> dict[str, Any]:
+    """The welcome frame's ``greeting``: ``{"text": str, "suggestions": [str, ...]}`` (0-4
+    suggested questions), from the replies file (``config/replies.yaml``)."""
+    return {"text": replies.greeting_text(), "suggestions": list(replies.suggestions)}
 
 
 def parse_csat(frame: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -255,7 +296,12 @@ class _Connection:
 
 
 class WebChatChannel:
-    """aiohttp handler for ``GET /ws/chat``."""
+    """aiohttp handler for ``GET /ws/chat``.
+
+    ``replies``: the validated replies file, whose greeting and suggested questions every welcome
+    frame carries; when None it is read here, once, from ``settings.replies_file`` (raises
+    :class:`config.replies.RepliesError` for a bad file, ``OSError`` for an unreadable one).
+    """
 
     def __init__(
         self,
@@ -265,7 +311,9 @@ class WebChatChannel:
         settings: Settings,
         limiter: RateLimiter,
         proxies: Sequence[Network] = (),
+        replies: Replies | None = None,
     ) -> None:
+        self.greeting = greeting_frame(replies if replies is not None else load_replies(settings.replies_file))
         self.conversations = conversations
         self.delivery = delivery
         self.sessions = sessions
@@ -459,6 +507,7 @@ class WebChatChannel:
         await conn.send({
             "type": "welcome", "session_id": session_id, "ticket_id": ticket_id,
             "ticket_state": ticket_state, "last_seq": server_seq, "resync": resync,
+            "greeting": self.greeting,
         })
         conn.welcomed.set()
         if customer_id is not None:
@@ -482,12 +531,12 @@ class WebChatChannel:
     async def _send_backlog(self, conn: _Connection, customer_id: int, after: int) -> None:
         while True:
             batch = await messages_after(self.conversations.db, customer_id, after, limit=BACKLOG_PAGE)
-            prompts = [m.ticket_id for m in batch if public_meta(m.meta) is not None]
+            prompts = [m.ticket_id for m in batch if is_csat_prompt(m.meta)]
             # A CSAT prompt replayed to a client that lost its state says whether it was answered.
             answered = await csat.rated(self.conversations.db, prompts) if prompts else set()
             for message in batch:
                 frame = message_frame(message)
-                if message.ticket_id in answered and public_meta(message.meta) is not None:
+                if message.ticket_id in answered and is_csat_prompt(message.meta):
                     frame["meta"] = {**message.meta, "csat": {**message.meta["csat"], "rated": True}}
                 await conn.send(frame)
             if len(batch) < BACKLOG_PAGE:

@@ -19,13 +19,12 @@ from __future__ import annotations
 import string
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from config.settings import CONFIG_DIR
 from config.sla import WEEKDAYS, BusinessCalendar, SlaConfig
+from config.yaml_models import load_yaml_model
 
 DEFAULT_REPLIES_FILE = CONFIG_DIR / "replies.yaml"
 MAX_SUGGESTIONS = 4
@@ -224,18 +223,4 @@ def load_replies(path: Path = DEFAULT_REPLIES_FILE) -> Replies:
         RepliesError: not YAML, not a mapping, or a bad value; one line, ``PATH: KEY: why``.
         OSError: the file cannot be read.
     """
-    path = Path(path)
-    try:
-        data: Any = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise RepliesError(f"{path}: not valid YAML ({exc})") from None
-    if not isinstance(data, dict):
-        raise RepliesError(f"{path}: expected a mapping (assistant_name, shop_name, greeting, ...)")
-    try:
-        return Replies.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        message = str(first["msg"]).removeprefix("Value error, ")
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise RepliesError(f"{path}: {where + ': ' if where else ''}{message}{more}") from None
+    return load_yaml_model(Path(path), Replies, RepliesError, "assistant_name, shop_name, greeting, ...")

@@ -5,6 +5,12 @@ end to end. It prints the conversation (``bot> ``, ``agent> ``, ``you> ``), send
 customer message, and reconnects with ``last_seq`` when the socket drops so nothing is missed or shown
 twice. It persists nothing; to resume a conversation pass the session id it printed.
 
+Quick replies (a bot message's ``meta.quick_replies``) are printed numbered under the message
+(``1) Track my order``); typing the number sends the number as is, and the server maps it to the
+option. A new conversation opens with the server's greeting and its suggested questions, numbered
+too; those are not stored on the server, so while they are the latest options the client sends the
+suggestion's text for its number.
+
 It is a client only: it must not import the server, the router or the database.
 """
 
@@ -37,6 +43,8 @@ unsendable message would be resent on every reconnect."""
 
 _PREFIXES = {"bot": "bot> ", "agent": "agent> ", "customer": "you> ", "system": "system> "}
 _QUIT = "/quit"
+MAX_OPTIONS = 4
+"""Quick replies shown under one message (the server sends at most this many)."""
 
 
 class _Unreachable(Exception):
@@ -103,11 +111,22 @@ class _Printer:
         self._out.write(text + "\n")
         self._out.flush()
 
-    def message(self, author: str, text: str) -> None:
+    def message(self, author: str, text: str, options: list[str] | None = None) -> None:
+        """One message; ``options`` (quick replies) numbered under it, indented like its text."""
         prefix = _PREFIXES.get(author, f"{author}> ")
         # Continuation lines are indented under the text so a multi-line reply reads as one message.
-        body = text.replace("\n", "\n" + " " * len(prefix))
-        self.line(prefix + body)
+        indent = "\n" + " " * len(prefix)
+        self.line(prefix + text.replace("\n", indent))
+        for number, option in enumerate(options or (), start=1):
+            self.line(f"{' ' * len(prefix)}{number}) {option.replace(chr(10), ' ')}")
+
+
+def quick_replies(value: Any) -> list[str]:
+    """The labels of a frame's ``meta.quick_replies`` (or a greeting's ``suggestions``) to print:
+    the non-blank strings, at most :data:`MAX_OPTIONS`; ``[]`` for anything else."""
+    if not isinstance(value, list):
+        return []
+    return [v for v in value if isinstance(v, str) and v.strip()][:MAX_OPTIONS]
 
 
 def _start_stdin_reader(stdin: TextIO, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[str | None]:
@@ -153,6 +172,10 @@ class _Client:
         self.drain_timeout = drain_timeout
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.welcomed = 0
+        self.greeted = False
+        # The greeting's suggestions while they are the latest options: a number typed then is
+        # sent as the suggestion's text (the server never stored the greeting, so cannot map it).
+        self.suggestions: list[str] = []
 
     async def run(self) -> int:
         async with aiohttp.ClientSession() as http:
@@ -249,6 +272,18 @@ class _Client:
             self.out.line(f"session {self.conv.session_id}, {ticket_text}. Type /quit to leave.")
         else:
             self.out.line("(reconnected)")
+        self._greet(frame)
+
+    def _greet(self, frame: dict[str, Any]) -> None:
+        """Print the welcome's greeting once, while the conversation has no messages."""
+        greeting = frame.get("greeting")
+        if self.greeted or frame.get("last_seq") != 0 or self.conv.last_seq or self.conv.sent:
+            return
+        if not isinstance(greeting, dict) or not isinstance(greeting.get("text"), str):
+            return
+        self.greeted = True
+        self.suggestions = quick_replies(greeting.get("suggestions"))
+        self.out.message("bot", greeting["text"], self.suggestions)
 
     async def _receive_forever(self, http: aiohttp.ClientSession) -> None:
         while True:
@@ -296,13 +331,16 @@ class _Client:
             if not isinstance(seq, int) or seq <= self.conv.last_seq:
                 return  # already shown
             self.conv.last_seq = seq
+            self.suggestions = []  # the conversation has begun: the greeting's options are gone
             author = str(frame.get("author") or "system")
             client_id = frame.get("client_message_id")
             mine = self.conv.sent.get(client_id) if isinstance(client_id, str) else None
             if mine is not None:
                 mine.seq = seq  # typed here: already on screen
             else:
-                self.out.message(author, str(frame.get("text") or ""))
+                meta = frame.get("meta")
+                options = quick_replies(meta.get("quick_replies")) if isinstance(meta, dict) else []
+                self.out.message(author, str(frame.get("text") or ""), options)
             if frame.get("direction") == "outbound":
                 self.conv.last_reply_seq = seq
                 self.conv.typing = False
@@ -360,10 +398,21 @@ class _Client:
                 continue
             if self.scripted:
                 await self._wait_settled(receiver, self.drain_timeout)
+            line = self._pick_suggestion(line)
+            if self.scripted:
                 self.out.message("customer", line)
             pending = _Pending(client_message_id=str(uuid.uuid4()), text=line)
             self.conv.sent[pending.client_message_id] = pending
             await self._send_message(pending)
+
+    def _pick_suggestion(self, line: str) -> str:
+        """``line``, or the greeting's suggestion it numbers (``"2"`` while the greeting's options
+        are the latest). Numbers answering a stored message's quick replies go as typed."""
+        suggestions, self.suggestions = self.suggestions, []
+        number = line.strip()
+        if number.isdecimal() and 1 <= int(number) <= len(suggestions):
+            return suggestions[int(number) - 1]
+        return line
 
     def _receiver_result(self, receiver: asyncio.Task[None]) -> int:
         exc = receiver.exception() if not receiver.cancelled() else None

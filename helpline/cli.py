@@ -84,6 +84,8 @@ def serve(host: str | None, port: int | None) -> None:
     from bot.embeddings import ModelIntegrityError
     from bot.escalation import TopicConfigError
     from bot.intent_model import IntentConfigError, IntentModelError
+    from bot.order_policy import OrderPolicyError
+    from config.replies import RepliesError
     from helpline.server import serve as run_server
     from state.hot import HotStateUnavailable
     from state.migrate import PendingMigrationsError, UnknownRevisionError
@@ -93,7 +95,7 @@ def serve(host: str | None, port: int | None) -> None:
         run_server(settings)
     except (
         PendingMigrationsError, UnknownRevisionError, IntentModelError, IntentConfigError,
-        TopicConfigError, ModelIntegrityError, HotStateUnavailable,
+        TopicConfigError, ModelIntegrityError, HotStateUnavailable, RepliesError, OrderPolicyError,
     ) as exc:  # a configuration problem: say what, no traceback
         raise click.ClickException(str(exc)) from None
     except OSError as exc:  # typically: the port is taken
@@ -332,13 +334,16 @@ def kb_list() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed for placeholder values.")
 @click.option("--add-config-examples", is_flag=True,
               help="Also train the intents-file intents missing from the data on their examples there.")
+@click.option("--validation", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also report on this labelled file (same columns), which the model never sees.")
 @click.option("--json", "json_line", is_flag=True, help="Print the figures as one JSON object, last line.")
 def train(data: Path, text_column: str, label_column: str, tiers_file: Path | None, out_dir: Path | None,
-          seed: int, add_config_examples: bool, json_line: bool) -> None:
+          seed: int, add_config_examples: bool, validation: Path | None, json_line: bool) -> None:
     """Train the intent model on your own labelled messages and save it.
 
     --data has one customer message per row, in --text-column, with its intent in --label-column
-    (any name; out_of_scope or oos for off-topic messages), at least 5 rows per label.
+    (any name; out_of_scope or oos for off-topic messages); labels with fewer than 5 rows are
+    trained but warned about, labels with no tier get 'retrieval'.
     {{Order Number}}-style placeholders are filled with realistic values (--seed). Bad rows are
     named by line and field (the first five, and how many in all) and nothing is trained. Examples:
 
@@ -348,8 +353,9 @@ def train(data: Path, text_column: str, label_column: str, tiers_file: Path | No
     \b
         {"message": "how long does a refund take?", "intent": "check_refund_policy"}
 
-    It prints cross-validated accuracy and macro-F1 and the weakest labels, and saves the model to
-    OUT/intent-<hash>; serve it with HELPLINE_INTENT_MODEL_DIR=OUT/intent-<hash> helpline serve.
+    It prints cross-validated accuracy, macro-F1 and precision/recall/F1 per label (worst first;
+    also on --validation when given), and saves the model to OUT/intent-<hash>; serve it with
+    HELPLINE_INTENT_MODEL_DIR=OUT/intent-<hash> helpline serve.
     """
     import json
 
@@ -360,14 +366,48 @@ def train(data: Path, text_column: str, label_column: str, tiers_file: Path | No
     try:
         report = train_from_file(
             data, text_column=text_column, label_column=label_column,
-            intents=load_intents(settings.intents_file), out_dir=out_dir or settings.models_dir,
-            tiers_file=tiers_file, seed=seed, add_config_examples=add_config_examples, log=lambda line: click.echo(f"warning: {line}", err=True),
+            intents=load_intents(settings.intents_file, min_examples=0), out_dir=out_dir or settings.models_dir,
+            tiers_file=tiers_file, seed=seed, add_config_examples=add_config_examples, validation=validation,
+            log=lambda line: click.echo(f"warning: {line}", err=True),
         )
     except (TrainingDataError, IntentConfigError) as exc:
         raise InputError(str(exc)) from None
     click.echo(format_report(report))
     if json_line:
         click.echo(json.dumps(report.to_json()))
+
+
+@main.command(epilog=f"Exit status: 0 predictions written, {INPUT_EXIT}.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Messages: .csv (UTF-8, a header row) or .jsonl, read like helpline train reads them.")
+@click.option("--text-column", required=True, help="Column (CSV) or field (JSONL) with the message.")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the predictions: .csv or .jsonl.")
+@click.option("--model", "model_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A saved model folder (default: the one the server would use).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for placeholder values.")
+def predict(data: Path, text_column: str, out_file: Path, model_dir: Path | None, seed: int) -> None:
+    """Classify every message of a file with a saved intent model, without a server.
+
+    Writes one record per row to --out: line, text, intent, confidence (0..1), oos_score (0..1,
+    higher = less like anything trained) and out_of_scope (the model's flag). Example:
+
+    \b
+        helpline predict --data tickets.csv --text-column message --out predictions.csv
+    """
+    from bot.embeddings import Embedder
+    from bot.intent_model import IntentConfigError, IntentModelError, load_or_train
+    from bot.training import TrainingDataError, predict_file
+
+    settings = _settings()
+    embedder = Embedder.load()
+    try:
+        model = load_or_train(settings.intents_file, settings.models_dir, embedder,
+                              model_dir=model_dir or settings.intent_model_dir)
+        count = predict_file(model, embedder, data, text_column, out_file, seed=seed)
+    except (TrainingDataError, IntentConfigError, IntentModelError) as exc:
+        raise InputError(str(exc)) from None
+    click.echo(f"{count} predictions by model {model.version} written to {out_file}")
 
 
 @main.command("agent-mode")
@@ -732,7 +772,9 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
 
 
 @main.command("eval", epilog="Exit status: 0 done (with --gate: every gate passed), 1 a gate failed "
-                             f"(--gate), {INPUT_EXIT}; every bad golden-set line is listed.")
+                             "(--gate) or --calibrate wrote no threshold (none meets --max-wrong, or the "
+                             f"re-run at the picked one misses it), {INPUT_EXIT}; every bad golden-set "
+                             "line is listed.")
 @click.option("--golden", "golden", required=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Golden set: JSONL, one case per line (fields above).")
@@ -750,7 +792,13 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
               help="Pick the confidence threshold with the most deflection at --max-wrong and write it "
               "to the config file (HELPLINE_CONFIG_FILE, else ./helpline.yaml).")
 @click.option("--max-wrong", type=float, default=0.02, show_default=True,
-              help="Wrong-answer rate allowed by --calibrate (share of cases).")
+              help="Wrong answers allowed by --calibrate, as a share of the answered (automated) cases.")
+@click.option("--oos-share", type=float, default=None,
+              help="Share of out-of-scope messages expected in real traffic: --calibrate weighs the "
+              "cases to it (default: the golden set's own share).")
+@click.option("--label-map", "label_map", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="YAML or JSON mapping 'label: intent' applied to the golden set's "
+              "intents (labels not in it are kept), as for helpline replay.")
 @click.option("--concurrency", type=int, default=8, show_default=True, help="Cases run at once.")
 @click.option("--database-url", default=None,
               help="Run on this (empty, throw-away) database instead of a temporary SQLite file.")
@@ -759,18 +807,23 @@ def replay(file: Path, text_column: str, label_column: str | None, label_map: Pa
               "{model: {input_per_1k: USD, output_per_1k: USD}}}' (default: config/prices.yaml).")
 def eval_command(golden: Path, model_dir: Path | None, report_dir: Path | None, gate: bool,
                  gates_file: Path | None, json_line: bool, calibrate: bool, max_wrong: float,
-                 concurrency: int, database_url: str | None, prices_file: Path | None) -> None:
+                 oos_share: float | None, label_map: Path | None, concurrency: int,
+                 database_url: str | None, prices_file: Path | None) -> None:
     """Run a golden set through the live routing path and report quality; gate or calibrate.
 
     The golden set (--golden) is JSONL, one case per line: "id" (unique), "text" (one customer
     message) or "turns" (a list of messages), "intent" (expected intent of the last message;
-    out_of_scope for anything off-topic); optional "escalate" (true/false: should a person take
-    it), "relevant_docs" (knowledge-base doc ids that answer it), "reference_answer" (its numbers
-    are checked against the reply) and "note". Any other field is an error. Examples:
+    out_of_scope for anything off-topic; any label helpline train accepts), "expect" (what the bot
+    must do on the last message: answer, ask, clarify, decline or escalate; makes "intent"
+    optional); optional "must_include" / "must_not_include" (strings the last reply must / must
+    not contain), "lead" (how it must start), "escalate" (true/false: should a person take it),
+    "relevant_docs" (knowledge-base doc ids that answer it), "reference_answer" (its numbers are
+    checked against the reply) and "note". Any other field is an error. Examples:
 
     \b
         {"id": "r1", "text": "how long does a refund take?", "intent": "check_refund_policy"}
         {"id": "h1", "turns": ["hi", "get me a person"], "intent": "contact_human_agent", "escalate": true}
+        {"id": "c1", "turns": ["do you ship to Canada?", "how much does that cost?"], "expect": "answer", "relevant_docs": ["shipping"], "must_include": ["Canada"]}
     """
     import os
 
@@ -792,7 +845,8 @@ def eval_command(golden: Path, model_dir: Path | None, report_dir: Path | None, 
     options = EvalOptions(
         golden=golden, model_dir=model_dir, report_dir=report_dir, gate=gate,
         gates_file=gates_file or DEFAULT_GATES, json_line=json_line, calibrate=calibrate,
-        max_wrong=max_wrong, config_file=Path(config_file) if config_file else None,
+        max_wrong=max_wrong, oos_share=oos_share, label_map=label_map,
+        config_file=Path(config_file) if config_file else None,
         env_threshold="HELPLINE_CONFIDENCE_THRESHOLD" in os.environ, concurrency=concurrency,
         database_url=database_url, prices_file=prices_file or DEFAULT_PRICES,
     )

@@ -21,6 +21,7 @@ import procrastinate
 from bot.embeddings import Embedder
 from bot.intent_model import IntentModel, IntentSpec, load_intents, load_or_train, routing_intents
 from bot.knowledge import KnowledgeBase
+from bot.order_policy import default_policy
 from bot.ownership import AttemptLimits
 from bot.playbook import Playbook
 from bot.router import Router
@@ -97,7 +98,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             settings.redis_url, lock_ttl_s=settings.lock_ttl_s, namespace=settings.redis_namespace
         )
         embedder = await asyncio.to_thread(Embedder.load)
-        intents = load_intents(settings.intents_file)
+        # A model trained elsewhere (helpline train) needs only the intents' names and tiers.
+        intents = load_intents(settings.intents_file, min_examples=0 if settings.intent_model_dir else 15)
         if settings.intent_model_dir is not None:
             log.info("loading the intent model from %s", settings.intent_model_dir)
         else:
@@ -121,9 +123,11 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             per_order=settings.verify_failures_per_order, window_s=settings.verify_window_s,
         )
         sla_config = load_sla_config(settings.sla_file)
+        replies = load_replies(settings.replies_file)
+        default_policy()  # a bad config/order_policy.yaml stops the start, not the first answer
         router = Router(
             settings, routing_intents(intents, intent_model), understander, knowledge, orders, attempts,
-            replies=load_replies(settings.replies_file), sla=sla_config, playbook=Playbook.load(settings.playbook_file),
+            replies=replies, sla=sla_config, playbook=Playbook.load(settings.playbook_file),
         )
         # Shared state or the database unreachable: refuse work with "try again", never lose it.
         outage_errors = (*hot.outage_errors, *DATABASE_OUTAGE_ERRORS)
@@ -149,7 +153,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         )
         webchat = WebChatChannel(
             conversations, hot.delivery, SessionIssuer(secret), settings, hot.limiter,
-            proxies=parse_networks(settings.trusted_proxies),
+            proxies=parse_networks(settings.trusted_proxies), replies=replies,
         )
         for channel in WEBCHAT_CHANNELS:  # web chat and replayed traffic share the socket sender
             outbox.register(channel, webchat)

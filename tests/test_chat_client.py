@@ -3,6 +3,10 @@
 A small TCP proxy between client and server cuts the connection on demand, so the reconnect test
 works against any server: while the client is cut off, another device of the same session talks to
 the server directly, and after the reconnect the client must print what it missed exactly once.
+
+A new conversation opens with the server's greeting (one ``bot>`` line that is not a stored message,
+printed once, never on a resumed session) and its suggested questions numbered; a bot message's
+quick replies are printed numbered under it.
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ from typing import Any
 import aiohttp
 import pytest
 
+from app_fixtures import idle, runtime
+from test_webchat_greeting import store_bot_reply
+
+from config.replies import DEFAULT_REPLIES_FILE, load_replies
 from helpline.chat_client import run_chat, ws_url
 
 REPO = Path(__file__).resolve().parents[1]
 REPLY = re.compile(r"^(bot|agent|system)> ", re.MULTILINE)
+GREETING = 1
+"""``bot>`` lines of a new conversation that are not replies: the greeting."""
+SHIPPED = load_replies(DEFAULT_REPLIES_FILE)
 
 
 
@@ -145,7 +156,8 @@ async def test_quit_and_resume_session_shows_history_once(server_url: str) -> No
     resumed = again.getvalue()
     assert f"session {session_id}," in resumed
     assert resumed.count("you> hello\n") == 1  # the history, once
-    assert len(REPLY.findall(resumed)) == len(REPLY.findall(first))
+    assert len(REPLY.findall(resumed)) == len(REPLY.findall(first)) - GREETING  # not greeted again
+    assert first.count(SHIPPED.greeting_text()) == 1 and SHIPPED.greeting_text() not in resumed
 
 
 async def test_unreachable_server_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -185,7 +197,7 @@ async def test_reconnect_prints_missed_messages_once_and_sends_queued_lines(serv
         # Questions the real bot answers (an unclear one is handed to a human, who answers later).
         feed.write("hello\n")
         feed.flush()
-        await until(lambda: len(REPLY.findall(out.getvalue())) >= 1, what="the first reply")
+        await until(lambda: len(REPLY.findall(out.getvalue())) >= GREETING + 1, what="the first reply")
         session_id = re.search(r"^session (\S+),", out.getvalue(), re.MULTILINE).group(1)  # type: ignore[union-attr]
 
         proxy.cut()
@@ -210,7 +222,7 @@ async def test_reconnect_prints_missed_messages_once_and_sends_queued_lines(serv
 
         proxy.restore()
         await until(lambda: "(reconnected)" in out.getvalue(), what="the reconnect")
-        await until(lambda: len(REPLY.findall(out.getvalue())) >= 3, what="the replies after reconnecting")
+        await until(lambda: len(REPLY.findall(out.getvalue())) >= GREETING + 3, what="the replies after reconnecting")
         feed.close()  # EOF: exits once every sent line is answered
         assert await asyncio.wait_for(chat, 30) == 0, err.getvalue()
     finally:
@@ -226,4 +238,50 @@ async def test_reconnect_prints_missed_messages_once_and_sends_queued_lines(serv
         "hello", "How long does shipping take?", "What is your return policy?",
     ]  # the queued line was stored once although it may have been sent twice
     outbound = [f for f in stored if f["direction"] == "outbound"]
-    assert len(REPLY.findall(text)) == len(outbound)  # every reply printed, none twice
+    assert len(REPLY.findall(text)) == GREETING + len(outbound)  # every reply printed, none twice
+
+
+async def test_a_new_conversation_prints_the_greeting_and_a_number_picks_a_suggestion(server_url: str) -> None:
+    out, err = io.StringIO(), io.StringIO()
+    code = await run_chat(server_url, stdin=io.StringIO("2\n"), stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    text = out.getvalue()
+    numbered = "".join(f"     {n}) {label}\n" for n, label in enumerate(SHIPPED.suggestions, start=1))
+    assert f"bot> {SHIPPED.greeting_text()}\n{numbered}" in text
+    second = SHIPPED.suggestions[1]
+    # The greeting is not stored, so the server could not map "2": the client sends the suggestion.
+    assert text.count(f"you> {second}\n") == 1 and "you> 2\n" not in text
+    session_id = re.search(r"^session (\S+),", text, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    stored = await server_transcript(server_url, session_id)
+    assert [f["text"] for f in stored if f["direction"] == "inbound"] == [second]
+    assert len([f for f in stored if f["direction"] == "outbound"]) >= 1  # and the bot answered it
+
+
+async def test_quick_replies_are_numbered_and_a_number_is_sent_as_typed(helpline_client: Any) -> None:
+    rt = runtime(helpline_client)
+    url = str(helpline_client.make_url("/")).rstrip("/")
+    read_fd, write_fd = os.pipe()
+    stdin, feed = os.fdopen(read_fd, "r"), os.fdopen(write_fd, "w")
+    out, err = io.StringIO(), io.StringIO()
+    chat = asyncio.create_task(run_chat(url, stdin=stdin, stdout=out, stderr=err, drain_timeout=20))
+    try:
+        feed.write("hello\n")
+        feed.flush()
+        await until(lambda: len(REPLY.findall(out.getvalue())) >= GREETING + 1, what="the first reply")
+        await idle(rt)
+        session_id = re.search(r"^session (\S+),", out.getvalue(), re.MULTILINE).group(1)  # type: ignore[union-attr]
+        await store_bot_reply(rt, session_id, "Which of these is it about?", {
+            "tier": "deterministic", "confidence": 0.3, "quick_replies": ["Track my order", "Get a refund"],
+        })
+        await until(lambda: "2) Get a refund" in out.getvalue(), what="the quick replies")
+        feed.write("2\n")
+        feed.close()  # EOF: exits once the line is answered
+        assert await asyncio.wait_for(chat, 40) == 0, err.getvalue()
+    finally:
+        if not chat.done():
+            chat.cancel()
+    text = out.getvalue()
+    assert "bot> Which of these is it about?\n     1) Track my order\n     2) Get a refund\n" in text
+    assert "0.3" not in text and "deterministic" not in text
+    stored = await server_transcript(url, session_id)
+    assert [f["text"] for f in stored if f["direction"] == "inbound"] == ["hello", "2"]  # as typed

@@ -56,7 +56,7 @@ def test_a_short_fragment_without_a_request_leans_on_the_last_turn() -> None:
 
 def test_a_new_slot_value_replaces_the_old_one_in_the_carried_request() -> None:
     read = in_context("and to the UK?", Focus(request="do you ship to Canada?"), "opener")
-    assert read is not None and (read.kind, read.text) == ("slot_replaced", "do you ship to UK?")
+    assert read is not None and (read.kind, read.text) == ("slot_replaced", "do you ship to United Kingdom?")
     paid = in_context("what about Klarna?", Focus(request="can I pay with PayPal?"), "opener")
     assert paid is not None and paid.text == "can I pay with Klarna?"
 
@@ -100,3 +100,12 @@ def test_focus_round_trips_through_the_event_and_drops_what_it_does_not_know() -
     assert Focus.from_json(stored) == Focus(intent="x", country="Canada", request="r" * MAX_REQUEST_CHARS)
     assert Focus.from_json({"order_id": 5, "bogus": "x"}) is None
     assert Focus.from_json("not a mapping") is None and Focus.from_json(None) is None
+
+
+def test_it_is_the_order_in_focus() -> None:
+    from bot.context import resolve_pronoun
+
+    read = resolve_pronoun("can I return it?", Focus(order_id="#W5976205"))
+    assert read is not None and (read.kind, read.text) == ("pronoun_resolved", "can I return my order?")
+    assert resolve_pronoun("can I return it?", Focus(request="do you ship to Canada?")) is None
+    assert resolve_pronoun("how do I reset my password", Focus(order_id="#W1")) is None

@@ -180,7 +180,7 @@ TOPIC_CASES = [
     ("my laywer will be in touch", "legal"), ("I will sue u", "legal"), ("see you in court", "legal"),
     ("I'm reporting you to the Better Business Bureau", "legal"), ("this is a GDPR request", "privacy"),
     ("Please delete all my data", "privacy"), ("was there a data breach?", "privacy"),
-    ("I want to exercise my right to be forgotten", "privacy"), ("my card was stollen", "fraud"),
+    ("I want to exercise my right to be forgotten", "privacy"), ("someone used my stollen card", "fraud"),
     ("there's an unauthorized charge on my statement", "fraud"), ("I didn't authorise this payment", "fraud"),
     ("someone hacked my acount", "fraud"), ("this is FRAUD", "fraud"), ("i was harrassed by the driver", "harassment"),
     ("your courier made racist comments", "harassment"), ("I had an alergic reaction to the cream", "medical"),
@@ -193,6 +193,12 @@ NOT_A_TOPIC = [
     "this delivery is killing me lol", "I want to cancel my subscription", "my data plan is fine",
     "do you ship to hospitals?", "the courier was late", "I'd like to change my email address",
     "want help chceking invoice #85632", "what is your privacy policy", "the lawn mower works fine",
+    # ordinary questions that share a word with a topic (issue 12): phrases, not single words
+    "my card was stolen, can I still pay?", "my card was stollen, how do I change it?",
+    "do you have fraud protection on card payments?", "are you GDPR compliant?",
+    "what is your data protection policy?", "is there a choking hazard for small children?",
+    "my mum is in hospital, can I change the delivery address?", "do you sell ambulance toys?",
+    "my lawyer's office ordered this, can I get an invoice in their name?",
 ]
 
 
@@ -451,7 +457,7 @@ def test_the_intent_model_does_not_turn_a_question_about_the_bot_into_a_handoff(
 async def test_asked_if_it_is_a_bot_it_says_so_and_does_not_escalate(router, text: str) -> None:
     decision = await router.route(text, after())
     assert (decision.tier, decision.reason, decision.reply, decision.escalate) == (
-        "deterministic", "asked_if_bot", ASKED_IF_BOT_REPLY, False
+        "deterministic", "asked_if_bot", router.replies.fill(ASKED_IF_BOT_REPLY), False
     ), decision
 
 
@@ -666,7 +672,7 @@ async def test_a_german_message_goes_to_a_person_tagged_with_the_language(helpli
         sent = (await session.execute(
             select(Message).where(Message.ticket_id == ticket.id, Message.direction == "outbound")
         )).scalars().all()
-    assert [m.text for m in sent] == [HANDOFF_NOTICES["de"] + "\n\n" + HANDOFF_REPLY]
+    assert [m.text for m in sent] == [HANDOFF_NOTICES["de"] + "\n\n" + rt.router.handoff_reply()]
 
 
 async def test_upset_across_turns_escalates_the_ticket(helpline_client) -> None:
@@ -714,10 +720,12 @@ async def test_that_didnt_help_gets_an_apology_then_a_person(helpline_client) ->
         ("deterministic", "customer_said_not_helped", False),
         ("human", "repeated_failure", True),
     ], turns
-    assert turns[1]["resolved"] is False and turns[1]["data"] == {"matched": "didnt help"}
+    assert turns[1]["resolved"] is False and turns[1]["data"]["matched"] == "didnt help"
     assert turns[2]["data"]["why"] == ["customer_said_not_helped", "customer_said_not_helped"]
     sent = await _outbound(rt, ticket)
-    assert sent[1] == NOT_HELPED_REPLY and sent[2] == HANDOFF_REPLY
+    # A customer the bot failed twice hears the apology that fits the topic, then the handoff.
+    assert sent[1] == NOT_HELPED_REPLY
+    assert sent[2] == f"{rt.router.replies.apology('refund')} {rt.router.handoff_reply()}"
     assert ticket.state == "escalated" and ticket.escalation_reason == "repeated_failure"
 
 
@@ -734,5 +742,6 @@ async def test_are_you_a_real_person_gets_an_honest_answer(helpline_client) -> N
     ticket, turns = await _converse(rt, "esc-e2e-bot", ["are you a real person?", "ok, I want a real person"])
     assert [(t["reason"], t["escalated"]) for t in turns] == [("asked_if_bot", False), ("explicit_request", True)], turns
     assert turns[0]["intent"] == "contact_human_agent"  # what the model said stays on record
-    assert (await _outbound(rt, ticket))[:2] == [ASKED_IF_BOT_REPLY, HANDOFF_REPLY]
+    assert (await _outbound(rt, ticket))[:2] == [rt.router.replies.fill(ASKED_IF_BOT_REPLY), rt.router.handoff_reply()]
+    assert "Nora" in rt.router.replies.fill(ASKED_IF_BOT_REPLY)
     assert ticket.state == "escalated" and ticket.escalation_reason == "explicit_request"

@@ -65,7 +65,7 @@ def test_golden_file_parses_text_and_turns_with_line_numbers(tmp_path: Path) -> 
     "line,message",
     [
         ('{"text": "hi", "intent": "greeting"}', ":2: field 'id': missing"),
-        ('{"id": "b", "text": "hi"}', ":2: field 'intent': missing"),
+        ('{"id": "b", "text": "hi"}', ":2: field 'intent': missing (required unless 'expect' is given)"),
         ('{"id": "b", "text": "   ", "intent": "greeting"}', ":2: field 'text': empty text"),
         ('{"id": "b", "text": 42, "intent": "greeting"}', ":2: field 'text': must be a string, got int"),
         ('{"id": "b", "intent": "greeting"}', ":2: field 'text': give exactly one of"),
@@ -73,7 +73,14 @@ def test_golden_file_parses_text_and_turns_with_line_numbers(tmp_path: Path) -> 
         ('{"id": "b", "turns": ["hi", ""], "intent": "greeting"}', ":2: field 'turns': item 1 is empty"),
         ('{"id": "b", "turns": "hi", "intent": "greeting"}', ":2: field 'turns': must be a non-empty list"),
         ('{"id": "b", "text": "hi", "intent": "greeting", "escalate": "yes"}', ":2: field 'escalate': must be true or false"),
-        ('{"id": "b", "text": "hi", "intent": "Greeting!"}', ":2: field 'intent': must be an intent name"),
+        ('{"id": "b", "text": "hi", "intent": "  "}', ":2: field 'intent': must be a non-empty string"),
+        ('{"id": "b", "text": "hi", "intent": 3}', ":2: field 'intent': must be a non-empty string, got 3"),
+        ('{"id": "b", "text": "hi", "expect": "reply"}', ":2: field 'expect': must be one of answer, ask"),
+        ('{"id": "b", "text": "hi", "expect": "answer"}', ":2: field 'expect': an 'answer' case needs 'intent' or 'relevant_docs'"),
+        ('{"id": "b", "text": "hi", "expect": "escalate", "escalate": false}', ":2: field 'escalate': False contradicts expect 'escalate'"),
+        ('{"id": "b", "text": "hi", "expect": "clarify", "must_include": "topic"}', ":2: field 'must_include': must be a non-empty list"),
+        ('{"id": "b", "text": "hi", "expect": "clarify", "must_not_include": ["ok", ""]}', ":2: field 'must_not_include': item 1 is empty"),
+        ('{"id": "b", "text": "hi", "expect": "clarify", "lead": ""}', ":2: field 'lead': must be a non-empty string"),
         ('{"id": "b", "text": "hi", "intent": "greeting", "relevant_docs": "refunds"}', ":2: field 'relevant_docs': must be a non-empty list"),
         ('{"id": "b", "text": "hi", "intent": "greeting", "relevent_docs": ["x"]}', ":2: field 'relevent_docs': unknown field"),
         ('{"id": "a", "text": "hello", "intent": "greeting"}', ":2: field 'id': duplicate id 'a' (first on line 1)"),
@@ -102,7 +109,7 @@ def test_golden_errors_list_every_bad_line(tmp_path: Path) -> None:
     with pytest.raises(GoldenError) as err:
         load_golden(path)
     assert err.value.problems == [
-        f"{path}:2: field 'intent': missing",
+        f"{path}:2: field 'intent': missing (required unless 'expect' is given)",
         f"{path}:3: field 'text': empty text",
         f"{path}:4: not valid JSON: Expecting ',' delimiter (line 1, column 11)",
         f"{path}:6: field 'id': duplicate id 'a' (first on line 1)",
@@ -118,7 +125,7 @@ def test_golden_errors_beyond_the_cap_are_counted(tmp_path: Path) -> None:
         load_golden(path)
     lines = str(err.value).splitlines()
     assert lines[0] == f"{path}: {MAX_SHOWN_PROBLEMS + 7} bad lines:"
-    assert lines[1] == f"  {path}:1: field 'intent': missing"
+    assert lines[1] == f"  {path}:1: field 'intent': missing (required unless 'expect' is given)"
     assert len(lines) == MAX_SHOWN_PROBLEMS + 2 and lines[-1] == "  ... and 7 more"
     assert len(err.value.problems) == MAX_SHOWN_PROBLEMS + 7
 
@@ -423,18 +430,86 @@ def test_curve_on_constructed_cases() -> None:
     points = calibrate.curve(_CONSTRUCTED)
     assert [p.threshold for p in points] == [0.0, 0.5, 0.6, 0.75, 0.9, 1.0]
     assert [(p.automated, p.wrong) for p in points] == [(5, 2), (5, 2), (4, 1), (3, 1), (2, 0), (1, 0)]
-    assert points[2].deflection == pytest.approx(4 / 6) and points[2].wrong_answer_rate == pytest.approx(1 / 6)
+    assert points[2].deflection == pytest.approx(4 / 6)
+    # wrong answers are counted among the answered (kept automated) cases, not among all
+    assert [p.wrong_among_answered for p in points] == pytest.approx([0.4, 0.4, 0.25, 1 / 3, 0.0, 0.0])
 
 
 def test_pick_threshold_maximises_deflection_under_the_target() -> None:
     points = calibrate.curve(_CONSTRUCTED)
-    assert calibrate.pick_threshold(points, 0.2).threshold == 0.6
-    assert calibrate.pick_threshold(points, 0.5).threshold == 0.5  # ties: the highest (safest) threshold
+    assert calibrate.pick_threshold(points, 0.25).threshold == 0.6
+    assert calibrate.pick_threshold(points, 0.2).threshold == 0.9  # 1 of 4 answered is over 0.2
+    assert calibrate.pick_threshold(points, 0.4).threshold == 0.5  # ties: the highest (safest) threshold
     assert calibrate.pick_threshold(points, 0.0).threshold == 0.9
     with pytest.raises(ValueError):
         calibrate.pick_threshold([p for p in points if p.wrong], 0.0)
     assert calibrate.live_threshold(0.6) == 0.59995
     assert calibrate.live_threshold(0.0) == 0.0
+
+
+# Eight in-scope cases (one wrong, kept from 0.5) and two out-of-scope ones answered wrongly with
+# confidence 0.55 and 0.8: the set's own out-of-scope share is 0.2.
+_WITH_OOS = [
+    *(calibrate.CaseAtZero(automated=True, wrong=False, threshold_confidence=0.9) for _ in range(7)),
+    calibrate.CaseAtZero(automated=True, wrong=True, threshold_confidence=0.5),
+    calibrate.CaseAtZero(automated=True, wrong=True, threshold_confidence=0.55, out_of_scope=True),
+    calibrate.CaseAtZero(automated=True, wrong=True, threshold_confidence=0.8, out_of_scope=True),
+]
+
+
+def test_points_reweighted_to_an_out_of_scope_share() -> None:
+    assert calibrate.own_oos_share(_WITH_OOS) == 0.2
+    own = calibrate.point(_WITH_OOS, 0.6)
+    assert own.automated == 8 and own.wrong == 1
+    assert (own.deflection, own.wrong_among_answered) == (pytest.approx(0.8), pytest.approx(1 / 8))
+    # at share 0.5 the one kept out-of-scope case weighs 0.25 of all, the 7 right in-scope ones 0.4375
+    half = calibrate.point(_WITH_OOS, 0.6, 0.5)
+    assert half.deflection == pytest.approx(0.25 + 0.4375)
+    assert half.wrong_among_answered == pytest.approx(0.25 / 0.6875)
+    # the set's own share gives the unweighted numbers
+    same = calibrate.point(_WITH_OOS, 0.6, 0.2)
+    assert (same.deflection, same.wrong_among_answered) == (pytest.approx(0.8), pytest.approx(1 / 8))
+    none = calibrate.point(_WITH_OOS, 0.6, 0.0)
+    assert none.wrong_among_answered == 0.0 and none.deflection == pytest.approx(7 / 8)
+
+
+def test_a_threshold_picked_at_a_higher_share_is_stricter() -> None:
+    at_own = calibrate.pick_threshold(calibrate.curve(_WITH_OOS), 0.15)
+    at_half = calibrate.pick_threshold(calibrate.curve(_WITH_OOS, oos_share=0.5), 0.15)
+    # own share: at 0.8, 1 wrong of 8 answered (0.125); at share 0.5 the same threshold gives 0.364
+    assert (at_own.threshold, at_half.threshold) == (0.8, 0.9)
+    assert at_own.wrong_among_answered == pytest.approx(1 / 8)
+    assert (at_half.wrong_among_answered, at_half.deflection) == (0.0, pytest.approx(0.4375))
+    # what the own-share pick does at other shares: more out-of-scope traffic, more wrong answers
+    others = calibrate.at_shares(_WITH_OOS, at_own.threshold, (0.1, 0.5))
+    assert [p.oos_share for p in others] == [0.1, 0.5]
+    # share 0.1: the 7 kept in-scope cases weigh 1.125 each, the kept out-of-scope one 0.5
+    assert others[0].wrong_among_answered == pytest.approx(0.5 / (7 * 1.125 + 0.5))
+    assert others[1].wrong_among_answered == pytest.approx(0.25 / 0.6875)
+    assert calibrate.at_shares(_CONSTRUCTED, 0.5, (0.1,)) == []  # nothing out of scope to re-weight
+
+
+def test_out_of_scope_share_errors() -> None:
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\], got 1.5"):
+        calibrate.point(_WITH_OOS, 0.5, 1.5)
+    with pytest.raises(ValueError, match="no out-of-scope case"):
+        calibrate.point(_CONSTRUCTED, 0.5, 0.3)
+    calibrate.check_oos_share(2, 10, 1.0)  # all weight on out-of-scope cases is allowed
+    with pytest.raises(ValueError, match="only out-of-scope cases"):
+        calibrate.check_oos_share(3, 3, 0.5)
+
+
+def test_a_threshold_whose_rerun_misses_the_target_is_not_written(tmp_path: Path) -> None:
+    config = tmp_path / "helpline.yaml"
+    config.write_text("confidence_threshold: 0.7\n")
+    # a re-run at 0.6 that measured 1 wrong of 4 answered (the replay had promised 0)
+    measured = calibrate.point(_CONSTRUCTED, 0.6)
+    with pytest.raises(calibrate.TargetMissed, match=f"measured wrong answers among answered 0.2500, over "
+                                                     f"the target 0.02; {config} not changed"):
+        calibrate.write_confirmed(config, 0.59995, measured, 0.02)
+    assert config.read_text() == "confidence_threshold: 0.7\n"
+    calibrate.write_confirmed(config, 0.89995, calibrate.point(_CONSTRUCTED, 0.9), 0.02)
+    assert config.read_text() == "confidence_threshold: 0.89995\n"
 
 
 def test_write_threshold_keeps_other_settings_and_comments(tmp_path: Path, monkeypatch) -> None:
@@ -556,12 +631,15 @@ async def test_cases_run_through_the_live_path(
     assert len(refund.answers) == 1 and refund.answers[0].groundedness.score == 1.0
     assert refund.ranking_source == "recorded" and refund.ranking and refund.ranking[0] == "refunds"
 
-    assert oos.escalated and oos.oos_recalled and oos.ranking_source == "searched" and oos.ranking
+    # handed to a person or politely declined: either way recalled, and the judged intent is right
+    assert oos.oos_recalled and oos.kind in ("escalate", "decline") and oos.ranking
+    assert oos.judged_intent == "out_of_scope" and oos.intent_correct and not oos.wrong
     assert human.escalated and human.last.payload["reason"] == "explicit_request"
     assert all(t.latency_ms is not None and t.latency_ms > 0 for o in run.outcomes for t in o.turns)
 
     s = summarise(run, load_prices())
-    assert s["cases"] == 5 and s["deflection"] == 0.6 and s["wrong_answer_rate"] == 0.0
+    assert s["cases"] == 5 and s["deflection"] == (0.8 if oos.automated else 0.6)
+    assert s["wrong_answer_rate"] == 0.0 and s["intent_accuracy"] == 1.0
     assert s["groundedness"] == 1.0 and s["unscored"] == 0 and s["oos_recall"] == 1.0
 
 

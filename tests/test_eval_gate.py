@@ -112,10 +112,14 @@ def test_calibrate_writes_a_measured_threshold(run_eval, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     s = last_json(proc)
     cal = s["calibration"]
-    assert cal["wrong_answer_rate"] == 0.0 and cal["config_file"] == str(config)
-    # The curve is replayed from one run at threshold 0; a real run at the picked threshold agrees.
+    assert cal["wrong_among_answered"] == 0.0 and cal["config_file"] == str(config) and cal["written"]
+    # The curve is replayed from one run at threshold 0; the threshold is written only after a real
+    # run at it measured the target met (its numbers are the summary's).
     assert s["threshold"] == cal["threshold"]
-    assert (s["deflection"], s["wrong_answer_rate"]) == (cal["deflection"], cal["wrong_answer_rate"])
+    assert cal["measured"]["wrong_among_answered"] == s["wrong_among_answered"] == 0.0
+    assert cal["measured"]["deflection"] == s["deflection"]
+    assert cal["own_oos_share"] == round(7 / 55, 4) and cal["oos_share"] == pytest.approx(7 / 55)
+    assert [p["oos_share"] for p in cal["at_shares"]] == [0.1, 0.25, 0.5]
     curve = cal["curve"]
     assert curve[0][0] == 0.0 and curve[-1][0] == 1.0
     assert all(a[1] >= b[1] for a, b in itertools.pairwise(curve))  # deflection never rises with t
@@ -126,6 +130,38 @@ def test_calibrate_writes_a_measured_threshold(run_eval, tmp_path: Path) -> None
     assert "picked threshold" in proc.stdout
     assert f"confidence threshold {cal['threshold']}" in (report / "report.md").read_text()
     assert all((report / name).stat().st_size > 10_000 for name in ("curve.png", "reliability.png", "confusion.png"))
+
+
+def test_calibrate_at_an_out_of_scope_share_with_a_label_map(run_eval, tmp_path: Path) -> None:
+    # Labels as a team's data has them, mapped to the shop's intents; 2 of 6 cases out of scope.
+    golden = tmp_path / "team.jsonl"
+    golden.write_text("\n".join(json.dumps(c) for c in [
+        {"id": "r1", "text": "how long does a refund take?", "intent": "Refund-Policy"},
+        {"id": "r2", "text": "when will I get my money back?", "intent": "Refund-Policy"},
+        {"id": "t1", "turns": ["where is my order?", "it's #W5976205", "28110"], "intent": "TRACK"},
+        {"id": "g1", "text": "hi there", "intent": "greeting"},
+        {"id": "o1", "text": "what's the capital of australia?", "intent": "OOS"},
+        {"id": "o2", "text": "can you recommend a good movie tonight?", "intent": "oos"},
+    ]) + "\n")
+    label_map = tmp_path / "labels.yaml"
+    label_map.write_text("Refund-Policy: check_refund_policy\nTRACK: track_order\n")
+    config = tmp_path / "helpline.yaml"
+    proc = run_eval("--golden", str(golden), "--label-map", str(label_map), "--calibrate", "--oos-share", "0.5",
+                    "--max-wrong", "0.0", "--json", env_extra={"HELPLINE_CONFIG_FILE": str(config)})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    assert "warning: " not in proc.stderr  # every mapped label is a configured intent
+    s = last_json(proc)
+    cal = s["calibration"]
+    assert (cal["oos_share"], cal["own_oos_share"], cal["written"]) == (0.5, round(2 / 6, 4), True)
+    assert cal["measured"]["oos_share"] == 0.5 and cal["measured"]["wrong_among_answered"] == 0.0
+    assert [p["oos_share"] for p in cal["at_shares"]] == [0.1, 0.25, 0.5]
+    assert s["oos_cases"] == 2 and s["intent_cases"] == 6
+    assert set(s["per_intent"]) == {"check_refund_policy", "track_order", "greeting", "out_of_scope"}
+    assert yaml.safe_load(config.read_text()) == {"confidence_threshold": cal["threshold"]}
+    assert "at out-of-scope share 0.25:" in proc.stdout
+
+    bad = run_eval("--golden", str(golden), "--calibrate", "--oos-share", "1.5")
+    assert bad.returncode == 2 and "--oos-share: the out-of-scope share must be in [0, 1], got 1.5" in bad.stderr
 
 
 def test_bad_golden_file_exits_2_naming_line_and_field(run_eval, tmp_path: Path) -> None:
@@ -161,3 +197,20 @@ def test_a_brief_field_the_golden_set_does_not_know_is_refused(run_eval, tmp_pat
     proc = run_eval("--golden", str(golden), "--json")
     assert proc.returncode == 2
     assert f"{golden}:1: field 'brief': unknown brief field 'reasn'" in proc.stderr
+
+
+CONVERSATIONS = CONFIG_DIR / "golden" / "conversations.jsonl"
+
+
+@pytest.mark.skipif(not CONVERSATIONS.exists(), reason="config/golden/conversations.jsonl not written yet")
+def test_conversations_gate_passes_with_the_shipped_bot(run_eval) -> None:
+    proc = run_eval("--golden", str(CONVERSATIONS), "--gate", "--gates",
+                    str(CONFIG_DIR / "gates_conversations.yaml"), "--json")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
+    s = last_json(proc)
+    assert s["gate"] == {"passed": True, "failed": []}
+    assert s["conversations"] == s["cases"] >= 150
+    assert s["turns"] >= 2 * s["cases"] - 20  # conversations of 2-6 turns, a few single messages
+    assert set(s["by_expect"]) >= {"answer", "clarify", "decline", "escalate"}
+    assert s["deflection_answerable"] >= 0.80 and s["wrong_among_answered"] <= 0.02
+    assert "gate: PASS" in proc.stdout and "conversations" in proc.stdout

@@ -220,7 +220,7 @@ async def test_a_follow_up_is_read_with_the_request_before_it(router) -> None:
     assert cost.data["context"]["kind"] == "combined" and cost.data["context"]["follow_up"] == "anaphora"
     assert cost.data["context"]["text"] == "do you ship to Canada? how much does that cost?"
     uk = await router.route("and to the UK?", _after(cost))
-    assert uk.data["context"]["kind"] == "slot_replaced" and "UK" in uk.data["context"]["text"]
+    assert uk.data["context"]["kind"] == "slot_replaced" and "United Kingdom" in uk.data["context"]["text"]
     assert "Canada" not in uk.data["context"]["text"] and uk.citations[0] == "shipping"
     assert "United Kingdom" in uk.reply
 

@@ -3,7 +3,11 @@
 What is checked: the demo page loads with the widget open; a message round-trips (customer bubble, then
 a reply bubble); a reload keeps the session and shows the history once; after the connection drops,
 messages that were missed and messages typed while offline each appear exactly once; markup in
-message text stays text; agent replies look different from bot replies; bot meta is never shown.
+message text stays text; agent replies look different from bot replies; bot meta is never shown; a
+new conversation opens with the configured greeting and suggested questions (a click sends one and
+the bot answers; a reload with history does not greet again); a bot message's quick replies are
+buttons under it while it is the latest message, usable from the keyboard, markup in a label stays
+text, long labels wrap inside the panel, and they go once used or once a newer message arrives.
 
 "Exactly once" is checked against the server itself: the widget's bubbles must equal the session's
 transcript as a fresh ``hello(last_seq=0)`` returns it.
@@ -20,6 +24,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from app_fixtures import idle, runtime
+from test_webchat_greeting import store_bot_reply
+
+from config.replies import DEFAULT_REPLIES_FILE, load_replies
 
 async_api = pytest.importorskip("playwright.async_api")
 
@@ -382,4 +390,142 @@ async def test_a_socket_closed_for_inactivity_waits_for_the_customer(browser: An
     await send(page, "Which payment methods do you accept?")
     await wait_replies(page, 2)
     await settles_to_server(page, server.url)
+    assert page.js_errors == []
+
+
+# --- greeting and quick replies (issue 12) ----------------------------------------------------------
+
+
+SHIPPED_REPLIES = load_replies(DEFAULT_REPLIES_FILE)
+
+
+def quick_buttons(page: Any) -> Any:
+    return page.locator(".hl-quick .hl-quick-reply")
+
+
+async def quick_labels(page: Any) -> list[str]:
+    return await quick_buttons(page).all_text_contents()
+
+
+async def test_a_new_conversation_opens_with_the_greeting_and_a_suggestion_is_a_message(
+    browser: Any, server_url: str
+) -> None:
+    page = await new_page(browser, server_url)
+    greeting = page.locator(".hl-messages .hl-greeting")
+    await greeting.wait_for()
+    assert await greeting.locator(".hl-text").text_content() == SHIPPED_REPLIES.greeting_text()
+    assert await greeting.locator(".hl-author").text_content() == "Assistant"
+    assert await page.locator(".hl-messages > li").first.get_attribute("class") == "hl-greeting"
+    group = page.get_by_role("group", name="Suggested questions")
+    assert await group.get_by_role("button").all_text_contents() == SHIPPED_REPLIES.suggestions
+    assert await transcript(page) == []  # shown, not a message of the conversation
+    assert (await stored_state(page))["messages"] == []
+
+    suggestion = "Do you ship to Canada?"
+    assert suggestion in SHIPPED_REPLIES.suggestions
+    await group.get_by_role("button", name=suggestion).click()
+    assert await quick_buttons(page).count() == 0  # used: gone at once
+    mine = page.locator(".hl-msg--customer")
+    await mine.first.wait_for()
+    assert await mine.first.locator(".hl-text").text_content() == suggestion
+    assert await page.evaluate("document.activeElement.classList.contains('hl-input')")
+    await wait_replies(page, 1)
+    rows = await settles_to_server(page, server_url)
+    assert [text for _, text in rows][0] == suggestion  # sent as the customer's message, stored once
+    assert "Canada" in rows[1][1] or "ship" in rows[1][1].lower()  # and the bot answered it
+    assert await greeting.count() == 1  # still at the top of this page
+    assert (await page.locator(".hl-messages > li").all_inner_texts())[0].endswith(SHIPPED_REPLIES.greeting_text())
+
+    # A reload with history does not greet again, nor offer the suggestions.
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    await wait_replies(page, 1)
+    await page.wait_for_timeout(500)
+    assert await page.locator(".hl-greeting").count() == 0
+    assert await quick_buttons(page).count() == 0
+    assert await transcript(page) == rows
+    assert page.js_errors == []
+
+
+async def test_quick_replies_show_under_the_latest_bot_message_and_go_once_used(
+    browser: Any, helpline_client: Any
+) -> None:
+    rt = runtime(helpline_client)
+    url = str(helpline_client.make_url("/")).rstrip("/")
+    page = await new_page(browser, url)
+    await send(page, "hello")
+    await wait_replies(page, 1)
+    await settles_to_server(page, url)
+    session_id = (await stored_state(page))["session_id"]
+
+    xss = '<img src=x onerror="window.__hlXss=1"><b>bold</b>'
+    long_label = "I ordered two things and only one of them arrived in the parcel yesterday afternoon"[:80]
+    labels = ["Track my order", xss, long_label]
+    await store_bot_reply(rt, session_id, "Which of these is it about?", {
+        "tier": "deterministic", "intent": None, "confidence": 0.31, "quick_replies": labels,
+    })
+    group = page.get_by_role("group", name="Quick replies")
+    await group.wait_for()
+    assert await quick_labels(page) == labels
+    # Under that message: the row right after its bubble.
+    assert await page.evaluate(
+        "() => document.querySelector('.hl-quick').previousElementSibling.querySelector('.hl-text').textContent"
+    ) == "Which of these is it about?"
+    # Markup in a label stays text; the bot's labels never reach the page.
+    assert await page.locator(".hl-root img, .hl-root b").count() == 0
+    assert await page.evaluate("window.__hlXss") is None
+    panel_text = await page.locator(".hl-panel").inner_text()
+    assert "0.31" not in panel_text and "deterministic" not in panel_text
+    # A long label wraps inside the conversation: no overflow, several lines.
+    box = await quick_buttons(page).nth(2).bounding_box()
+    pane = await page.locator(".hl-messages").bounding_box()
+    assert box["x"] + box["width"] <= pane["x"] + pane["width"]
+    assert box["height"] > 2 * (await quick_buttons(page).first.bounding_box())["height"] * 0.8
+    assert await quick_buttons(page).nth(2).evaluate("b => b.scrollWidth <= b.clientWidth")
+
+    # Kept with the message: a reload shows them again while it is still the latest.
+    await page.reload()
+    await page.locator(".hl-status[data-state=online]").wait_for()
+    await group.wait_for()
+    assert await quick_labels(page) == labels and await page.locator(".hl-greeting").count() == 0
+
+    # Keyboard: Tab from the conversation reaches the first button; Enter sends its label.
+    await page.locator(".hl-messages").focus()
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Track my order"
+    await page.keyboard.press("Enter")
+    assert await quick_buttons(page).count() == 0
+    assert await page.evaluate("document.activeElement.classList.contains('hl-input')")
+    await wait_replies(page, 3)
+    rows = await settles_to_server(page, url)
+    assert [text for _, text in rows].count("Track my order") == 1
+    assert [text for _, text in rows].index("Track my order") == len(rows) - 2  # then the bot's answer
+    assert await quick_buttons(page).count() == 0  # the latest message is the bot's answer
+
+    # A newer message replaces them: options on one bot message, then another message.
+    await idle(rt)
+    await store_bot_reply(rt, session_id, "Is it about an order?", {"quick_replies": ["Yes", "No"]})
+    await page.get_by_role("button", name="Yes").wait_for()
+    await store_bot_reply(rt, session_id, "A member of the team will read this.", None)
+    await page.get_by_role("button", name="Yes").wait_for(state="detached")
+    assert await quick_buttons(page).count() == 0
+    await page.wait_for_timeout(300)
+    assert await page.evaluate("window.__hlXss") is None
+    assert page.js_errors == []
+
+
+async def test_the_bots_clarifying_question_offers_buttons_and_a_click_answers_it(browser: Any, server_url: str) -> None:
+    page = await new_page(browser, server_url)
+    await send(page, "?")
+    group = page.get_by_role("group", name="Quick replies")
+    await group.wait_for()
+    labels = await quick_labels(page)
+    assert 1 <= len(labels) <= 4 and set(labels) <= set(SHIPPED_REPLIES.topics.values())
+    assert (await transcript(page))[-1][1] == SHIPPED_REPLIES.clarify_text()
+    await group.get_by_role("button", name=labels[0]).click()
+    await wait_replies(page, 2)
+    rows = await settles_to_server(page, server_url)
+    assert [text for _, text in rows][-2] == labels[0]  # the label, sent as the customer's message
+    assert rows[-1][1] != SHIPPED_REPLIES.clarify_text()
+    assert await quick_buttons(page).count() == 0 or await quick_labels(page) != labels
     assert page.js_errors == []

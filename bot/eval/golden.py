@@ -5,9 +5,19 @@ One case per line, a JSON object with these fields:
 - ``id`` (string, required, unique in the file);
 - ``text`` (string) **or** ``turns`` (list of strings: the customer's messages of a multi-turn case,
   in order); exactly one of the two, no empty message;
-- ``intent`` (string, required): the expected intent of the *last* customer message, one of the
-  configured intents (``out_of_scope`` for anything the shop's support does not cover);
-- ``escalate`` (bool, optional): whether a person should take the ticket over;
+- ``intent`` (string): the expected intent of the *last* customer message (``out_of_scope``, or a
+  spelling :func:`bot.intent_model.canonical_label` reads as it, for anything the shop's support does
+  not cover). Any label ``helpline train`` accepts (uppercase, a leading digit, punctuation); a label
+  map (``label_map`` of :func:`load_golden`) translates file labels to intents first. Required
+  unless ``expect`` is given;
+- ``expect`` (optional): what the bot must do on the last message, one of :data:`EXPECT_KINDS`
+  (``answer``, ``ask``, ``clarify``, ``decline``, ``escalate``; :mod:`bot.eval.outcome` says how each
+  is read from the turn event). An ``answer`` case needs ``intent`` or ``relevant_docs``;
+- ``must_include`` / ``must_not_include`` (lists of strings, optional): each must / none may appear
+  in the bot's reply to the last message (case-insensitive); ``lead`` (string, optional): the reply
+  must start with it (case-insensitive, leading whitespace and punctuation ignored);
+- ``escalate`` (bool, optional): whether a person should take the ticket over; with ``expect`` it
+  defaults to ``expect == "escalate"`` and must agree with it;
 - ``relevant_docs`` (list of knowledge-base document ids, optional): the articles that answer it;
 - ``reference_answer`` (string, optional): a good answer, for people reading the report;
 - ``brief`` (object, optional): the fields the handoff brief of an escalated case must show
@@ -15,25 +25,29 @@ One case per line, a JSON object with these fields:
 - ``note`` (string, optional): free text for the person maintaining the set; ignored.
 
 Blank lines are skipped. Any other field is an error (a misspelt ``relevent_docs`` must not be
-silently ignored). Every line is checked before the file is refused, so one run lists all bad lines. Must not: run models or know about the router.
+silently ignored). Every line is checked before the file is refused, so one run lists all bad lines.
+
+Must not: run models or know about the router.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from bot.eval.brief_fields import validate_expectations
+from bot.intent_model import OUT_OF_SCOPE, canonical_label
 from config.files import scan_objects
 
-OUT_OF_SCOPE = "out_of_scope"
-"""The expected intent of a case the bot must not answer as if it were support for the shop."""
+EXPECT_KINDS = ("answer", "ask", "clarify", "decline", "escalate")
+"""What a case may ``expect`` the bot to do on its last message."""
 
-_FIELDS = ("id", "text", "turns", "intent", "escalate", "relevant_docs", "reference_answer", "brief", "note")
-_INTENT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_FIELDS = (
+    "id", "text", "turns", "intent", "expect", "must_include", "must_not_include", "lead", "escalate",
+    "relevant_docs", "reference_answer", "brief", "note",
+)
 
 
 class GoldenError(ValueError):
@@ -48,16 +62,20 @@ class GoldenError(ValueError):
 @dataclass(frozen=True)
 class GoldenCase:
     """One golden case. ``turns`` holds the customer's messages (one for a ``text`` case); ``line``
-    is its 1-based line in the file."""
+    is its 1-based line in the file; ``intent`` is canonical (None: not given, only with ``expect``)."""
 
     id: str
     turns: tuple[str, ...]
-    intent: str
+    intent: str | None
     escalate: bool | None = None
     relevant_docs: tuple[str, ...] = ()
     reference_answer: str | None = None
     brief: Mapping[str, Any] | None = None
     line: int = 0
+    expect: str | None = None
+    must_include: tuple[str, ...] = ()
+    must_not_include: tuple[str, ...] = ()
+    lead: str | None = None
 
     @property
     def text(self) -> str:
@@ -66,7 +84,16 @@ class GoldenCase:
 
     @property
     def out_of_scope(self) -> bool:
-        return self.intent == OUT_OF_SCOPE
+        """Expected ``out_of_scope``, or (no intent given) expected to be declined."""
+        return self.intent == OUT_OF_SCOPE or (self.intent is None and self.expect == "decline")
+
+    @property
+    def expected_escalation(self) -> bool | None:
+        """``escalate`` when given, else ``expect == "escalate"`` for a case with ``expect``, else
+        None (left out of escalation precision and recall)."""
+        if self.escalate is not None:
+            return self.escalate
+        return None if self.expect is None else self.expect == "escalate"
 
 
 @dataclass(frozen=True)
@@ -102,12 +129,15 @@ def _string_list(value: Any, fail: Any, name: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def parse_case(obj: Any, where: str) -> GoldenCase:
-    """Validate one decoded JSON line. ``where`` prefixes errors (``"file:line"``).
+def parse_case(obj: Any, where: str, label_map: Mapping[str, str] | None = None) -> GoldenCase:
+    """Validate one decoded JSON line. ``where`` prefixes errors (``"file:line"``); ``label_map``
+    (file label -> intent) is applied to ``intent`` before it is made canonical.
 
     Raises:
         GoldenError: not an object, unknown field, missing or empty field, wrong type, both or
-            neither of ``text``/``turns``. The message names the field.
+            neither of ``text``/``turns``, an ``expect`` kind not in :data:`EXPECT_KINDS`, an
+            ``escalate`` that contradicts ``expect``, an ``answer`` case with neither ``intent`` nor
+            ``relevant_docs``. The message names the field.
     """
 
     def fail(name: str, why: str) -> GoldenError:
@@ -138,19 +168,38 @@ def parse_case(obj: Any, where: str) -> GoldenCase:
     else:
         turns = _string_list(obj["turns"], fail, "turns")
 
+    expect = obj.get("expect")
+    if expect is not None and expect not in EXPECT_KINDS:
+        raise fail("expect", f"must be one of {', '.join(EXPECT_KINDS)}, got {expect!r}")
+
     intent = obj.get("intent")
     if intent is None:
-        raise fail("intent", "missing")
-    if not isinstance(intent, str) or not _INTENT_NAME.match(intent):
-        raise fail("intent", f"must be an intent name matching {_INTENT_NAME.pattern}, got {intent!r}")
+        if expect is None:
+            raise fail("intent", "missing (required unless 'expect' is given)")
+    elif not isinstance(intent, str) or not intent.strip():
+        raise fail("intent", f"must be a non-empty string, got {intent!r}")
+    else:
+        intent = canonical_label((label_map or {}).get(intent.strip(), intent))
 
     escalate = obj.get("escalate")
     if escalate is not None and not isinstance(escalate, bool):
         raise fail("escalate", f"must be true or false, got {escalate!r}")
 
+    if expect is not None and escalate is not None and escalate != (expect == "escalate"):
+        raise fail("escalate", f"{escalate} contradicts expect {expect!r}")
+
     docs: tuple[str, ...] = ()
     if obj.get("relevant_docs") is not None:
         docs = _string_list(obj["relevant_docs"], fail, "relevant_docs")
+    if expect == "answer" and intent is None and not docs:
+        raise fail("expect", "an 'answer' case needs 'intent' or 'relevant_docs' to be judged by")
+
+    include = _string_list(obj["must_include"], fail, "must_include") if obj.get("must_include") is not None else ()
+    exclude = (_string_list(obj["must_not_include"], fail, "must_not_include")
+               if obj.get("must_not_include") is not None else ())
+    lead = obj.get("lead")
+    if lead is not None and (not isinstance(lead, str) or not lead.strip()):
+        raise fail("lead", f"must be a non-empty string, got {lead!r}")
 
     reference = obj.get("reference_answer")
     if reference is not None and not isinstance(reference, str):
@@ -165,7 +214,8 @@ def parse_case(obj: Any, where: str) -> GoldenCase:
 
     return GoldenCase(
         id=case_id, turns=turns, intent=intent, escalate=escalate, relevant_docs=docs,
-        reference_answer=reference, brief=brief,
+        reference_answer=reference, brief=brief, expect=expect, must_include=include,
+        must_not_include=exclude, lead=lead,
     )
 
 
@@ -173,13 +223,19 @@ MAX_SHOWN_PROBLEMS = 20
 """Bad lines listed in a :class:`GoldenError`; the rest are counted."""
 
 
-def load_golden(path: Path, known_intents: Collection[str] | None = None) -> GoldenSet:
+def load_golden(
+    path: Path,
+    known_intents: Collection[str] | None = None,
+    label_map: Mapping[str, str] | None = None,
+) -> GoldenSet:
     """Read and validate a golden JSONL file, checking every line before giving up.
 
     Args:
         path: the file (UTF-8, one JSON object per line).
         known_intents: the configured intent names; expected intents outside it are collected in
             ``GoldenSet.unknown_intents`` (a warning, not an error). None: not checked.
+        label_map: file label -> intent name (``helpline eval --label-map``); labels not in it are
+            kept. Applied before :func:`bot.intent_model.canonical_label`.
     Raises:
         GoldenError: bad JSON, a bad field (see :func:`parse_case`), a duplicate id, or no cases.
             ``problems`` holds every bad line as ``"file:line: field 'name': why"`` in file order;
@@ -193,7 +249,7 @@ def load_golden(path: Path, known_intents: Collection[str] | None = None) -> Gol
     problems: list[str] = []
     seen: dict[str, int] = {}
     for number, where, obj, why in scan_objects(path, GoldenError):
-        case = _case_or_problem(obj, where, why, seen)
+        case = _case_or_problem(obj, where, why, seen, label_map)
         if isinstance(case, str):
             problems.append(case)
             continue
@@ -207,20 +263,21 @@ def load_golden(path: Path, known_intents: Collection[str] | None = None) -> Gol
     if known_intents is not None:
         known = set(known_intents)
         for case in cases:
-            if case.intent not in known:
+            if case.intent is not None and case.intent not in known:
                 unknown.setdefault(case.intent, []).append(case.id)
     return GoldenSet(path=path, cases=tuple(cases), unknown_intents=unknown)
 
 
 def _case_or_problem(
-    obj: dict[str, Any] | None, where: str, why: str, seen: dict[str, int]
+    obj: dict[str, Any] | None, where: str, why: str, seen: dict[str, int],
+    label_map: Mapping[str, str] | None,
 ) -> GoldenCase | str:
     """The case of one scanned line, or what is wrong with it (``seen``: id -> line of the cases
     accepted so far)."""
     if obj is None:
         return f"{where}: {why}"
     try:
-        case = parse_case(obj, where)
+        case = parse_case(obj, where, label_map)
     except GoldenError as exc:
         return str(exc)
     if case.id in seen:

@@ -16,6 +16,7 @@ import numpy as np
 from bot.eval.golden import OUT_OF_SCOPE
 
 if TYPE_CHECKING:
+    from bot.eval.outcome import CaseOutcome
     from bot.eval.prices import PriceTable
     from bot.eval.runner import EvalRun
 
@@ -50,6 +51,77 @@ def confused_pairs(
     counts = Counter((e, p) for e, p in zip(expected, predicted, strict=True) if e != p)
     ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return [(e, p, n) for (e, p), n in ranked[:top]]
+
+
+def per_intent_scores(expected: Sequence[str], predicted: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Per expected intent: ``support`` (cases expecting it), ``correct`` (of them predicted as it),
+    and ``precision``, ``recall``, ``f1`` of predicting it (scikit-learn; precision None when no case
+    was predicted as it). Keyed by intent, sorted by name; empty for no cases."""
+    if len(expected) != len(predicted):
+        raise ValueError(f"{len(expected)} expected labels but {len(predicted)} predicted")
+    if not expected:
+        return {}
+    from sklearn.metrics import precision_recall_fscore_support
+
+    labels = sorted(set(expected))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        expected, predicted, labels=labels, zero_division=np.nan
+    )
+    predicted_as = Counter(predicted)
+    out: dict[str, dict[str, Any]] = {}
+    for i, label in enumerate(labels):
+        correct = sum(e == p == label for e, p in zip(expected, predicted, strict=True))
+        out[label] = {
+            "support": int(support[i]),
+            "correct": correct,
+            "precision": None if not predicted_as[label] else _round(float(precision[i])),
+            "recall": _round(float(recall[i])),
+            "f1": _round(0.0 if np.isnan(f1[i]) else float(f1[i])),
+        }
+    return out
+
+
+def worst_intents(per_intent: dict[str, dict[str, Any]], top: int = 10) -> list[tuple[str, dict[str, Any]]]:
+    """The ``top`` intents of :func:`per_intent_scores` with the lowest F1 (ties: more support
+    first, then by name)."""
+    ranked = sorted(per_intent.items(), key=lambda item: (item[1]["f1"], -item[1]["support"], item[0]))
+    return ranked[:top]
+
+
+def conversation_scores(outcomes: Sequence[CaseOutcome]) -> dict[str, Any]:
+    """The metrics of cases with ``expect`` (see docs/eval.md, "Conversation sets").
+
+    Keys: ``conversations`` (cases with ``expect``), ``answerable`` (of them, ``expect`` other than
+    ``escalate``), ``deflection_answerable`` (answerable cases no turn of which escalated, over
+    answerable), ``conversation_accuracy`` (correct over conversations), ``clarify_rate`` (share of
+    conversations whose last message got a clarifying question), ``by_expect`` (per expected kind:
+    ``cases``, ``correct``, ``accuracy``, ``got``: kind -> cases), ``failing_cases`` (``id``,
+    ``line``, ``wrong``, ``why`` of every case that is not correct, in file order). Rates are None
+    when there is nothing to measure.
+    """
+    cases = [o for o in outcomes if o.case.expect is not None]
+    answerable = [o for o in cases if o.case.expect != "escalate"]
+    by_expect: dict[str, dict[str, Any]] = {}
+    for kind in sorted({o.case.expect for o in cases if o.case.expect is not None}):
+        group = [o for o in cases if o.case.expect == kind]
+        by_expect[kind] = {
+            "cases": len(group),
+            "correct": sum(bool(o.correct) for o in group),
+            "accuracy": _round(share([bool(o.correct) for o in group])),
+            "got": dict(sorted(Counter(o.kind for o in group).items())),
+        }
+    return {
+        "conversations": len(cases),
+        "answerable": len(answerable),
+        "deflection_answerable": _round(share([o.automated for o in answerable])),
+        "conversation_accuracy": _round(share([bool(o.correct) for o in cases])),
+        "clarify_rate": _round(share([o.kind == "clarify" for o in cases])),
+        "by_expect": by_expect,
+        "failing_cases": [
+            {"id": o.case.id, "line": o.case.line, "wrong": o.wrong, "why": o.why()}
+            for o in cases if not o.correct
+        ],
+    }
 
 
 def precision_recall(
@@ -107,9 +179,13 @@ def _round(value: float | None, digits: int = 4) -> float | None:
 def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
     """Every metric of ``run`` as one JSON-able dict (the object ``helpline eval --json`` prints).
 
-    Keys: ``cases``, ``turns``, ``intent_accuracy``, ``macro_f1``, ``confused_pairs``,
-    ``in_scope_cases``, ``in_scope_accuracy``, ``oos_cases``, ``oos_recall``, ``deflection``,
-    ``wrong_answers``, ``wrong_answer_rate``, ``escalation_cases``, ``escalation_precision``,
+    Keys: ``cases``, ``turns``, ``intent_cases`` (cases that name an intent: the intent metrics are
+    over them), ``intent_accuracy``, ``macro_f1``, ``confused_pairs``, ``per_intent`` (see
+    :func:`per_intent_scores`), ``in_scope_cases``, ``in_scope_accuracy``, ``oos_cases``,
+    ``oos_recall``, ``deflection``, ``wrong_answers``, ``wrong_answer_rate`` (wrong over all cases),
+    ``answered`` (automated cases whose last message got an answer or a question, not a clarifying
+    question or a decline), ``wrong_among_answered`` (wrong over answered), the keys of
+    :func:`conversation_scores`, ``escalation_cases``, ``escalation_precision``,
     ``escalation_recall``, ``retrieval_cases``, ``retrieval_searched``, ``retrieval_hit_at_1``,
     ``retrieval_hit_at_5``, ``retrieval_mrr``, ``reference_cases``, ``reference_agreement``,
     ``claim_answers``, ``groundedness``, ``unscored``, ``brief_cases``, ``brief_field_accuracy`` (share
@@ -120,14 +196,16 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
     Latencies are the turn events' ``latency_ms`` (server turn time); costs are USD.
     """
     outcomes = run.outcomes
-    expected = [o.case.intent for o in outcomes]
-    predicted = [o.predicted for o in outcomes]
+    named = [o for o in outcomes if o.case.intent is not None]
+    expected = [str(o.case.intent) for o in named]
+    predicted = [o.judged_intent for o in named]
     accuracy, macro_f1 = intent_scores(expected, predicted)
-    in_scope = [o for o in outcomes if o.case.intent != OUT_OF_SCOPE]
-    oos = [o for o in outcomes if o.case.intent == OUT_OF_SCOPE]
-    labelled = [o for o in outcomes if o.case.escalate is not None]
+    in_scope = [o for o in named if o.case.intent != OUT_OF_SCOPE]
+    oos = [o for o in outcomes if o.case.out_of_scope]
+    answered = [o for o in outcomes if o.answered]
+    labelled = [o for o in outcomes if o.case.expected_escalation is not None]
     esc_precision, esc_recall = precision_recall(
-        [bool(o.case.escalate) for o in labelled], [o.escalated for o in labelled]
+        [bool(o.case.expected_escalation) for o in labelled], [o.escalated for o in labelled]
     )
     ranked = [o for o in outcomes if o.case.relevant_docs and o.ranking is not None]
     retrieval = ranking_scores([o.ranking or [] for o in ranked], [o.case.relevant_docs for o in ranked])
@@ -163,9 +241,11 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
     return {
         "cases": len(outcomes),
         "turns": sum(len(o.turns) for o in outcomes),
+        "intent_cases": len(named),
         "intent_accuracy": _round(accuracy),
         "macro_f1": _round(macro_f1),
         "confused_pairs": [list(p) for p in confused_pairs(expected, predicted)],
+        "per_intent": per_intent_scores(expected, predicted),
         "in_scope_cases": len(in_scope),
         "in_scope_accuracy": _round(share([o.intent_correct for o in in_scope])),
         "oos_cases": len(oos),
@@ -173,6 +253,9 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
         "deflection": _round(share([o.automated for o in outcomes])),
         "wrong_answers": sum(o.wrong for o in outcomes),
         "wrong_answer_rate": _round(share([o.wrong for o in outcomes])),
+        "answered": len(answered),
+        "wrong_among_answered": _round(share([o.wrong for o in answered])),
+        **conversation_scores(outcomes),
         "escalation_cases": len(labelled),
         "escalation_precision": _round(esc_precision),
         "escalation_recall": _round(esc_recall),

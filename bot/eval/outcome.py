@@ -7,8 +7,10 @@ Definitions (docs/eval.md, "What the numbers mean", repeats them):
   A turn on a ticket a person already owns has an event with ``tier`` None: the bot stayed silent;
 - **predicted intent**: the intent recorded on the last turn; ``out_of_scope`` when that turn's
   ``data["out_of_scope"]`` is true (the intent model's out-of-scope flag, which keeps the nearest
-  trained intent in ``intent``); ``(none)`` when the last turn was not routed (an earlier turn had
-  escalated, so the bot stayed silent);
+  trained intent in ``intent``) or its reason is ``off_topic`` (the bot declined politely);
+  ``(none)`` when the last turn was not routed (an earlier turn had escalated, so the bot stayed
+  silent). Intent accuracy reads the **judged intent**: ``out_of_scope`` for an out-of-scope case
+  that a person took over (a correct escalation is not a wrong intent), else the predicted one;
 - **escalated**: any turn of the case escalated (``escalated`` true in its event);
   **automated** (deflected): not escalated: the customer was answered without a human;
 - **claim answers**: replies of automated turns whose tier is not ``deterministic``, ``guard`` or
@@ -16,21 +18,38 @@ Definitions (docs/eval.md, "What the numbers mean", repeats them):
   groundedness against the text of the documents it cites. Deterministic replies (order lookups,
   canned greetings) are computed from the order store or written in ``intents.yaml``; they make no
   knowledge-base claim and are counted separately, not scored;
-- **wrong answer**: an automated case whose predicted intent differs from the expected one, or one of
-  whose claim answers is not fully supported (some sentence unsupported, or unscored);
+- **wrong answer**: an automated case whose judged intent differs from the expected one, or one of
+  whose claim answers is not fully supported (some sentence unsupported, or unscored); a last
+  message that got a clarifying question or a polite decline (kinds ``clarify``, ``decline``,
+  below) answered nothing, so it is never wrong;
 - **out-of-scope recalled**: a case expected ``out_of_scope`` that was not automated with an in-scope
   intent: it escalated, or its predicted intent was ``out_of_scope``;
 - **reference agreement**: for an automated case with a ``reference_answer`` that states numbers
   (days, amounts, percentages, order numbers), whether the bot's last reply states every one of them.
   It catches a grounded answer to the wrong question (the US shipping price quoted for a UK
   question), which groundedness cannot see. Reported on its own, not part of the wrong-answer rate;
+- **kind** (what the bot did on the last message, for cases with ``expect``): ``escalate`` when the
+  last turn escalated, or was not routed because an earlier turn had; ``clarify`` for reason
+  ``clarify``; ``decline`` for reason ``off_topic``; ``ask`` for ``asked_slot``/``asked_proof``;
+  ``answer`` for any other routed turn; ``none`` when no turn event was written;
+- **content problems** of a case with ``expect``: an ``answer`` with ``relevant_docs`` citing none
+  of them; otherwise a judged intent other than the expected ``intent`` (when given); a
+  ``must_include`` missing from the last reply, a ``must_not_include`` present (both
+  case-insensitive), the reply not starting with ``lead`` (case-insensitive, leading whitespace and
+  punctuation ignored); an ``answer`` whose claim answer is not fully supported;
+- a case with ``expect`` is **correct** when its kind is the expected one and it has no content
+  problem, and **wrong** when the bot answered (kind ``answer``) while the case expected
+  ``clarify``, ``decline`` or ``escalate``, or with a content problem. A clarification, a decline or
+  a question where an answer was expected is not wrong, just not correct. Cases without ``expect``
+  keep the rule above;
 - **threshold confidence** (for calibration): the lowest intent confidence among the case's turns
-  that passed the router's confidence check: routed turns other than ``guard`` and ``slot_filled``
-  ones (those two never consult the threshold). None when no turn did.
+  that passed the router's confidence check: routed turns other than ``guard`` turns and those with a
+  reason in :data:`THRESHOLD_FREE_REASONS` (they never consult the threshold). None when no turn did.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +62,25 @@ NO_INTENT = "(none)"
 NON_CLAIM_TIERS = frozenset({"deterministic", "guard", "human"})
 """Tiers whose replies make no knowledge claim (lookups, canned replies, the handoff message)."""
 
-THRESHOLD_FREE_REASONS = frozenset({"slot_filled"})
-"""Turn reasons decided before the router's confidence check (filling a slot the bot asked for)."""
+THRESHOLD_FREE_REASONS = frozenset({"slot_filled", "clarify", "off_topic"})
+"""Turn reasons the confidence threshold does not decide: filling a slot the bot asked for, and the
+clarifying question or polite decline that a vague or off-topic message gets instead of an answer
+(neither answers, so raising the threshold cannot make it a wrong answer or a handoff)."""
+
+NOT_ANSWERS = frozenset({"clarify", "decline"})
+"""Kinds of reply that answer nothing, so can never be a wrong answer."""
+
+ASK_REASONS = frozenset({"asked_slot", "asked_proof"})
+"""Turn reasons of a question the bot asks to fill a slot or prove ownership (kind ``ask``)."""
+
+_LEADING = re.compile(r"^[\W_]+")
+_SPACES = re.compile(r"\s+")
+
+
+def _lead_form(text: str) -> str:
+    """``text`` for the ``lead`` check: leading whitespace and punctuation dropped, spaces collapsed,
+    case folded."""
+    return _SPACES.sub(" ", _LEADING.sub("", text)).casefold()
 
 
 def _numbers(text: str) -> set[str]:
@@ -146,9 +182,16 @@ class CaseOutcome:
     def predicted(self) -> str:
         if not self.last.routed:
             return NO_INTENT
-        if self.last.flagged_out_of_scope:
+        if self.last.flagged_out_of_scope or self.last.payload.get("reason") == "off_topic":
             return OUT_OF_SCOPE
         return self.last.intent or NO_INTENT
+
+    @property
+    def judged_intent(self) -> str:
+        """The predicted intent as intent accuracy reads it (see the module docstring)."""
+        if self.case.out_of_scope and self.escalated:
+            return OUT_OF_SCOPE
+        return self.predicted
 
     @property
     def confidence(self) -> float | None:
@@ -157,7 +200,62 @@ class CaseOutcome:
 
     @property
     def intent_correct(self) -> bool:
-        return self.predicted == self.case.intent
+        """The judged intent is the expected one (True when the case names no intent)."""
+        return self.case.intent is None or self.judged_intent == self.case.intent
+
+    @property
+    def kind(self) -> str:
+        """What the bot did on the last message (see the module docstring)."""
+        last = self.last
+        if last.escalated or (not last.routed and self.escalated):
+            return "escalate"
+        if not last.routed:
+            return "none"
+        reason = last.payload.get("reason")
+        if reason == "clarify":
+            return "clarify"
+        if reason == "off_topic":
+            return "decline"
+        if reason in ASK_REASONS:
+            return "ask"
+        return "answer"
+
+    def content_problems(self) -> list[str]:
+        """What the last reply got wrong against the case's content checks (module docstring);
+        empty when nothing."""
+        case, last = self.case, self.last
+        reply = last.reply or ""
+        problems = []
+        if self.kind == "answer" and case.relevant_docs:
+            if not set(last.citations) & set(case.relevant_docs):
+                problems.append(f"cites {', '.join(last.citations) or 'nothing'} "
+                                f"(expected one of {', '.join(case.relevant_docs)})")
+        elif not self.intent_correct:
+            problems.append(f"intent {self.judged_intent} (expected {case.intent})")
+        folded = reply.casefold()
+        problems += [f"reply lacks {s!r}" for s in case.must_include if s.casefold() not in folded]
+        problems += [f"reply contains {s!r}" for s in case.must_not_include if s.casefold() in folded]
+        if case.lead is not None and not _lead_form(reply).startswith(_lead_form(case.lead)):
+            problems.append(f"reply does not lead with {case.lead!r}")
+        if self.kind == "answer":
+            last_index = len(self.turns) - 1
+            if any(a.turn == last_index and not a.groundedness.fully_supported for a in self.answers):
+                problems.append("answer not fully grounded")
+        return problems
+
+    @property
+    def correct(self) -> bool | None:
+        """For a case with ``expect``: the expected kind with no content problem; None without."""
+        if self.case.expect is None:
+            return None
+        return self.kind == self.case.expect and not self.content_problems()
+
+    def why(self) -> list[str]:
+        """Why a case with ``expect`` is not correct (empty when it is, or has no ``expect``)."""
+        if self.case.expect is None or self.correct:
+            return []
+        problems = [] if self.kind == self.case.expect else [f"expected {self.case.expect}, got {self.kind}"]
+        return problems + self.content_problems()
 
     @property
     def escalated(self) -> bool:
@@ -168,13 +266,25 @@ class CaseOutcome:
         return not self.escalated
 
     @property
+    def answered(self) -> bool:
+        """Automated, and the last message got an answer or a question of the bot's (kind
+        ``answer`` or ``ask``): the cases a wrong-answer share is taken over."""
+        return self.automated and self.kind in ("answer", "ask")
+
+    @property
     def grounded(self) -> bool:
         """Every claim answer of the case is fully supported (True when it has none)."""
         return all(a.groundedness.fully_supported for a in self.answers)
 
     @property
     def wrong(self) -> bool:
-        return self.automated and (not self.intent_correct or not self.grounded)
+        if self.case.expect is not None:
+            return self.kind == "answer" and (
+                self.case.expect not in ("answer", "ask") or bool(self.content_problems())
+            )
+        return self.automated and self.kind not in NOT_ANSWERS and (
+            not self.intent_correct or not self.grounded
+        )
 
     @property
     def oos_recalled(self) -> bool:
@@ -209,7 +319,12 @@ class CaseOutcome:
             ],
             "expected_intent": self.case.intent,
             "predicted_intent": self.predicted,
-            "expected_escalate": self.case.escalate,
+            "judged_intent": self.judged_intent,
+            "expect": self.case.expect,
+            "kind": self.kind,
+            "correct": self.correct,
+            "why": self.why(),
+            "expected_escalate": self.case.expected_escalation,
             "escalated": self.escalated,
             "wrong": self.wrong,
             "reference_agrees": self.reference_agrees,

@@ -19,7 +19,7 @@ import numpy as np
 
 from bot.eval.calibrate import CurvePoint
 from bot.eval.gates import GateResult
-from bot.eval.metrics import reliability_bins
+from bot.eval.metrics import reliability_bins, worst_intents
 from bot.eval.outcome import CaseOutcome
 
 
@@ -56,7 +56,9 @@ def summary_lines(summary: Mapping[str, Any], source: str) -> list[str]:
         (f"  in-scope accuracy   {_f(s['in_scope_accuracy'])} ({s['in_scope_cases']} cases)   "
          f"out-of-scope recall {_f(s['oos_recall'])} ({s['oos_cases']} cases)"),
         (f"  deflection          {_f(s['deflection'])}   wrong-answer rate "
-         f"{_f(s['wrong_answer_rate'])} ({s['wrong_answers']} cases)"),
+         f"{_f(s['wrong_answer_rate'])} ({s['wrong_answers']} cases)   wrong among answered "
+         f"{_f(s['wrong_among_answered'])} ({s['answered']} answered)"),
+        *conversation_lines(s),
         (f"  escalation          precision {_f(s['escalation_precision'])}   recall "
          f"{_f(s['escalation_recall'])} ({s['escalation_cases']} labelled cases)"),
         (f"  retrieval           hit@1 {_f(s['retrieval_hit_at_1'])}   hit@5 "
@@ -75,8 +77,40 @@ def summary_lines(summary: Mapping[str, Any], source: str) -> list[str]:
                   f"{name} {_f(row['accuracy'], 2)}" for name, row in s['brief_fields'].items()))]
           if s.get("brief_cases") else []),
         f"  most confused       {confused}",
+        *per_intent_lines(s),
         f"  throughput          {_f(s['cases_per_s'], 1)} cases/s",
     ]
+
+
+def conversation_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The lines of the cases with ``expect`` (none when the set has no such case)."""
+    s = summary
+    if not s.get("conversations"):
+        return []
+    kinds = "; ".join(
+        f"{kind} {_f(row['accuracy'])} of {row['cases']} (got "
+        + ", ".join(f"{got} {n}" for got, n in row["got"].items()) + ")"
+        for kind, row in s["by_expect"].items()
+    )
+    return [
+        (f"  conversations       {s['conversations']}: accuracy {_f(s['conversation_accuracy'])}   "
+         f"deflection of answerable {_f(s['deflection_answerable'])} ({s['answerable']} answerable)   "
+         f"clarify rate {_f(s['clarify_rate'])}"),
+        f"  by expected kind    {kinds}",
+    ]
+
+
+def per_intent_lines(summary: Mapping[str, Any], top: int = 10) -> list[str]:
+    """A table of the ``top`` intents with the lowest F1 (none when the set names no intent)."""
+    rows = worst_intents(summary.get("per_intent") or {}, top)
+    if not rows:
+        return []
+    width = max(len("intent"), *(len(name) for name, _ in rows))
+    out = [f"  worst intents       {'intent':<{width}}  support  correct  precision  recall     F1"]
+    for name, r in rows:
+        out.append(f"                      {name:<{width}}  {r['support']:7d}  {r['correct']:7d}  "
+                   f"{_f(r['precision']):>9}  {_f(r['recall']):>6}  {_f(r['f1']):>5}")
+    return out
 
 
 def failure_lines(outcomes: Sequence[CaseOutcome], limit: int = 40) -> list[str]:
@@ -87,16 +121,17 @@ def failure_lines(outcomes: Sequence[CaseOutcome], limit: int = 40) -> list[str]
         problems = []
         if o.wrong:
             problems.append("WRONG ANSWER")
-        if o.case.escalate is True and not o.escalated:
+        problems.extend(o.why())
+        if o.case.expected_escalation is True and not o.escalated:
             problems.append("missed escalation")
-        if o.case.escalate is False and o.escalated:
+        if o.case.expected_escalation is False and o.escalated:
             problems.append(f"needless escalation ({_reasons(o)})")
         if o.case.out_of_scope and not o.oos_recalled:
             problems.append("out-of-scope answered")
         if o.reference_agrees is False:
             problems.append("reply disagrees with the reference answer")
-        if not o.intent_correct:
-            problems.append(f"intent {o.predicted} (expected {o.case.intent}, "
+        if not o.intent_correct and o.case.expect is None:  # with expect, why() names it
+            problems.append(f"intent {o.judged_intent} (expected {o.case.intent}, "
                             f"confidence {_f(o.confidence, 2)})")
         for a in o.answers:
             g = a.groundedness
@@ -134,10 +169,10 @@ def curve_lines(points: Sequence[CurvePoint], picked: CurvePoint | None = None, 
     if len(rows) > width:
         keep = set(np.linspace(0, len(rows) - 1, width).round().astype(int).tolist())
         rows = [p for i, p in enumerate(rows) if i in keep or p == picked]
-    out = ["  threshold  deflection  wrong-answer rate  (automated / wrong of cases)"]
+    out = ["  threshold  deflection  wrong among answered  (automated / wrong of cases)"]
     for p in rows:
         mark = "  <- picked" if p == picked else ""
-        out.append(f"  {p.threshold:9.4f}  {p.deflection:10.3f}  {p.wrong_answer_rate:17.4f}  "
+        out.append(f"  {p.threshold:9.4f}  {p.deflection:10.3f}  {p.wrong_among_answered:20.4f}  "
                    f"({p.automated} / {p.wrong} of {p.cases}){mark}")
     return out
 
@@ -162,15 +197,15 @@ def plot_curve(path: Path, points: Sequence[CurvePoint], threshold: float,
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     t = [p.threshold for p in points]
     left.step(t, [p.deflection for p in points], where="post", label="deflection")
-    left.step(t, [p.wrong_answer_rate for p in points], where="post", label="wrong-answer rate")
+    left.step(t, [p.wrong_among_answered for p in points], where="post", label="wrong among answered")
     left.axvline(threshold, color="grey", linestyle=":", label=f"configured {threshold:g}")
     if max_wrong is not None:
         left.axhline(max_wrong, color="red", linestyle="--", linewidth=0.8, label=f"max wrong {max_wrong:g}")
-    left.set(xlabel="confidence threshold", ylabel="share of cases", xlim=(0, 1), ylim=(0, 1.02),
+    left.set(xlabel="confidence threshold", ylabel="share", xlim=(0, 1), ylim=(0, 1.02),
              title="Outcome by confidence threshold")
     left.legend(loc="center left", fontsize=8)
-    right.plot([p.wrong_answer_rate for p in points], [p.deflection for p in points], marker=".")
-    right.set(xlabel="wrong-answer rate", ylabel="deflection", title="Deflection vs wrong answers")
+    right.plot([p.wrong_among_answered for p in points], [p.deflection for p in points], marker=".")
+    right.set(xlabel="wrong answers among answered", ylabel="deflection", title="Deflection vs wrong answers")
     if max_wrong is not None:
         right.axvline(max_wrong, color="red", linestyle="--", linewidth=0.8)
     right.grid(alpha=0.3)
@@ -182,7 +217,7 @@ def plot_curve(path: Path, points: Sequence[CurvePoint], threshold: float,
 def plot_reliability(path: Path, outcomes: Sequence[CaseOutcome], bins: int = 10) -> float | None:
     """Reliability diagram of the last turn's intent confidence; returns the ECE (None: no data)."""
     plt = _pyplot()
-    scored = [o for o in outcomes if o.confidence is not None]
+    scored = [o for o in outcomes if o.confidence is not None and o.case.intent is not None]
     rows, ece = reliability_bins([o.confidence for o in scored], [o.intent_correct for o in scored], bins)
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
@@ -205,11 +240,12 @@ def plot_reliability(path: Path, outcomes: Sequence[CaseOutcome], bins: int = 10
 def plot_confusion(path: Path, outcomes: Sequence[CaseOutcome]) -> None:
     """Heatmap of expected (rows) x predicted (columns) intents, counts written in the cells."""
     plt = _pyplot()
-    labels = sorted({o.case.intent for o in outcomes} | {o.predicted for o in outcomes})
+    named = [o for o in outcomes if o.case.intent is not None]
+    labels = sorted({str(o.case.intent) for o in named} | {o.judged_intent for o in named}) or ["(no intents)"]
     index = {label: i for i, label in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=int)
-    for o in outcomes:
-        matrix[index[o.case.intent], index[o.predicted]] += 1
+    for o in named:
+        matrix[index[str(o.case.intent)], index[o.judged_intent]] += 1
     size = max(5.0, 0.32 * len(labels) + 2)
     fig, ax = plt.subplots(figsize=(size + 1, size))
     image = ax.imshow(matrix, cmap="Blues")

@@ -147,6 +147,20 @@ def _distinct(doc_ids: Sequence[str]) -> list[str]:
     return out
 
 
+def own_words_removed(turn: TurnRecord) -> str:
+    """The reply without what the bot said in its own words rather than quoting an article: the
+    apology that opened it (``data["apology"]``) and the order-state lead (``data["answer"]
+    ["order_lead"]``, from the order's facts). Groundedness scores the rest against the cited
+    articles."""
+    reply = (turn.reply or "").strip()
+    data = turn.payload.get("data") or {}
+    answer = data.get("answer") if isinstance(data.get("answer"), dict) else {}
+    for own in (data.get("apology"), answer.get("order_lead")):
+        if isinstance(own, str) and own and reply.startswith(own):
+            reply = reply[len(own):].strip()
+    return reply
+
+
 class CaseRunner:
     """Sends cases through ``runtime.conversations`` and builds their :class:`CaseOutcome`."""
 
@@ -222,7 +236,7 @@ class CaseRunner:
             texts.extend(found)
         if missing:
             return unscored(f"cited document(s) {', '.join(missing)} not in knowledge base {version}")
-        return await asyncio.to_thread(score_answer, turn.reply or "", texts, self.embedder)
+        return await asyncio.to_thread(score_answer, own_words_removed(turn), texts, self.embedder)
 
     async def _rank(self, outcome: CaseOutcome) -> None:
         retrieved = outcome.last.payload.get("data", {}).get("retrieved") if outcome.last.routed else None

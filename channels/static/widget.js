@@ -11,6 +11,10 @@
  * Plain JS, no dependencies. Talks the /ws/chat protocol: hello(session_id, last_seq) -> welcome,
  * backlog, live frames. Message text only ever reaches the page through textContent. A message whose
  * meta holds a CSAT prompt gets rating buttons (1-5), a comment box and Send (a "csat" frame).
+ * While the conversation has no messages the welcome's greeting is the first bot bubble (shown, never
+ * stored), with its suggested questions as buttons. The latest message's quick replies
+ * (meta.quick_replies, 1-4 labels) are buttons under it; a click sends the label as the customer's
+ * message, and the buttons go once a newer message arrives or one is used.
  * The transcript, last_seq and unsent messages are kept in localStorage (one record per server URL)
  * so a reload shows the history once and a reconnect asks only for what was missed.
  */
@@ -51,6 +55,8 @@
   var BACKOFF_MAX_MS = 30000;
   var IDLE_CLOSE = 4000; // the server closed an idle socket: reconnect when the customer is back
   var AUTHOR_LABELS = { bot: "Assistant", agent: "Support agent", system: "", customer: "You" };
+  var MAX_QUICK_REPLIES = 4;
+  var MAX_QUICK_REPLY_CHARS = 80;
 
   // ---------------------------------------------------------------- persisted state
 
@@ -220,9 +226,9 @@
     list.appendChild(node);
   }
 
-  function bubble(author, text, createdAt) {
+  function bubble(author, text, createdAt, className) {
     var kind = AUTHOR_LABELS.hasOwnProperty(author) ? author : "system";
-    var item = el("li", "hl-msg hl-msg--" + kind);
+    var item = el("li", className || "hl-msg hl-msg--" + kind);
     if (AUTHOR_LABELS[kind] && kind !== "customer") {
       var who = el("span", "hl-author");
       who.textContent = AUTHOR_LABELS[kind];
@@ -279,6 +285,7 @@
       placeBySeq(item);
     }
     renderedSeqs[m.seq] = true;
+    refreshQuickReplies();
     if (stick || !live) list.scrollTop = list.scrollHeight;
     if (live && m.direction === "outbound" && panel.hidden) {
       unread += 1;
@@ -286,6 +293,88 @@
       badge.hidden = false;
       launcher.setAttribute("aria-label", "Open support chat, " + unread + " unread");
     }
+  }
+
+  // ---------------------------------------------------------------- greeting and quick replies
+
+  var greeting = null;      // the welcome's {text, suggestions}, once a welcome carried one
+  var greetingNode = null;  // its bubble while shown (until the list is cleared or the page reloads)
+  var quickNode = null;     // the one row of quick-reply buttons, under the latest message
+  var quickKey = null;      // what quickNode answers: "greeting" or the message's seq
+  var ackedSeq = 0;         // highest seq acknowledged to this page (its own message may not be back yet)
+
+  function labels(value) {
+    // 1-4 non-blank strings, as the server sends them; anything else shows no buttons.
+    if (!Array.isArray(value)) return null;
+    var shown = value.filter(function (v) {
+      return typeof v === "string" && v.trim() !== "" && v.length <= MAX_QUICK_REPLY_CHARS;
+    }).slice(0, MAX_QUICK_REPLIES);
+    return shown.length ? shown : null;
+  }
+
+  function readGreeting(value) {
+    if (!value || typeof value !== "object" || typeof value.text !== "string" || !value.text.trim()) return null;
+    return { text: value.text, suggestions: labels(value.suggestions) || [] };
+  }
+
+  function renderGreeting(serverLastSeq) {
+    // Only while the conversation has no messages, here and on the server; never stored.
+    if (!greeting || greetingNode || serverLastSeq !== 0 || state.messages.length) return;
+    greetingNode = bubble("bot", greeting.text, null, "hl-greeting");
+    greetingNode.setAttribute("data-seq", "0");
+    var time = greetingNode.querySelector(".hl-meta");
+    if (time) greetingNode.removeChild(time);
+    list.insertBefore(greetingNode, list.firstChild);
+  }
+
+  function latestMessage() {
+    var latest = null;
+    state.messages.forEach(function (m) { if (!latest || m.seq > latest.seq) latest = m; });
+    return latest;
+  }
+
+  function currentQuickReplies() {
+    // [key, anchor seq, labels, group name] of what to offer now, or null: the latest message's
+    // quick replies (or the greeting's suggestions while there is no message), unless the customer
+    // has already answered (a message waiting in the outbox, or acknowledged and not back yet).
+    if (state.outbox.length) return null;
+    var latest = latestMessage();
+    if (latest) {
+      if (latest.seq < ackedSeq || latest.direction !== "outbound" || !latest.quick_replies) return null;
+      return [String(latest.seq), latest.seq, latest.quick_replies, "Quick replies"];
+    }
+    if (greetingNode && greeting.suggestions.length && !ackedSeq) {
+      return ["greeting", 0, greeting.suggestions, "Suggested questions"];
+    }
+    return null;
+  }
+
+  function refreshQuickReplies() {
+    var offer = currentQuickReplies();
+    var key = offer && offer[0];
+    if (key === quickKey && (!quickNode || quickNode.parentNode === list)) return;
+    if (quickNode && quickNode.parentNode) quickNode.parentNode.removeChild(quickNode);
+    quickNode = null;
+    quickKey = key;
+    if (!offer) return;
+    var item = el("li", "hl-quick", { "data-seq": String(offer[1] + 0.1) });
+    var group = el("div", "hl-quick-group", { role: "group", "aria-label": offer[3] });
+    offer[2].forEach(function (text) {
+      var button = el("button", "hl-quick-reply", { type: "button" });
+      button.textContent = text; // never innerHTML: labels come from config and the bot, untrusted
+      button.addEventListener("click", function () { pickQuickReply(text); });
+      group.appendChild(button);
+    });
+    item.appendChild(group);
+    quickNode = item;
+    var stick = isNearBottom();
+    placeBySeq(item);
+    if (stick) list.scrollTop = list.scrollHeight;
+  }
+
+  function pickQuickReply(text) {
+    sendText(text);
+    input.focus(); // the buttons are gone: keep the keyboard in the conversation
   }
 
   // ---------------------------------------------------------------- satisfaction rating (CSAT)
@@ -389,6 +478,7 @@
     item.setAttribute("data-client-id", entry.client_message_id);
     setDelivery(item, "sending");
     list.appendChild(item);
+    refreshQuickReplies();
     list.scrollTop = list.scrollHeight;
   }
 
@@ -404,6 +494,8 @@
   function clearList() {
     while (list.firstChild) list.removeChild(list.firstChild);
     renderedSeqs = {};
+    greetingNode = quickNode = quickKey = null;
+    ackedSeq = 0;
   }
 
   function setStatus(kind, text) {
@@ -445,6 +537,7 @@
     var before = state.outbox.length;
     state.outbox = state.outbox.filter(function (e) { return e.client_message_id !== clientId; });
     inFlight = inFlight.filter(function (id) { return id !== clientId; });
+    if (typeof seq === "number" && seq > ackedSeq) ackedSeq = seq;
     var item = findPending(clientId);
     if (item && typeof seq === "number" && !item.getAttribute("data-seq")) {
       item.setAttribute("data-seq", String(seq));
@@ -452,6 +545,7 @@
     }
     if (item) setDelivery(item, "sent");
     if (before !== state.outbox.length) saveState();
+    refreshQuickReplies();
   }
 
   function fail(clientId, message) {
@@ -461,6 +555,7 @@
     var item = findPending(clientId);
     if (item) setDelivery(item, "failed");
     renderNotice(message, "error");
+    refreshQuickReplies(); // not sent: the options it answered are open again
   }
 
   function schedulePing() {
@@ -489,6 +584,9 @@
           outbox.forEach(renderPending);
           saveState();
         }
+        greeting = readGreeting(frame.greeting) || greeting;
+        renderGreeting(frame.last_seq);
+        refreshQuickReplies();
         ready = true;
         attempt = 0;
         setStatus("online", "Online");
@@ -508,6 +606,9 @@
           // Except a rating prompt: the ticket it rates, and whether it was answered already.
           var prompt = frame.meta && frame.meta.csat;
           if (prompt && typeof prompt.ticket === "number") m.csat = { ticket: prompt.ticket, done: !!prompt.rated };
+          // And quick replies: kept with the message, shown while it is the latest.
+          var quick = frame.direction === "outbound" && frame.meta && labels(frame.meta.quick_replies);
+          if (quick) m.quick_replies = quick;
           state.messages.push(m);
           renderMessage(m, true);
         }
@@ -653,12 +754,18 @@
         MAX_SEND_CHARS + ".", "error");
       return;
     }
+    sendText(text);
+    input.value = "";
+    autosize();
+  }
+
+  function sendText(text) {
+    // A customer message, typed or picked from quick replies: queued with its own id (idempotent
+    // re-sends), shown at once, sent when the socket is ready.
     var entry = { client_message_id: uuid4(), text: text, created_at: new Date().toISOString() };
     state.outbox.push(entry);
     saveState();
     renderPending(entry);
-    input.value = "";
-    autosize();
     flushOutbox();
     paused = false;
     if (!ready && !ws) connect();
