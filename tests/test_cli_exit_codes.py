@@ -85,7 +85,7 @@ def test_help_describes_the_input_with_an_example() -> None:
     assert "1 some turn failed (no reply, an error frame, a refused or dropped connection)" in _flat(replay)
     train = _run("train", "--help").output
     assert '{"message": "how long does a refund take?", "intent": "check_refund_policy"}' in train
-    assert "at least 5 rows per label" in _flat(train)
+    assert "labels with fewer than 5 rows are trained but warned about" in _flat(train)
     evaluate = _run("eval", "--help").output
     assert '{"id": "r1", "text": "how long does a refund take?", "intent": "check_refund_policy"}' in evaluate
     assert "1 a gate failed (--gate)" in _flat(evaluate)
@@ -160,7 +160,7 @@ def test_eval_lists_every_bad_golden_line_and_exits_2(tmp_path: Path, monkeypatc
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"Error: {golden}: 3 bad lines:",
-        f"  {golden}:2: field 'intent': missing",
+        f"  {golden}:2: field 'intent': missing (required unless 'expect' is given)",
         f"  {golden}:3: not valid JSON: Expecting ',' delimiter (line 1, column 11)",
         f"  {golden}:4: field 'text': empty text",
     ]

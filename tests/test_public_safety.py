@@ -60,7 +60,9 @@ async def test_an_anonymous_visitor_cannot_read_other_customers_orders(server_ur
         await chat.send("where are my orders " + " ".join(ids[i : i + 3]), f"h-{i}")
     replies = [f["text"] for f in _messages(await chat.drain(quiet=3.0)) if f["direction"] == "outbound"]
     # Asked twice for proof and given none, the bot hands the visitor to a person and falls silent.
-    assert len(replies) == 3 and replies[-1].startswith("I'm passing this to a member of our support team")
+    # (After an apology: repeated failure is a reason the bot says sorry for.)
+    assert len(replies) == 3 and "I'm passing this to a member of our support team" in replies[-1]
+    assert replies[-1].startswith("I'm sorry")
     for order_id in ids:
         order = DEMO_ORDERS[order_id]
         leaked = [order["status"], *(t for f in order["fulfillments"] for t in f["tracking_id"]),
