@@ -38,6 +38,15 @@ trained without that class.
 Run: ``.venv/bin/python bench/train_bench.py`` (about 6-8 minutes on 2 cores; ``--quick`` samples
 every 5th row for a smoke run). Writes ``bench/results/train_bench.json`` and ``train_*.png``.
 Nothing here is shipped.
+
+Scale (``--scale``, run on its own; it only replaces the ``scale`` entry of the JSON): the cost of
+``helpline train`` itself at ``SCALE_ROWS`` rows of the train file (sampled with ``random.Random(1)``,
+placeholders filled by the command), each size in its own child process (the real CLI, ``helpline
+train ... --json``) so that its peak RSS (``ru_maxrss`` from ``wait4``) and CPU time (user + system,
+all threads) are that run's alone. Twice per size: with Bitext's 27 intents, and with a CLINC-sized
+label set (each intent split by the first word of the message where that pair has at least
+``FINE_MIN_ROWS`` rows: 150-160 labels), since the TF-IDF weights grow with the number of labels.
+Records wall time, CPU time, peak RSS, model size on disk and the load average around each run.
 """
 
 from __future__ import annotations
@@ -84,6 +93,8 @@ OOS_LABELLED = 3
 IN_SCOPE_TARGETS = (0.99, 0.98, 0.95, 0.90)
 MAX_WRONG = 0.01
 TEN_K = 10_000
+SCALE_ROWS = (10_000, 15_000)
+FINE_MIN_ROWS = 20
 
 
 # --- metrics ----------------------------------------------------------------------------------------
@@ -193,14 +204,91 @@ def write_csv(rows: list[dict[str, str]], path: Path) -> Path:
     return path
 
 
+def fine_labels(rows: list[dict[str, str]]) -> list[str]:
+    """A CLINC-sized label per row: ``intent.first_word`` where that pair has ``FINE_MIN_ROWS``+ rows
+    among ``rows``, else the intent."""
+    def pair(r: dict[str, str]) -> str:
+        words = r["instruction"].split()
+        return f"{r['intent']}.{words[0].casefold().strip('?,.!') if words else ''}"
+
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[pair(r)] = counts.get(pair(r), 0) + 1
+    return [pair(r) if counts[pair(r)] >= FINE_MIN_ROWS else r["intent"] for r in rows]
+
+
+def run_scale(train_rows: list[dict[str, str]], work: Path) -> list[dict[str, object]]:
+    """``helpline train`` in a child process per (size, label set); see the module docstring."""
+    import subprocess
+
+    helpline = Path(sys.executable).with_name("helpline")
+    runs: list[dict[str, object]] = []
+    for n in SCALE_ROWS:
+        sample = random.Random(1).sample(train_rows, min(n, len(train_rows)))
+        for label_set in ("intents", "clinc_sized"):
+            labels = [r["intent"] for r in sample] if label_set == "intents" else fine_labels(sample)
+            rows = [{"instruction": r["instruction"], "label": label} for r, label in zip(sample, labels)]
+            data = write_csv(rows, work / f"scale-{n}-{label_set}.csv")
+            out = work / f"scale-models-{n}-{label_set}"
+            print(f"== helpline train, {len(rows)} rows, {len(set(labels))} labels", file=sys.stderr)
+            load_before = os.getloadavg()[0]
+            started = time.perf_counter()
+            child = subprocess.Popen(
+                [str(helpline), "train", "--data", str(data), "--text-column", "instruction",
+                 "--label-column", "label", "--out", str(out), "--json"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT)
+            stdout = child.stdout.read() if child.stdout else ""
+            _, status, usage = os.wait4(child.pid, 0)
+            wall = time.perf_counter() - started
+            child.returncode = os.waitstatus_to_exitcode(status)
+            if child.returncode != 0:
+                raise RuntimeError(f"helpline train exited {child.returncode} on {data}")
+            report = json.loads(stdout.strip().splitlines()[-1])
+            runs.append({
+                "rows": len(rows), "labels": len(set(labels)), "label_set": label_set,
+                "wall_s": round(wall, 1), "cpu_s": round(usage.ru_utime + usage.ru_stime, 1),
+                "embed_s": report["embed_s"], "fit_s": report["fit_s"],
+                "embed_cpu_s": report["embed_cpu_s"], "fit_cpu_s": report["fit_cpu_s"],
+                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux: kilobytes
+                "model_mb": round(report["model_bytes"] / 1e6, 2),
+                "cv_accuracy": report["accuracy"],
+                "load_average_1min_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+            })
+            print(json.dumps(runs[-1]), file=sys.stderr)
+            shutil.rmtree(out, ignore_errors=True)
+    return runs
+
+
+def write_entry(out: Path, key: str, value: object) -> None:
+    """Replace ``key`` in ``out/train_bench.json`` (created if missing), keeping the other entries."""
+    path = out / "train_bench.json"
+    figures = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    figures[key] = value
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=2), encoding="utf-8")
+
+
 def main() -> int:  # noqa: C901 (one linear script)
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="every 5th row only (smoke run)")
+    parser.add_argument("--scale", action="store_true",
+                        help="only the training cost at 10,000 and 15,000 rows (child processes)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"{DATA} not found (the shared data folder is not present)", file=sys.stderr)
         return 2
+    if args.scale:
+        rows, _ = load_split("train", 1)
+        work = Path(tempfile.mkdtemp(prefix="train-scale-"))
+        try:
+            runs = run_scale(rows, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        write_entry(args.out, "scale", {
+            "machine": {"nproc": os.cpu_count(), "cpu": platform.processor() or platform.machine()},
+            "date": time.strftime("%Y-%m-%d"), "runs": runs})
+        return 0
     from threadpoolctl import threadpool_limits
 
     every = 5 if args.quick else 1

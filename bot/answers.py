@@ -32,6 +32,7 @@ import numpy as np
 from bot.knowledge import Passage, split_sentences
 from bot.order_policy import OrderFacts, OrderPolicy, default_policy, order_lead
 from bot.tfidf import english_stop_words
+from bot.context import canonical_slots
 from bot.yes_no import overlap, read_sentence, yes_no_answer
 
 if TYPE_CHECKING:
@@ -178,16 +179,19 @@ def compose_answer(
 
     texts = [s for _, _, s in candidates]
     preference = [(-r, float(scores[k])) for k, (r, _, _) in enumerate(candidates)]
-    verdict = None if lead_text else yes_no_answer(asked, texts, readings, preference, vocab)
+    verdict = None if lead_text else yes_no_answer(canonical_slots(asked), texts, readings, preference, vocab)
     ranking = np.argsort(-scores, kind="stable")
     top = float(scores[ranking[0]])
     fitting = [k for k in ranking if not off[k] and scores[k] >= top - SENTENCE_MARGIN]
     first = verdict[1] if verdict else int(fitting[0] if fitting else ranking[0])
     chosen = [first]
     length = len(candidates[first][2]) + (len(lead_text) + 1 if lead_text else 0)
+    # An order that can no longer be cancelled or changed gets the rule that says so, not the steps
+    # for doing it ("choose Cancel order" after "it can no longer be cancelled").
+    most = 1 if lead_text and read_sentence(lead_text, vocab).negated else MAX_SENTENCES
     for position in ranking:
         sentence = candidates[position][2]
-        if len(chosen) >= MAX_SENTENCES:
+        if len(chosen) >= most:
             break
         if position == first or scores[position] < top - SENTENCE_MARGIN:
             continue

@@ -42,7 +42,18 @@ GENERIC_WORDS = frozenset(
 )
 """Words that say *that* the customer wants something, not *what* (with English stop words)."""
 
+SMALL_TALK_WORDS = frozenset(
+    "hi hello hey hiya yo morning afternoon evening thanks thank thx ty cheers bye goodbye later ok okay "
+    "cool great perfect nice awesome".split()
+)
+"""Words that make a message small talk ("hi", "thanks", "ok bye"), not a vague request ("um")."""
+
 _TOKEN = re.compile(r"[^\W_]+", re.UNICODE)
+
+
+def says_small_talk(text: str) -> bool:
+    """Whether ``text`` holds a greeting, thanks, goodbye or acknowledgement word."""
+    return any(t.casefold() in SMALL_TALK_WORDS for t in _TOKEN.findall(text))
 
 
 def vagueness(text: str) -> str | None:

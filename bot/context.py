@@ -228,18 +228,42 @@ def in_context(text: str, focus: Focus, cue: str) -> InContext | None:
             # sentences match it word for word.
             replaced = request[:start] + value + request[start + len(old_phrase):]
             return InContext(text=replaced[:MAX_REQUEST_CHARS], kind="slot_replaced", cue=cue)
-    combined = f"{request.rstrip()} {text.strip()}"
+    request = request.rstrip()
+    if request[-1:].isalnum():
+        request += "."  # the message stays a sentence of its own (a yes/no is read from the last one)
+    combined = f"{request} {text.strip()}"
     return InContext(text=combined[-(MAX_REQUEST_CHARS + len(text)):], kind="combined", cue=cue)
 
 
+def canonical_slots(text: str) -> str:
+    """``text`` with the country and payment method it names written as the knowledge base names
+    them ("can I pay with bitcoin?" -> "can I pay with cryptocurrency?", "UK" -> "United
+    Kingdom"), so an answer's sentences can be matched word for word."""
+    slots = find_slots(text)
+    for phrase, value in ((slots.country_phrase, slots.country), (slots.payment_phrase, slots.payment)):
+        if phrase and value and phrase != value:
+            start = text.rfind(phrase)
+            if start >= 0:
+                text = text[:start] + value + text[start + len(phrase):]
+    return text
+
+
 _PRONOUN = re.compile(r"\b(it|this|that|them)\b", re.IGNORECASE)
+_THERE = re.compile(r"\b(?:to |in )?there\b", re.IGNORECASE)
 
 
 def resolve_pronoun(text: str, focus: Focus) -> InContext | None:
-    """A clear short request about "it" with an order in focus, read as about "my order" ("can I
-    return it?" -> "can I return my order?"), so the search finds the policy for orders rather than
-    whatever "it" matches; None when there is no order in focus or no such pronoun."""
-    if not focus.order_id or len(_WORD.findall(text)) > SHORT_WORDS:
+    """A short request about "there" with a country in focus, read with the country ("can I get
+    express shipping there?" -> "... to Canada?"), or about "it" with an order in focus, read as
+    about "my order" ("can I return it?" -> "can I return my order?"), so the search finds the
+    policy for orders rather than whatever "it" matches; None when neither applies."""
+    if len(_WORD.findall(text)) > SHORT_WORDS + 2:
+        return None
+    if focus.country and not find_slots(text).country:
+        resolved, count = _THERE.subn(f"to {focus.country}", text, count=1)
+        if count:
+            return InContext(text=resolved, kind="pronoun_resolved", cue="anaphora")
+    if not focus.order_id:
         return None
     resolved, count = _PRONOUN.subn("my order", text, count=1)
     return InContext(text=resolved, kind="pronoun_resolved", cue="anaphora") if count else None

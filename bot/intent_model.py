@@ -6,11 +6,13 @@ boundaries) n-grams, pooled log-linearly (``p ~ p_emb^w * p_tfidf^(1-w)``, ``w``
 cross-validated predictions), then temperature scaling fitted on the same 5-fold cross-validated
 predictions so that ``confidence`` is a calibrated probability. Out of scope is told two ways: an
 ``out_of_scope`` class when the training data has one, and :attr:`IntentPrediction.oos_score`, which
-combines the confidence with the density of the training data around the message (cosine to the
-nearest in-scope training example) as ``1 - confidence * (1 - density)^OOS_DENSITY_WEIGHT``, with a
-flag threshold fitted on cross-validated in-scope predictions. The density only softens the
-confidence; it never vetoes a confident answer (measured in ``bench/train_bench.py``: as a veto it
-cost 1-2 points of in-scope accuracy and caught fewer out-of-scope messages than the confidence).
+combines the *simple average* of the two halves' probabilities (each softened by
+``OOS_PART_TEMPERATURE``: where the halves disagree the average's top probability drops) with the
+density of the training data around the message (cosine to the nearest in-scope training example)
+as ``1 - mean_p * (1 - density)^OOS_DENSITY_WEIGHT``, with a flag threshold fitted on
+cross-validated in-scope predictions. The density only softens the score; it never vetoes a confident
+answer (as a veto it cost 1-2 points of in-scope accuracy). Measured against averaging a TF-IDF and an
+embedding logistic regression on Bitext with held-out intents: ``bench/oos_bench.py``.
 
 Two ways to train: from ``config/intents.yaml`` (:meth:`IntentModel.train`; about 1,000 sentences, a few
 seconds on 2 cores, so the server trains at first start and caches the result under
@@ -54,12 +56,13 @@ MIN_EXAMPLES = 15
 DEFAULT_TIER = "retrieval"
 """Tier of a trained label that neither ``--tiers`` nor the intents file gives one: answer it from the
 knowledge base (the router still hands off when nothing there is relevant enough)."""
-TRAINING_CODE_VERSION = "intent-train-3"
+TRAINING_CODE_VERSION = "intent-train-4"
 """Bump when training or inference changes in a way that must invalidate saved models."""
-MODEL_FORMAT = 3
+MODEL_FORMAT = 4
 """``meta.json`` format: 1 = arithmetic mean of the two models, no density; 2 = density veto
-(``oos_score`` = density, float64 TF-IDF weights); 3 = this module (combined ``oos_score``, float16
-weights, pruned vocabularies). Formats 1 and 2 still load and keep their own out-of-scope rule."""
+(``oos_score`` = density, float64 TF-IDF weights); 3 = ``oos_score`` from the calibrated confidence
+and the density (float16 weights, pruned vocabularies); 4 = this module (``oos_score`` from the
+averaged halves and the density). Older formats still load and keep their own out-of-scope rule."""
 
 OUT_OF_SCOPE = "out_of_scope"
 """The intent name of "not something this bot handles" (``config/intents.yaml`` routes it to a person)."""
@@ -91,12 +94,20 @@ DENSITY_K = 1
 DENSITY_QUANTILE = 0.99
 """Format 2 only: its density threshold kept this share of cross-validated in-scope rows in scope."""
 OOS_DENSITY_WEIGHT = 0.25
-"""Exponent of ``(1 - density)`` in the combined out-of-scope score (0 = confidence alone). Small on
-purpose: on Bitext with held-out intents a larger weight lost out-of-scope recall at 99% in-scope
-accuracy, while far-off messages (weather, jokes) are caught either way (bench/train_bench.py)."""
+"""Exponent of ``(1 - density)`` in the out-of-scope score (0 = averaged probability alone). Small on
+purpose: on Bitext with held-out intents a weight of 1 lost out-of-scope recall at 99% in-scope
+accuracy, while far-off messages (weather, jokes) are caught either way (bench/oos_bench.py)."""
+OOS_PART_TEMPERATURE = 2.0
+"""Each half's probabilities are softened by this temperature before the two are averaged for the
+out-of-scope score (the halves are fitted with weak regularisation, so their probabilities are
+sharper than a default logistic regression's; 1.5-2 did best on Bitext, 3 was worse,
+bench/oos_bench.py). Only the out-of-scope score uses it; ``confidence`` stays the calibrated pooled
+probability."""
 OOS_QUANTILE = 0.995
 """The ``out_of_scope`` flag threshold keeps this share of the correctly predicted cross-validated
 in-scope rows in scope (so the flag costs at most 0.5% of right answers before any other threshold)."""
+OOS_RULES = ("averaged", "combined", "density")
+"""What ``oos_score`` is, by model format (4, 3, 1-2): see :class:`IntentPrediction`."""
 _DENSITY_CHUNK = 512  # query rows per similarity block: bounds memory to chunk x training rows
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -294,12 +305,13 @@ class IntentPrediction:
     (intent, probability) pairs, descending; the first is ``(intent, confidence)``.
 
     ``oos_score`` (0..1, higher = less like anything trained): ``1 - p * (1 -
-    density)^OOS_DENSITY_WEIGHT``, where ``p`` is the highest probability of an in-scope intent (the
-    confidence, unless the intent is :data:`OUT_OF_SCOPE`) and density is ``1 - cosine`` between the message's embedding and
+    density)^OOS_DENSITY_WEIGHT``, where ``p`` is the highest in-scope probability of the simple
+    average of the two halves (embedding and TF-IDF, each softened by ``OOS_PART_TEMPERATURE``; not
+    the calibrated ``confidence``) and density is ``1 - cosine`` between the message's embedding and
     its nearest in-scope training example (0 = a training example, about 0.2-0.5 for paraphrases,
-    0.6-1.0 for unrelated text). A confident prediction keeps a low score however far it is from the
-    training rows (confidence 0.9998 at density 0.6 scores 0.20). Models of format 2 give the density
-    alone, format 1 gives 0.0. ``out_of_scope``: the predicted intent is :data:`OUT_OF_SCOPE`, or
+    0.6-1.0 for unrelated text). A prediction both halves are sure of keeps a low score however far
+    it is from the training rows (p 0.9998 at density 0.6 scores 0.20). Models of format 3 use the
+    calibrated confidence as ``p``, format 2 gives the density alone, format 1 gives 0.0. ``out_of_scope``: the predicted intent is :data:`OUT_OF_SCOPE`, or
     ``oos_score`` is above the model's ``oos_threshold``. ``intent`` is still the most likely
     trained intent either way.
     """
@@ -323,7 +335,7 @@ class HeldOut:
     model fitted without it (``CV_FOLDS`` stratified folds).
 
     ``y``: true label index per row, shape ``(n,)``; ``probabilities``: calibrated, ``(n, labels)``;
-    ``oos_scores``: the combined out-of-scope scores (density against the other folds' in-scope
+    ``oos_scores``: the out-of-scope scores (density against the other folds' in-scope
     rows), ``(n,)``; ``seen``: the row's label was in its fold's training rows (False only for labels
     with fewer rows than ``CV_FOLDS``), ``(n,)``. Not saved.
     """
@@ -348,7 +360,8 @@ class IntentModel:
         temperature: the fitted calibration temperature (>1 softens, <1 sharpens).
         emb_weight: weight ``w`` of the embedding model in the pooling (0..1).
         oos_threshold: ``oos_score`` above which a prediction is ``out_of_scope`` (``inf``: never).
-        oos_rule: ``"combined"`` (format 3) or ``"density"`` (formats 1-2): what ``oos_score`` is.
+        oos_rule: what ``oos_score`` is: ``"averaged"`` (format 4), ``"combined"`` (format 3,
+            calibrated confidence and density) or ``"density"`` (formats 1-2).
         tiers: label -> tier saved with the model (``helpline train --tiers``; empty for models
             trained from ``intents.yaml``); see :func:`routing_intents`.
         source: ``"trained"`` or ``"loaded"``: how this instance came to be (tests use it).
@@ -375,7 +388,7 @@ class IntentModel:
         pooling: str = "log-linear",
         density: np.ndarray | None = None,
         oos_threshold: float = math.inf,
-        oos_rule: str = "combined",
+        oos_rule: str = "averaged",
         tiers: Mapping[str, str] | None = None,
         held_out: HeldOut | None = None,
     ) -> None:
@@ -399,7 +412,7 @@ class IntentModel:
             else np.ascontiguousarray(np.asarray(density, dtype=np.float16), dtype=np.float32)
         )
         self.oos_threshold = float(oos_threshold)
-        if oos_rule not in ("combined", "density"):
+        if oos_rule not in OOS_RULES:
             raise ValueError(f"unknown oos_rule {oos_rule!r}")
         self.oos_rule = oos_rule
         self.tiers = dict(tiers or {})
@@ -423,19 +436,32 @@ class IntentModel:
             embeddings = self._embedder.embed(list(texts))
         return np.asarray(embeddings, dtype=np.float32).reshape(len(texts), -1)
 
+    def _log_parts(self, texts: Sequence[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(embedding half, TF-IDF half) log-probabilities, each ``(len(texts), labels)``."""
+        log_emb = _log_softmax((rows @ self._emb_coef.T + self._emb_intercept).astype(np.float64))
+        tfidf_logits = np.zeros((len(texts), len(self.labels)))
+        for i, text in enumerate(texts):
+            tfidf_logits[i] = self._tfidf_logits(text)
+        return log_emb, _log_softmax(tfidf_logits)
+
     def probabilities(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
         """Calibrated class probabilities, shape ``(len(texts), len(labels))``, rows sum to 1.
 
         ``embeddings``: precomputed ``Embedder.embed(texts)`` rows (shape ``(n, 384)``); embedded
         here when None (blocking).
         """
-        embeddings = self._rows(texts, embeddings)
-        log_emb = _log_softmax((embeddings @ self._emb_coef.T + self._emb_intercept).astype(np.float64))
-        tfidf_logits = np.zeros((len(texts), len(self.labels)))
-        for i, text in enumerate(texts):
-            tfidf_logits[i] = self._tfidf_logits(text)
-        pooled = _pool(log_emb, _log_softmax(tfidf_logits), self.emb_weight, self.pooling)
-        return _calibrate(pooled, self.temperature)
+        return self._scores(list(texts), self._rows(texts, embeddings))[0]
+
+    def _scores(self, texts: list[str], rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated probabilities ``(n, labels)``, oos scores ``(n,)``) of embedded texts."""
+        log_emb, log_tfidf = self._log_parts(texts, rows)
+        probs = _calibrate(_pool(log_emb, log_tfidf, self.emb_weight, self.pooling), self.temperature)
+        density = self.density_scores(rows)
+        if self.oos_rule == "density":
+            return probs, density
+        base = (_averaged_confidence(log_emb, log_tfidf, self.labels) if self.oos_rule == "averaged"
+                else _in_scope_confidence(probs, self.labels))
+        return probs, _combined_oos(base, density)
 
     def density_scores(self, embeddings: np.ndarray) -> np.ndarray:
         """Density scores, shape ``(n,)``: ``1 - cosine`` to the nearest in-scope training example.
@@ -448,13 +474,10 @@ class IntentModel:
             return np.zeros(len(rows))
         return _density_scores(rows, self._density)
 
-    def oos_scores(self, probabilities: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-        """:attr:`IntentPrediction.oos_score` of each row, shape ``(n,)``, from :meth:`probabilities`
-        ``(n, labels)`` and the ``(n, 384)`` embeddings of the same texts."""
-        density = self.density_scores(embeddings)
-        if self.oos_rule == "density":
-            return density
-        return _combined_oos(_in_scope_confidence(np.asarray(probabilities), self.labels), density)
+    def oos_scores(self, texts: Sequence[str], embeddings: np.ndarray | None = None) -> np.ndarray:
+        """:attr:`IntentPrediction.oos_score` of each text, shape ``(len(texts),)``; ``embeddings``
+        as in :meth:`probabilities`."""
+        return self._scores(list(texts), self._rows(texts, embeddings))[1]
 
     def _prediction(self, probs: np.ndarray, oos_score: float) -> IntentPrediction:
         top = np.argsort(-probs, kind="stable")[:3]
@@ -475,9 +498,8 @@ class IntentModel:
     ) -> list[IntentPrediction]:
         """Classify many messages; ``embeddings`` shape ``(len(texts), 384)`` or None."""
         texts = list(texts)
-        rows = self._rows(texts, embeddings)
-        probs = self.probabilities(texts, rows)
-        return [self._prediction(p, s) for p, s in zip(probs, self.oos_scores(probs, rows))]
+        probs, oos = self._scores(texts, self._rows(texts, embeddings))
+        return [self._prediction(p, s) for p, s in zip(probs, oos)]
 
     # --- training --------------------------------------------------------------------------------
     @classmethod
@@ -600,7 +622,7 @@ class IntentModel:
         pooled = _pool(log_emb, log_tfidf, weight, "log-linear")
         temperature = _fit_temperature(pooled[seen], y[seen])
         probabilities = _calibrate(pooled, temperature)
-        oos = _combined_oos(_in_scope_confidence(probabilities, names), density)
+        oos = _combined_oos(_averaged_confidence(log_emb, log_tfidf, names), density)
         held_out = HeldOut(y=y, probabilities=probabilities, oos_scores=oos, seen=seen)
         right = in_scope & seen & (probabilities.argmax(axis=1) == y)
         threshold = float(np.quantile(oos[right], OOS_QUANTILE)) if right.any() else math.inf
@@ -624,7 +646,7 @@ class IntentModel:
             emb_weight=weight,
             density=embeddings[sorted(distinct)],
             oos_threshold=threshold,
-            oos_rule="combined",
+            oos_rule="averaged",
             tiers=tiers,
             held_out=held_out,
         )
@@ -663,6 +685,7 @@ class IntentModel:
             "density_k": DENSITY_K,
             "oos_rule": self.oos_rule,
             "oos_density_weight": OOS_DENSITY_WEIGHT,
+            "oos_part_temperature": OOS_PART_TEMPERATURE,
             # JSON has no infinity: null means "never out of scope by density".
             "oos_threshold": self.oos_threshold if math.isfinite(self.oos_threshold) else None,
             "tiers": self.tiers,
@@ -674,7 +697,7 @@ class IntentModel:
 
     @classmethod
     def load(cls, directory: Path, embedder: Embedder) -> IntentModel:
-        """Load a directory written by :meth:`save` (formats 1-3; older formats keep their own
+        """Load a directory written by :meth:`save` (formats 1-4; older formats keep their own
         out-of-scope rule, see :data:`MODEL_FORMAT`). No pickle: nothing in it can run code.
 
         Raises:
@@ -690,7 +713,7 @@ class IntentModel:
         except (OSError, ValueError) as exc:
             raise IntentModelError(f"intent model {directory} cannot be read: {exc}") from exc
         fmt = meta.get("format", 1)
-        if fmt not in (1, 2, MODEL_FORMAT):
+        if fmt not in (1, 2, 3, MODEL_FORMAT):
             raise IntentModelError(
                 f"intent model {directory} has format {fmt!r}; this Helpline reads formats 1 to "
                 f"{MODEL_FORMAT}: upgrade Helpline or retrain the model"
@@ -719,7 +742,7 @@ class IntentModel:
             pooling=meta.get("pooling", "mean"),
             density=arrays.get("density"),
             oos_threshold=math.inf if threshold is None else float(threshold),
-            oos_rule=meta.get("oos_rule", "combined") if fmt == MODEL_FORMAT else "density",
+            oos_rule=(meta.get("oos_rule", "combined" if fmt == 3 else "averaged") if fmt >= 3 else "density"),
             tiers=meta.get("tiers"),
         )
 
@@ -817,6 +840,13 @@ def _in_scope_confidence(probabilities: np.ndarray, labels: Sequence[str]) -> np
     probability is what makes a message out of scope, not what keeps it in)."""
     keep = [i for i, label in enumerate(labels) if label != OUT_OF_SCOPE]
     return probabilities[:, keep].max(axis=1) if keep else np.zeros(len(probabilities))
+
+
+def _averaged_confidence(log_emb: np.ndarray, log_tfidf: np.ndarray, labels: Sequence[str]) -> np.ndarray:
+    """Highest in-scope probability of the simple average of the two halves, each softened by
+    ``OOS_PART_TEMPERATURE``; inputs ``(n, labels)`` log-probabilities, output ``(n,)``."""
+    t = OOS_PART_TEMPERATURE
+    return _in_scope_confidence((_softmax(log_emb / t) + _softmax(log_tfidf / t)) / 2.0, labels)
 
 
 def _combined_oos(confidence: np.ndarray, density: np.ndarray) -> np.ndarray:

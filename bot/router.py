@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.actions import ActionContext, run_handler
-from bot.clarify import chosen_option, suggestions, vagueness
+from bot.clarify import chosen_option, says_small_talk, suggestions, vagueness
 from bot.context import Focus, InContext, follow_up_cue, in_context, next_focus, resolve_pronoun
 from bot.entities import bare_postcode
 from bot.ownership import AttemptLimits, Proof
@@ -61,6 +61,11 @@ HANDOFF_REPLY = (
 )
 """The handoff text when the router has no replies file (tests that build a bare router)."""
 SMALL_TALK = frozenset({"greeting", "thanks", "goodbye"})
+FOCUS_BONUS = 0.06
+"""Added to the search score of the article in focus when a follow-up is read combined with the
+request before it (see docs/conversations.md)."""
+ORDER_LOOKUP = "track_order"
+"""The intent a message with an order number but no clear request is handled as (an order lookup)."""
 """Intents answered even when the message has no request in it ("hi", "thanks")."""
 APOLOGY_REASONS = ("negative_sentiment", "conversation_sentiment", "repeated_failure")
 """Handoff reasons whose reply starts with an apology that fits the topic (``config/replies.yaml``)."""
@@ -279,36 +284,52 @@ class Router:
         return reading, trigger, instead, self.escalation.complaint(text)
 
     def _in_context(self, text: str, u: Understanding, ctx: TurnContext) -> Reading | None:
-        """The follow-up reading of ``text`` (see :mod:`bot.context`), or None to read it alone."""
+        """The follow-up reading of ``text`` (see :mod:`bot.context`), or None to read it alone.
+
+        - a confident small-talk or out-of-scope message is read alone ("thanks", "will it rain?");
+        - "it" with an order in focus: the message about "my order" ("can I return my order?");
+        - an opener, anaphora or a short fragment: the message in context (slot replaced, or
+          combined with the earlier request), unless that reading is unsure and the message alone
+          is not;
+        - a short clear message on the same intent as the focus ("can I use a gift card?" after
+          "what ways can I pay"): in context too, so the search keeps to the topic;
+        - a short unclear message: in context when that reading is more confident.
+        """
         focus = ctx.focus
-        if focus is None or not focus.request or (u.intent in SMALL_TALK and self._confident(u)):
+        if focus is None or not focus.request or (
+            self._confident(u) and (u.intent in SMALL_TALK or u.intent == OUT_OF_SCOPE)
+        ):
             return None
-        clear = self._confident(u) and not u.out_of_scope and u.intent != OUT_OF_SCOPE
+        clear = self._confident(u) and not u.out_of_scope
         cue = follow_up_cue(text, has_request_words=clear)
-        if cue != "opener" and clear:
-            # "can I return it?" knows what it asks; "it" is the order or article in focus, which the
-            # answer reads from the focus (not from the earlier request's words). With an order in
-            # focus the models read "can I return my order?".
-            resolved = resolve_pronoun(text, focus) if cue == "anaphora" else None
-            if resolved is None:
-                return None
-            understood = self.understander.understand(model_view(resolved.text))
-            if not self._confident(understood):
-                return None
-            return Reading(u=replace(understood, entities=u.entities, sentiment=u.sentiment),
-                           text=model_view(resolved.text), context=resolved)
-        if cue is None and len(text.split()) > 8:
+        short = len(text.split()) <= 8
+        if cue in ("anaphora", "opener") and (focus.order_id or focus.country):
+            resolved = resolve_pronoun(text, focus)
+            if resolved is not None:
+                understood = self.understander.understand(model_view(resolved.text))
+                if self._confident(understood):
+                    return self._reading(understood, u, resolved)
+                if clear:
+                    return None  # "it" is the order: the message alone says what is wanted of it
+        if cue is None and clear and short and u.intent == focus.intent:
+            cue = "same_topic"
+        if cue is None and (clear or not short):
             return None  # says what it is about by itself
         contextual = in_context(text, focus, cue or "short")
         if contextual is None:
             return None
-        view = model_view(contextual.text)
-        understood = self.understander.understand(view)
+        understood = self.understander.understand(model_view(contextual.text))
         if cue is None and understood.confidence <= u.confidence:
             return None  # a short message the context does not explain better
+        if clear and cue == "same_topic" and not self._confident(understood):
+            return None  # clear alone, muddled with the earlier request
+        return self._reading(understood, u, contextual)
+
+    @staticmethod
+    def _reading(understood: Understanding, own: Understanding, contextual: InContext) -> Reading:
         # Entities and sentiment are the message's own; intent and embedding come from the context.
-        merged = replace(understood, entities=u.entities, sentiment=u.sentiment)
-        return Reading(u=merged, text=view, context=contextual)
+        merged = replace(understood, entities=own.entities, sentiment=own.sentiment)
+        return Reading(u=merged, text=model_view(contextual.text), context=contextual)
 
     def _confident(self, u: Understanding) -> bool:
         return u.confidence >= self.settings.confidence_threshold
@@ -341,9 +362,12 @@ class Router:
             embedding = (await asyncio.to_thread(self.understander.embedder.embed, [label]))[0]
             return await self._by_tier(spec, Reading(u=replace(u, embedding=embedding), text=label), ctx, base)
 
-        if u.intent in SMALL_TALK and self._confident(u) and not u.out_of_scope and u.intent in self.intents:
-            return await self._by_tier(self.intents[u.intent], reading, ctx, base)
         vague = vagueness(text) if reading.context is None else None
+        if (
+            u.intent in SMALL_TALK and self._confident(u) and not u.out_of_scope and u.intent in self.intents
+            and (vague is None or says_small_talk(text))  # "hi" is small talk, "um" is not
+        ):
+            return await self._by_tier(self.intents[u.intent], reading, ctx, base)
         if vague is not None:
             return self._clarify(u, ctx, base, why=vague)
 
@@ -351,6 +375,12 @@ class Router:
         confident = (
             spec is not None and self._confident(u) and not u.out_of_scope and u.intent != OUT_OF_SCOPE
         )
+        lookup = self.intents.get(ORDER_LOOKUP)
+        if not confident and u.entities.order_ids and lookup is not None and lookup.handler:
+            # An order number with an unclear request ("what's going on with #W3958749?"): a lookup
+            # is safe (it still needs proof of ownership) and is what such messages want.
+            base.update(intent=lookup.name, data={**base.get("data", {}), "order_lookup": "order_id_given"})
+            return await self._by_tier(lookup, reading, ctx, base)
         if confident and spec.tier != "retrieval":
             return await self._by_tier(spec, reading, ctx, base)
         # A retrieval intent, or no intent the bot can act on: the knowledge base may still answer.
@@ -518,10 +548,23 @@ class Router:
         ranked = await self.knowledge.search(
             u.embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=reading.text
         )
+        if reading.context is not None and reading.context.kind == "combined" and ctx.focus and ctx.focus.doc_id:
+            # A follow-up ("how long does that take?") is about the article the last answer quoted
+            # unless another clearly answers it better.
+            ranked = sorted(
+                (replace(p, score=p.score + FOCUS_BONUS) if p.doc_id == ctx.focus.doc_id else p for p in ranked),
+                key=lambda p: p.score, reverse=True,
+            )
         data = {**base.pop("data", {}), "retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
         best = round(ranked[0].score, 4) if ranked else None
         kb = kb_probability(best or 0.0, self.settings.article_score_midpoint, self.settings.article_score_scale)
-        intent_confidence = u.confidence if spec is not None else 0.0
+        # The intent counts as evidence when it is a retrieval intent, confident or not; a message
+        # out of scope, or with an intent of another tier, leaves the article alone to decide.
+        guess = self.intents.get(u.intent)
+        evidence = spec is not None or (
+            guess is not None and guess.tier == "retrieval" and not u.out_of_scope and u.intent != OUT_OF_SCOPE
+        )
+        intent_confidence = u.confidence if evidence else 0.0
         score = combined_confidence(intent_confidence, kb)
         data.update(intent_confidence=round(u.confidence, 4), kb_probability=round(kb, 4))
         base.update(confidence=round(score, 4), data=data)

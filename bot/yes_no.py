@@ -108,6 +108,25 @@ def overlap(question: frozenset[str], readings: Sequence[SentenceReading]) -> li
     return [sum(weight[s] for s in r.stems & question if s in weight) / total for r in readings]
 
 
+GENERIC_PREDICATES = frozenset(stem(w) for w in (
+    "pay", "use", "get", "buy", "have", "do", "make", "take", "send", "ship", "deliver", "accept", "offer",
+    "need", "want", "able", "possible", "allowed", "still", "also", "there", "here", "you", "your"))
+"""Question words that may be missing from the sentence that answers ("can I pay with PayPal?" is
+answered by "we accept ... PayPal")."""
+_ANTONYM_PAIRS = (("open", "closed"), ("free", "paid"), ("available", "unavailable"),
+                  ("possible", "impossible"), ("included", "excluded"), ("allowed", "forbidden"))
+ANTONYMS = {stem(a): stem(b) for a, b in _ANTONYM_PAIRS} | {stem(b): stem(a) for a, b in _ANTONYM_PAIRS}
+"""Word stems whose presence in a sentence answers the opposite of the asked word."""
+
+
+def slot_stems(text: str, vocab: AnswerWords) -> frozenset[str]:
+    """Content stems of the country and payment method ``text`` names (their knowledge-base names)."""
+    from bot.context import find_slots
+
+    slots = find_slots(text)
+    return frozenset().union(*(read_sentence(v, vocab).stems for v in (slots.country, slots.payment) if v))
+
+
 def asked_part(question: str) -> str:
     """The last sentence of ``question``: what the customer asks now when the router combined the
     previous message with this one (``"do you ship to Canada? and how much is it"``)."""
@@ -164,8 +183,8 @@ def yes_no_answer(
             a sort key per sentence, higher is better (e.g. ``(-passage rank, score)``); all the same
             length.
         vocab: the word lists.
-    The asked words are the question's content words that occur in any sentence. The sentences
-    naming all of them vote; every vote must be clear and the same. The lead is the preferred
+    The asked words are the question's content words; when a sentence names none of one of them
+    there is no verdict. The sentences naming all of them vote; every vote must be clear and the same. The lead is the preferred
     sentence naming the rarest asked words with that answer and saying it directly (no negation for
     a yes, a negation for a no, no exception word), else the preferred one saying it at all.
     """
@@ -173,7 +192,13 @@ def yes_no_answer(
         return None
     asked_terms = read_sentence(asked_part(question), vocab).stems
     df = Counter(s for r in readings for s in r.stems & asked_terms)
-    if not df:
+    named = set(df)
+    everywhere = frozenset().union(*(r.stems for r in readings))
+    missing = {t for t in asked_terms - named if t not in GENERIC_PREDICATES and ANTONYMS.get(t) not in everywhere}
+    if not df or missing or (slot_stems(asked_part(question), vocab) - named):
+        # A word of the question no sentence names ("can I pay with bitcoin?" when only the accepted
+        # methods are listed, "can I add a phone case?" against "you can order by phone"): silence
+        # about it is not a yes or a no. Generic verbs ("pay" for "accepts") may be missing.
         return None
     present = frozenset(df)
     rarest = min(df.values())
@@ -184,6 +209,16 @@ def yes_no_answer(
     if len(votes) != 1 or None in votes:
         return None
     answer = votes.pop()
+    # "are you open on Sundays?" against "We are closed on Sunday": the opposite of an asked word
+    # turns the answer; a sentence naming both ("a paid membership that adds free shipping" for "is
+    # it free?") leaves it open.
+    opposites = {ANTONYMS[t] for t in asked_terms if t in ANTONYMS}
+    voters = [r for r in readings if present <= r.stems]
+    if any(r.stems & opposites and r.stems & asked_terms & set(ANTONYMS) for r in voters):
+        return None
+    if opposites and all(r.stems & opposites for r in voters):
+        voting = [i for i, r in enumerate(readings) if present <= r.stems]
+        return ("no" if answer == "yes" else "yes"), max(voting, key=lambda i: preference[i])
     saying = [
         i for i, r in enumerate(readings)
         if asked <= r.stems and polarity(sentences[i], asked, asked, vocab) == answer

@@ -247,7 +247,7 @@ def test_a_question_about_exceptions_is_not_reordered(embedder: Embedder, index:
     [
         ("processed", f"Order {ORDER_ID} has already shipped, so it can no longer be cancelled; you can return it once it arrives."),
         ("pending", f"Order {ORDER_ID} is still being prepared, so you can still cancel it."),
-        ("cancelled", f"Order {ORDER_ID} is already cancelled."),
+        ("cancelled", f"Order {ORDER_ID} is already cancelled, so there is nothing left to cancel."),
     ],
 )
 def test_an_order_in_focus_leads_with_its_real_state(

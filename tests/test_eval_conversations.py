@@ -4,12 +4,13 @@ report: on constructed outcomes with hand-computed values, and a small set throu
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.eval.golden import GoldenCase, load_golden
+from bot.eval.golden import GoldenCase, GoldenError, load_golden
 from bot.eval.metrics import conversation_scores, per_intent_scores, summarise, worst_intents
 from bot.eval.outcome import CaseOutcome, GradedAnswer, TurnRecord
 from bot.eval.prices import PriceTable
@@ -34,6 +35,8 @@ def _turn(tier: str | None, reason: str = "answered", intent: str | None = "gree
 
 
 def _case(case_id: str, expect: str | None, intent: str | None = None, **fields: Any) -> GoldenCase:
+    if isinstance(fields.get("lead"), str):
+        fields["lead"] = (fields["lead"],)
     return GoldenCase(id=case_id, turns=("m",) * fields.pop("turns", 1), intent=intent, expect=expect,
                       line=1, **fields)
 
@@ -54,8 +57,8 @@ def test_expect_fields_parse_and_make_intent_optional(tmp_path: Path) -> None:
     ), known_intents={"greeting", "contact_human_agent"})
     a, b, c, d, e = golden.cases
     assert (a.expect, a.intent, a.relevant_docs) == ("answer", None, ("shipping",))
-    assert (a.must_include, a.must_not_include, a.lead) == (("Canada",), ("United States",), "Yes")
-    assert (b.expect, b.intent, b.must_include, b.lead) == ("clarify", None, (), None)
+    assert (a.must_include, a.must_not_include, a.lead) == (("Canada",), ("United States",), ("Yes",))
+    assert (b.expect, b.intent, b.must_include, b.lead) == ("clarify", None, (), ())
     # escalate follows expect unless given; old cases keep None (left out of escalation metrics)
     assert [x.expected_escalation for x in golden.cases] == [False, False, True, False, None]
     assert [x.out_of_scope for x in golden.cases] == [False, False, False, True, False]
@@ -133,7 +136,8 @@ def test_scoring_of_expect_cases() -> None:
         "wrong-intent": outcome(_case("wrong-intent", "answer", "track_order"), retrieval),
         "lacks": outcome(_case("lacks", "answer", relevant_docs=("refunds",), must_include=("5 business days",)), retrieval),
         "contains": outcome(_case("contains", "answer", relevant_docs=("refunds",), must_not_include=("payment",)), retrieval),
-        "no-lead": outcome(_case("no-lead", "answer", relevant_docs=("refunds",), lead="No"), retrieval),
+        "no-lead": outcome(_case("no-lead", "answer", relevant_docs=("refunds",), lead=("Refunds go",)), retrieval),
+        "opposite-lead": outcome(_case("opposite-lead", "answer", relevant_docs=("refunds",), lead=("No",)), retrieval),
         "ungrounded": outcome(_case("ungrounded", "answer", relevant_docs=("refunds",)), retrieval,
                               [GradedAnswer(0, Groundedness(0, 1, 0.0, None))]),
         "answered-oos": outcome(_case("answered-oos", "decline"), retrieval),
@@ -151,8 +155,12 @@ def test_scoring_of_expect_cases() -> None:
     got = {name: (o.correct, o.wrong) for name, o in rows.items()}
     assert got == {
         "right": (True, False), "docs-win": (True, False),
-        "wrong-doc": (False, True), "wrong-intent": (False, True), "lacks": (False, True),
-        "contains": (False, True), "no-lead": (False, True), "ungrounded": (False, True),
+        "wrong-doc": (False, True), "wrong-intent": (False, True),
+        # right article, a fact or the opening missing: incomplete, not wrong
+        "lacks": (False, False), "no-lead": (False, False),
+        # a "Yes" where the case expects "No" contradicts it: wrong
+        "opposite-lead": (False, True),
+        "contains": (False, True), "ungrounded": (False, True),
         "answered-oos": (False, True), "answered-esc": (False, True), "answered-clar": (False, True),
         # a question expected, an answer given: not wrong, not correct
         "ask-answered": (False, False),
@@ -164,7 +172,9 @@ def test_scoring_of_expect_cases() -> None:
     assert rows["wrong-intent"].why() == ["intent check_refund_policy (expected track_order)"]
     assert rows["lacks"].why() == ["reply lacks '5 business days'"]
     assert rows["contains"].why() == ["reply contains 'payment'"]
-    assert rows["no-lead"].why() == ["reply does not lead with 'No'"]
+    assert rows["no-lead"].why() == ["reply does not lead with 'Refunds go'"]
+    assert rows["opposite-lead"].why() == ["reply leads with 'yes' (expected 'No')"]
+    assert [name for name, o in rows.items() if o.incomplete] == ["lacks", "no-lead"]
     assert rows["ungrounded"].why() == ["answer not fully grounded"]
     assert rows["answered-esc"].why() == ["expected escalate, got answer"]
     assert rows["clarified"].why() == ["expected answer, got clarify", "intent greeting (expected check_refund_policy)"]
@@ -237,10 +247,10 @@ def test_conversation_metrics_on_constructed_cases() -> None:
         "escalate": {"cases": 2, "correct": 1, "accuracy": 0.5, "got": {"clarify": 1, "escalate": 1}},
     }
     assert c["failing_cases"] == [
-        {"id": "a2", "line": 1, "wrong": True, "why": ["cites refunds (expected one of shipping)"]},
-        {"id": "a3", "line": 1, "wrong": False, "why": ["expected answer, got escalate"]},
-        {"id": "c2", "line": 1, "wrong": True, "why": ["expected clarify, got answer"]},
-        {"id": "e2", "line": 1, "wrong": False, "why": ["expected escalate, got clarify"]},
+        {"id": "a2", "line": 1, "wrong": True, "incomplete": False, "why": ["cites refunds (expected one of shipping)"]},
+        {"id": "a3", "line": 1, "wrong": False, "incomplete": False, "why": ["expected answer, got escalate"]},
+        {"id": "c2", "line": 1, "wrong": True, "incomplete": False, "why": ["expected clarify, got answer"]},
+        {"id": "e2", "line": 1, "wrong": False, "incomplete": False, "why": ["expected escalate, got clarify"]},
     ]
     s = summarise(_run(outcomes), PriceTable())
     assert s["conversations"] == 7 and s["wrong_answers"] == 2
@@ -253,6 +263,88 @@ def test_conversation_metrics_on_constructed_cases() -> None:
     text = "\n".join(summary_lines(s, "constructed"))
     assert "conversations       7: accuracy 0.429" in text and "clarify rate 0.286" in text
     assert "answer 0.333 of 3 (got answer 2, escalate 1)" in text
+
+
+def test_wrong_and_incomplete_are_counted_apart() -> None:
+    refund = "Refunds go back to the original payment method within 5 business days.\n\nSource: Refunds"
+    answer = _turn("retrieval", intent="check_refund_policy", citations=("refunds",), reply=refund)
+    ask = _turn("deterministic", "asked_slot", "track_order", reply="What is your order number?")
+    outcomes = [
+        CaseOutcome(_case("ok", "answer", relevant_docs=("refunds",), must_include=("5 business days",)), [answer]),
+        CaseOutcome(_case("no-fact", "answer", relevant_docs=("refunds",), must_include=("store credit",)), [answer]),
+        CaseOutcome(_case("no-lead", "answer", relevant_docs=("refunds",), lead=("Yes",)), [answer]),
+        # a missing fact does not excuse a wrong article: wrong, not incomplete
+        CaseOutcome(_case("wrong-doc", "answer", relevant_docs=("shipping",), must_include=("free",)), [answer]),
+        CaseOutcome(_case("ask-lacks", "ask", "track_order", must_include=("postcode",)), [ask]),
+        # a clarifying question is not an answer: neither wrong nor incomplete
+        CaseOutcome(_case("clarified", "answer", relevant_docs=("refunds",), must_include=("days",)),
+                    [_turn("deterministic", "clarify")]),
+    ]
+    assert [(o.case.id, o.wrong, o.incomplete, o.correct) for o in outcomes] == [
+        ("ok", False, False, True), ("no-fact", False, True, False), ("no-lead", False, True, False),
+        ("wrong-doc", True, False, False), ("ask-lacks", False, True, False), ("clarified", False, False, False)]
+    s = summarise(_run(outcomes), PriceTable())
+    # answered: every case but the clarified one
+    assert (s["answered"], s["wrong_answers"], s["wrong_among_answered"]) == (5, 1, 0.2)
+    assert (s["incomplete_answers"], s["incomplete_among_answered"]) == (3, 0.6)
+    assert [(f["id"], f["wrong"], f["incomplete"]) for f in s["failing_cases"]] == [
+        ("no-fact", False, True), ("no-lead", False, True), ("wrong-doc", True, False),
+        ("ask-lacks", False, True), ("clarified", False, False)]
+    assert "incomplete answers  0.600 among answered (3 cases" in "\n".join(summary_lines(s, "constructed"))
+    assert outcomes[2].to_json()["incomplete"] is True
+
+
+def test_lead_alternatives_match_whole_words() -> None:
+    case = _case("l", "answer", "cancel_order", lead=(
+        "Yes", "Order #W1571486 is still being prepared, so you can still cancel it"))
+    for reply, ok in [
+        ("Yes, you can cancel an order while it is Processing.", True),
+        ("Order #W1571486 is still being prepared, so you can still cancel it.\nUse Cancel order.", True),
+        ("** Order  #W1571486 is still being prepared, so you can still cancel it**", True),
+        ("Yesterday we shipped it.", False),       # "Yes" must end a word
+        ("Order #W1571486 has already shipped.", False),
+        ("You can cancel it.", False),
+    ]:
+        outcome = CaseOutcome(case, [_turn("retrieval", intent="cancel_order", reply=reply)])
+        assert outcome.correct is ok, reply
+    no = _case("n", "answer", "delivery_options", lead=("No",))
+    northwind = CaseOutcome(no, [_turn("retrieval", intent="delivery_options",
+                                       reply="Northwind Goods ships to Canada.")])
+    assert northwind.why() == ["reply does not lead with 'No'"] and northwind.incomplete
+
+
+def test_lead_may_be_a_string_or_a_list(tmp_path: Path) -> None:
+    golden = load_golden(_write(
+        tmp_path,
+        '{"id": "a", "text": "can I cancel it?", "expect": "answer", "intent": "cancel_order", "lead": "Yes"}',
+        '{"id": "b", "text": "can I cancel it?", "expect": "answer", "intent": "cancel_order", '
+        '"lead": ["No", "Order #W5976205 has already shipped"]}',
+    ))
+    assert [c.lead for c in golden.cases] == [("Yes",), ("No", "Order #W5976205 has already shipped")]
+    for bad, why in [('[]', "must be a non-empty list of strings"), ('["Yes", ""]', "item 1 is empty"),
+                     ('["Yes", 3]', "item 1 must be a string"), ('3', "must be a non-empty string or list")]:
+        path = _write(tmp_path, f'{{"id": "x", "text": "m", "expect": "answer", "intent": "greeting", "lead": {bad}}}',
+                      name="bad.jsonl")
+        with pytest.raises(GoldenError, match=f"field 'lead': {re.escape(why)}"):
+            load_golden(path)
+
+
+def test_a_proof_that_did_not_match_is_a_question() -> None:
+    no_match = ("I couldn't match those details to order #W5976205. Please check the order number and "
+                "the email address or postcode on the order.")
+    case = _case("zip", "ask", "track_order", turns=2, must_not_include=("shipped",))
+    asked = _turn("deterministic", "asked_proof", "track_order", reply="What is the postcode on the order?")
+    unmatched = _turn("deterministic", "answered", "track_order", reply=no_match, not_found=["#W5976205"])
+    outcome = CaseOutcome(case, [asked, unmatched])
+    assert (outcome.kind, outcome.correct, outcome.wrong, outcome.answered) == ("ask", True, False, True)
+    # the same turn with nothing not found is an answer
+    found = _turn("deterministic", "answered", "track_order", reply="Order #W5976205 has shipped.", not_found=[])
+    leaked = CaseOutcome(case, [asked, found])
+    assert (leaked.kind, leaked.wrong) == ("answer", True)
+    # a question that discloses what it must not is wrong too
+    disclosed = _turn("deterministic", "answered", "track_order", reply=no_match + " It has shipped.",
+                      not_found=["#W5976205"])
+    assert CaseOutcome(case, [asked, disclosed]).wrong
 
 
 def test_a_set_without_expect_has_no_conversation_numbers() -> None:

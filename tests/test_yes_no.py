@@ -91,3 +91,23 @@ def test_the_voters_decide_and_the_direct_sentence_leads() -> None:
     assert yes_no_answer("do you ship to Canada?", clash, clash_readings, [*preference, (0.0, 0.1)], VOCAB) is None
     # Equally rare words: the lead must name both, and only the flipped sentence does.
     assert yes_no_answer("do you ship to Canada?", sentences[:3], readings[:3], preference[:3], VOCAB) == ("yes", 1)
+
+
+def test_an_unnamed_payment_method_and_opposite_words_are_not_a_yes() -> None:
+    """"can I pay with bitcoin?" against the list of accepted methods, "are you open on Sundays?"
+    against "we are closed on Sunday" and "is Plus free?" against "a paid membership that adds free
+    shipping" all said "Yes"."""
+    vocab = default_policy().answers
+    sentences = ["Northwind Goods accepts Visa, Mastercard and PayPal.", "We are closed on Sunday.",
+                 "Northwind Plus is a paid membership that adds free Express Shipping."]
+    readings = [read_sentence(s, vocab) for s in sentences]
+    preference = [(0.0,)] * 3
+
+    def verdict(question: str) -> tuple[str, int] | None:
+        return yes_no_answer(question, sentences, readings, preference, vocab)
+
+    assert verdict("can I pay with bitcoin?") is None
+    assert verdict("can I pay with paypal?") == ("yes", 0)
+    assert verdict("are you open on sundays?") == ("no", 1)  # "closed" answers "open"
+    assert verdict("is northwind plus free?") is None  # "paid" and "free" in one sentence
+    assert verdict("can I add a phone case to my order?") is None  # "order by phone" is no answer

@@ -14,8 +14,12 @@ One case per line, a JSON object with these fields:
   (``answer``, ``ask``, ``clarify``, ``decline``, ``escalate``; :mod:`bot.eval.outcome` says how each
   is read from the turn event). An ``answer`` case needs ``intent`` or ``relevant_docs``;
 - ``must_include`` / ``must_not_include`` (lists of strings, optional): each must / none may appear
-  in the bot's reply to the last message (case-insensitive); ``lead`` (string, optional): the reply
-  must start with it (case-insensitive, leading whitespace and punctuation ignored);
+  in the bot's reply to the last message (case-insensitive); ``lead`` (a string, or a non-empty list
+  of strings: the acceptable openings, optional): the reply must start with one of them
+  (case-insensitive, leading whitespace and punctuation ignored, whole words: ``"No"`` does not
+  match ``"Northwind"``). List every opening a correct reply may have, e.g. ``["Yes", "Order
+  #W1571486 is still being prepared, so you can still cancel it"]`` for an order question that the
+  order-state lead answers;
 - ``escalate`` (bool, optional): whether a person should take the ticket over; with ``expect`` it
   defaults to ``expect == "escalate"`` and must agree with it;
 - ``relevant_docs`` (list of knowledge-base document ids, optional): the articles that answer it;
@@ -75,7 +79,8 @@ class GoldenCase:
     expect: str | None = None
     must_include: tuple[str, ...] = ()
     must_not_include: tuple[str, ...] = ()
-    lead: str | None = None
+    lead: tuple[str, ...] = ()
+    """Acceptable openings of the last reply (any one matches); empty: no lead check."""
 
     @property
     def text(self) -> str:
@@ -135,7 +140,8 @@ def parse_case(obj: Any, where: str, label_map: Mapping[str, str] | None = None)
 
     Raises:
         GoldenError: not an object, unknown field, missing or empty field, wrong type, both or
-            neither of ``text``/``turns``, an ``expect`` kind not in :data:`EXPECT_KINDS`, an
+            neither of ``text``/``turns``, a ``lead`` that is neither a non-empty string nor a list
+            of them, an ``expect`` kind not in :data:`EXPECT_KINDS`, an
             ``escalate`` that contradicts ``expect``, an ``answer`` case with neither ``intent`` nor
             ``relevant_docs``. The message names the field.
     """
@@ -197,9 +203,17 @@ def parse_case(obj: Any, where: str, label_map: Mapping[str, str] | None = None)
     include = _string_list(obj["must_include"], fail, "must_include") if obj.get("must_include") is not None else ()
     exclude = (_string_list(obj["must_not_include"], fail, "must_not_include")
                if obj.get("must_not_include") is not None else ())
-    lead = obj.get("lead")
-    if lead is not None and (not isinstance(lead, str) or not lead.strip()):
-        raise fail("lead", f"must be a non-empty string, got {lead!r}")
+    lead: tuple[str, ...] = ()
+    if obj.get("lead") is not None:
+        raw = obj["lead"]
+        if isinstance(raw, str):
+            if not raw.strip():
+                raise fail("lead", f"must be a non-empty string or list of strings, got {raw!r}")
+            lead = (raw,)
+        elif isinstance(raw, list):
+            lead = _string_list(raw, fail, "lead")
+        else:
+            raise fail("lead", f"must be a non-empty string or list of strings, got {raw!r}")
 
     reference = obj.get("reference_answer")
     if reference is not None and not isinstance(reference, str):

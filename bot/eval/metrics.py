@@ -96,7 +96,7 @@ def conversation_scores(outcomes: Sequence[CaseOutcome]) -> dict[str, Any]:
     answerable), ``conversation_accuracy`` (correct over conversations), ``clarify_rate`` (share of
     conversations whose last message got a clarifying question), ``by_expect`` (per expected kind:
     ``cases``, ``correct``, ``accuracy``, ``got``: kind -> cases), ``failing_cases`` (``id``,
-    ``line``, ``wrong``, ``why`` of every case that is not correct, in file order). Rates are None
+    ``line``, ``wrong``, ``incomplete``, ``why`` of every case that is not correct, in file order). Rates are None
     when there is nothing to measure.
     """
     cases = [o for o in outcomes if o.case.expect is not None]
@@ -118,7 +118,8 @@ def conversation_scores(outcomes: Sequence[CaseOutcome]) -> dict[str, Any]:
         "clarify_rate": _round(share([o.kind == "clarify" for o in cases])),
         "by_expect": by_expect,
         "failing_cases": [
-            {"id": o.case.id, "line": o.case.line, "wrong": o.wrong, "why": o.why()}
+            {"id": o.case.id, "line": o.case.line, "wrong": o.wrong, "incomplete": o.incomplete,
+             "why": o.why()}
             for o in cases if not o.correct
         ],
     }
@@ -184,7 +185,9 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
     :func:`per_intent_scores`), ``in_scope_cases``, ``in_scope_accuracy``, ``oos_cases``,
     ``oos_recall``, ``deflection``, ``wrong_answers``, ``wrong_answer_rate`` (wrong over all cases),
     ``answered`` (automated cases whose last message got an answer or a question, not a clarifying
-    question or a decline), ``wrong_among_answered`` (wrong over answered), the keys of
+    question or a decline), ``wrong_among_answered`` (wrong over answered), ``incomplete_answers``
+    and ``incomplete_among_answered`` (cases with ``expect`` answered with the right kind and
+    article or intent but missing a ``must_include`` or the ``lead``; over answered), the keys of
     :func:`conversation_scores`, ``escalation_cases``, ``escalation_precision``,
     ``escalation_recall``, ``retrieval_cases``, ``retrieval_searched``, ``retrieval_hit_at_1``,
     ``retrieval_hit_at_5``, ``retrieval_mrr``, ``reference_cases``, ``reference_agreement``,
@@ -255,6 +258,8 @@ def summarise(run: EvalRun, prices: PriceTable) -> dict[str, Any]:
         "wrong_answer_rate": _round(share([o.wrong for o in outcomes])),
         "answered": len(answered),
         "wrong_among_answered": _round(share([o.wrong for o in answered])),
+        "incomplete_answers": sum(o.incomplete for o in outcomes),
+        "incomplete_among_answered": _round(share([o.incomplete for o in answered])),
         **conversation_scores(outcomes),
         "escalation_cases": len(labelled),
         "escalation_precision": _round(esc_precision),

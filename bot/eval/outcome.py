@@ -30,18 +30,27 @@ Definitions (docs/eval.md, "What the numbers mean", repeats them):
   question), which groundedness cannot see. Reported on its own, not part of the wrong-answer rate;
 - **kind** (what the bot did on the last message, for cases with ``expect``): ``escalate`` when the
   last turn escalated, or was not routed because an earlier turn had; ``clarify`` for reason
-  ``clarify``; ``decline`` for reason ``off_topic``; ``ask`` for ``asked_slot``/``asked_proof``;
-  ``answer`` for any other routed turn; ``none`` when no turn event was written;
-- **content problems** of a case with ``expect``: an ``answer`` with ``relevant_docs`` citing none
-  of them; otherwise a judged intent other than the expected ``intent`` (when given); a
-  ``must_include`` missing from the last reply, a ``must_not_include`` present (both
-  case-insensitive), the reply not starting with ``lead`` (case-insensitive, leading whitespace and
-  punctuation ignored); an ``answer`` whose claim answer is not fully supported;
-- a case with ``expect`` is **correct** when its kind is the expected one and it has no content
-  problem, and **wrong** when the bot answered (kind ``answer``) while the case expected
-  ``clarify``, ``decline`` or ``escalate``, or with a content problem. A clarification, a decline or
-  a question where an answer was expected is not wrong, just not correct. Cases without ``expect``
-  keep the rule above;
+  ``clarify``; ``decline`` for reason ``off_topic``; ``ask`` for ``asked_slot``/``asked_proof``, and
+  for a turn whose proof of ownership did not match (``data["not_found"]`` non-empty: the bot asks
+  the customer to check the details); ``answer`` for any other routed turn; ``none`` when no turn
+  event was written;
+- **wrong-making problems** of a case with ``expect``: an ``answer`` with ``relevant_docs`` citing
+  none of them; otherwise a judged intent other than the expected ``intent`` (when given); a
+  ``must_not_include`` present in the last reply (case-insensitive); an ``answer`` that opens with
+  "Yes" or "No" where no acceptable ``lead`` matches and one opens with the opposite word (it
+  contradicts the expected answer); an ``answer`` whose claim answer is not fully supported;
+- **missing content** of a case with ``expect``: a ``must_include`` absent from the last reply
+  (case-insensitive), or the reply opening with none of the ``lead`` alternatives
+  (case-insensitive, leading whitespace and punctuation ignored, whole words) unless it contradicts
+  them (above);
+- a case with ``expect`` is **correct** when its kind is the expected one with no wrong-making
+  problem and no missing content. It is **wrong** when the bot answered (kind ``answer``) while the
+  case expected ``clarify``, ``decline`` or ``escalate``, or with a wrong-making problem; or when
+  the bot asked (kind ``ask``) with a ``must_not_include`` in the question (it disclosed what it
+  must not). It is **incomplete** when it is not wrong, the kind is the expected ``answer`` or
+  ``ask``, but content is missing: the right article or intent without the fact or the opening a
+  careful agent would give. A clarification, a decline or a question where an answer was expected
+  is neither wrong nor incomplete, just not correct. Cases without ``expect`` keep the rule above;
 - **threshold confidence** (for calibration): the lowest intent confidence among the case's turns
   that passed the router's confidence check: routed turns other than ``guard`` turns and those with a
   reason in :data:`THRESHOLD_FREE_REASONS` (they never consult the threshold). None when no turn did.
@@ -73,6 +82,9 @@ NOT_ANSWERS = frozenset({"clarify", "decline"})
 ASK_REASONS = frozenset({"asked_slot", "asked_proof"})
 """Turn reasons of a question the bot asks to fill a slot or prove ownership (kind ``ask``)."""
 
+ANSWER_KINDS = frozenset({"answer", "ask"})
+"""Kinds that answer the customer (an answer, or a question of the bot's): the ``answered`` cases."""
+
 _LEADING = re.compile(r"^[\W_]+")
 _SPACES = re.compile(r"\s+")
 
@@ -83,9 +95,52 @@ def _lead_form(text: str) -> str:
     return _SPACES.sub(" ", _LEADING.sub("", text)).casefold()
 
 
+def lead_matches(reply: str | None, openings: tuple[str, ...]) -> bool:
+    """The reply opens with one of ``openings`` (both compared as :func:`_lead_form` makes them; an
+    opening that ends in a letter or digit must end a word there: ``"No"`` matches ``"No, ..."``
+    but not ``"Northwind ..."``). True when ``openings`` is empty (nothing to check); False for no
+    reply otherwise."""
+    if not openings:
+        return True
+    form = _lead_form(reply or "")
+    for opening in openings:
+        want = _lead_form(opening)
+        if not form.startswith(want):
+            continue
+        after = form[len(want):len(want) + 1]
+        if not (want[-1:].isalnum() and (after.isalnum() or after == "_")):
+            return True
+    return False
+
+
+_OPPOSITE = {"yes": "no", "no": "yes"}
+_FIRST_WORD = re.compile(r"\w+")
+
+
+def _first_word(text: str) -> str:
+    found = _FIRST_WORD.match(_lead_form(text))
+    return found.group(0) if found else ""
+
+
+def contradicted_lead(reply: str | None, openings: tuple[str, ...]) -> str | None:
+    """``"yes"`` or ``"no"`` when the reply opens with that word while no opening in ``openings``
+    matches and one of them opens with the opposite word (a "No" where "Yes" was expected); else
+    None."""
+    if not openings or lead_matches(reply, openings):
+        return None
+    said = _first_word(reply or "")
+    if said in _OPPOSITE and any(_first_word(o) == _OPPOSITE[said] for o in openings):
+        return said
+    return None
+
+
 def _numbers(text: str) -> set[str]:
     """Word tokens of ``text`` that contain a digit: ``$24.95`` -> {"24", "95"}, ``#W5976205``."""
     return {w for w in content_words(text) if any(ch.isdigit() for ch in w)}
+
+
+def _alternatives(openings: tuple[str, ...]) -> str:
+    return " or ".join(repr(x) for x in openings)
 
 
 @dataclass(frozen=True)
@@ -122,6 +177,13 @@ class TurnRecord:
     @property
     def escalated(self) -> bool:
         return bool(self.payload.get("escalated"))
+
+    @property
+    def proof_not_matched(self) -> bool:
+        """An order lookup whose proof did not match (``data["not_found"]`` non-empty): the reply
+        asks the customer to check the order number and the email or postcode."""
+        data = self.payload.get("data")
+        return isinstance(data, dict) and bool(data.get("not_found"))
 
     @property
     def citations(self) -> tuple[str, ...]:
@@ -216,15 +278,13 @@ class CaseOutcome:
             return "clarify"
         if reason == "off_topic":
             return "decline"
-        if reason in ASK_REASONS:
+        if reason in ASK_REASONS or last.proof_not_matched:
             return "ask"
         return "answer"
 
-    def content_problems(self) -> list[str]:
-        """What the last reply got wrong against the case's content checks (module docstring);
-        empty when nothing."""
+    def wrong_problems(self) -> list[str]:
+        """The last reply's wrong-making problems (module docstring); empty when none."""
         case, last = self.case, self.last
-        reply = last.reply or ""
         problems = []
         if self.kind == "answer" and case.relevant_docs:
             if not set(last.citations) & set(case.relevant_docs):
@@ -232,16 +292,34 @@ class CaseOutcome:
                                 f"(expected one of {', '.join(case.relevant_docs)})")
         elif not self.intent_correct:
             problems.append(f"intent {self.judged_intent} (expected {case.intent})")
-        folded = reply.casefold()
-        problems += [f"reply lacks {s!r}" for s in case.must_include if s.casefold() not in folded]
-        problems += [f"reply contains {s!r}" for s in case.must_not_include if s.casefold() in folded]
-        if case.lead is not None and not _lead_form(reply).startswith(_lead_form(case.lead)):
-            problems.append(f"reply does not lead with {case.lead!r}")
+        problems += self._disclosed()
+        if self.kind == "answer" and (said := contradicted_lead(last.reply, case.lead)) is not None:
+            problems.append(f"reply leads with {said!r} (expected {_alternatives(case.lead)})")
         if self.kind == "answer":
             last_index = len(self.turns) - 1
             if any(a.turn == last_index and not a.groundedness.fully_supported for a in self.answers):
                 problems.append("answer not fully grounded")
         return problems
+
+    def _disclosed(self) -> list[str]:
+        folded = (self.last.reply or "").casefold()
+        return [f"reply contains {s!r}" for s in self.case.must_not_include if s.casefold() in folded]
+
+    def missing_content(self) -> list[str]:
+        """What the last reply lacks: a ``must_include`` string, or an opening among ``lead``
+        (module docstring); empty when nothing."""
+        case, reply = self.case, self.last.reply or ""
+        folded = reply.casefold()
+        problems = [f"reply lacks {s!r}" for s in case.must_include if s.casefold() not in folded]
+        contradicted = self.kind == "answer" and contradicted_lead(reply, case.lead) is not None
+        if not contradicted and not lead_matches(reply, case.lead):
+            problems.append(f"reply does not lead with {_alternatives(case.lead)}")
+        return problems
+
+    def content_problems(self) -> list[str]:
+        """Every content problem of the last reply: :meth:`wrong_problems`, then
+        :meth:`missing_content`; empty when none."""
+        return self.wrong_problems() + self.missing_content()
 
     @property
     def correct(self) -> bool | None:
@@ -269,7 +347,7 @@ class CaseOutcome:
     def answered(self) -> bool:
         """Automated, and the last message got an answer or a question of the bot's (kind
         ``answer`` or ``ask``): the cases a wrong-answer share is taken over."""
-        return self.automated and self.kind in ("answer", "ask")
+        return self.automated and self.kind in ANSWER_KINDS
 
     @property
     def grounded(self) -> bool:
@@ -279,11 +357,22 @@ class CaseOutcome:
     @property
     def wrong(self) -> bool:
         if self.case.expect is not None:
+            if self.kind == "ask":
+                return bool(self._disclosed())
             return self.kind == "answer" and (
-                self.case.expect not in ("answer", "ask") or bool(self.content_problems())
+                self.case.expect not in ANSWER_KINDS or bool(self.wrong_problems())
             )
         return self.automated and self.kind not in NOT_ANSWERS and (
             not self.intent_correct or not self.grounded
+        )
+
+    @property
+    def incomplete(self) -> bool:
+        """A case with ``expect`` answered with the expected kind (``answer`` or ``ask``), not wrong,
+        but with missing content (module docstring). False for cases without ``expect``."""
+        return (
+            self.case.expect is not None and self.kind == self.case.expect and self.kind in ANSWER_KINDS
+            and not self.wrong and bool(self.missing_content())
         )
 
     @property
@@ -327,6 +416,7 @@ class CaseOutcome:
             "expected_escalate": self.case.expected_escalation,
             "escalated": self.escalated,
             "wrong": self.wrong,
+            "incomplete": self.incomplete,
             "reference_agrees": self.reference_agrees,
             "answers": [
                 {"turn": a.turn, "score": a.groundedness.score, "supported": a.groundedness.supported,

@@ -96,6 +96,8 @@ def conversation_lines(summary: Mapping[str, Any]) -> list[str]:
         (f"  conversations       {s['conversations']}: accuracy {_f(s['conversation_accuracy'])}   "
          f"deflection of answerable {_f(s['deflection_answerable'])} ({s['answerable']} answerable)   "
          f"clarify rate {_f(s['clarify_rate'])}"),
+        (f"  incomplete answers  {_f(s['incomplete_among_answered'])} among answered "
+         f"({s['incomplete_answers']} cases: right article or intent, a fact or the lead missing)"),
         f"  by expected kind    {kinds}",
     ]
 
@@ -121,6 +123,8 @@ def failure_lines(outcomes: Sequence[CaseOutcome], limit: int = 40) -> list[str]
         problems = []
         if o.wrong:
             problems.append("WRONG ANSWER")
+        elif o.incomplete:
+            problems.append("INCOMPLETE ANSWER")
         problems.extend(o.why())
         if o.case.expected_escalation is True and not o.escalated:
             problems.append("missed escalation")
