@@ -555,6 +555,15 @@ class Router:
                 (replace(p, score=p.score + FOCUS_BONUS) if p.doc_id == ctx.focus.doc_id else p for p in ranked),
                 key=lambda p: p.score, reverse=True,
             )
+        if spec is not None and (not ranked or ranked[0].score < self.settings.retrieval_threshold):
+            # A clear intent in words the articles do not use ("seebill from Diego", "help
+            # ascquiring a few of your article"): search again with what the intent is about.
+            query = f"{spec.description} {reading.text}"
+            embedding = (await asyncio.to_thread(self.understander.embedder.embed, [query]))[0]
+            ranked = await self.knowledge.search(
+                embedding, max(self.settings.retrieval_top_k, RANKED_DEPTH), query_text=query
+            )
+            base["data"] = {**base.get("data", {}), "search": "intent_description"}
         data = {**base.pop("data", {}), "retrieved": [[p.doc_id, round(p.score, 4)] for p in ranked]}
         best = round(ranked[0].score, 4) if ranked else None
         kb = kb_probability(best or 0.0, self.settings.article_score_midpoint, self.settings.article_score_scale)

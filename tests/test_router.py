@@ -126,6 +126,8 @@ async def test_retrieval_does_not_guess_below_the_similarity_threshold(router) -
     decision = await router.route("which payment methods do you accept", CTX)
     assert decision.tier == "human" and decision.reason == "no_kb_match_no_reasoning_tier"
     assert decision.retrieval_score is not None and decision.retrieval_score < 0.99
+    # Before giving up, the bot searched again with what the (clear) intent is about.
+    assert decision.data["search"] == "intent_description"
 
 
 async def test_guard_runs_before_any_model(router) -> None:
