@@ -18,9 +18,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
 from bot.language import english_words
+from bot.tfidf import english_stop_words
 
 MAX_OPTIONS = 3
 """Topics offered by one clarifying question."""
@@ -70,7 +69,7 @@ def vagueness(text: str) -> str | None:
     long_words = [w for w in words if len(w) >= 3]
     if long_words and not any(w in known for w in long_words) and not any(w in GENERIC_WORDS for w in words):
         return "gibberish"
-    if all(w in GENERIC_WORDS or w in ENGLISH_STOP_WORDS for w in words):
+    if all(w in GENERIC_WORDS or w in english_stop_words() for w in words):
         return "vague"
     return None
 
