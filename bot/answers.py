@@ -183,26 +183,28 @@ def compose_answer(
     ranking = np.argsort(-scores, kind="stable")
     top = float(scores[ranking[0]])
     fitting = [k for k in ranking if not off[k] and scores[k] >= top - SENTENCE_MARGIN]
-    first = verdict[1] if verdict else int(fitting[0] if fitting else ranking[0])
-    chosen = [first]
-    length = len(candidates[first][2]) + (len(lead_text) + 1 if lead_text else 0)
-    # An order that can no longer be cancelled or changed gets the rule that says so, not the steps
-    # for doing it ("choose Cancel order" after "it can no longer be cancelled").
-    most = 1 if lead_text and read_sentence(lead_text, vocab).negated else MAX_SENTENCES
-    for position in ranking:
-        sentence = candidates[position][2]
-        if len(chosen) >= most:
-            break
-        if position == first or scores[position] < top - SENTENCE_MARGIN:
-            continue
-        if length + len(sentence) + 1 > MAX_CHARS:
-            continue
-        chosen.append(int(position))
-        length += len(sentence) + 1
-    rest = sorted(chosen[1:], key=lambda k: (off[k], candidates[k][:2]))
-    chosen = [first, *rest]
+    # An order that can no longer be cancelled or changed gets at most the rule that says so, never
+    # the steps for doing it ("You can cancel the whole order" after "it can no longer be cancelled").
+    if lead_text and read_sentence(lead_text, vocab).negated:
+        chosen = [int(k) for k in ranking if readings[k].negated][:1]
+    else:
+        first = verdict[1] if verdict else int(fitting[0] if fitting else ranking[0])
+        chosen = [first]
+        length = len(candidates[first][2]) + (len(lead_text) + 1 if lead_text else 0)
+        for position in ranking:
+            sentence = candidates[position][2]
+            if len(chosen) >= MAX_SENTENCES:
+                break
+            if position == first or scores[position] < top - SENTENCE_MARGIN:
+                continue
+            if length + len(sentence) + 1 > MAX_CHARS:
+                continue
+            chosen.append(int(position))
+            length += len(sentence) + 1
+        rest = sorted(chosen[1:], key=lambda k: (off[k], candidates[k][:2]))
+        chosen = [first, *rest]
 
-    quoted = sorted({candidates[k][0] for k in chosen})
+    quoted = sorted({candidates[k][0] for k in chosen}) or [0]  # the lead alone cites the best article
     titles: dict[str, str] = {}  # doc id -> title, in citation order
     for rank in quoted:
         titles.setdefault(used[rank].doc_id, used[rank].title or used[rank].doc_id)

@@ -73,6 +73,7 @@ _OPENERS = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"[a-z0-9][a-z0-9'.]*", re.IGNORECASE)
+_FILLERS = frozenset("ok okay and so well then the a to for me my until till usually normally".split())
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,19 @@ def find_slots(text: str) -> Slots:
     )
 
 
+ELLIPTICAL_WORDS = frozenset(
+    "how long much soon when what where take takes taking wait waiting cost costs show shows up come "
+    "arrive get have has do does did i is it usually then now still so done".split()
+)
+"""A short question made only of these words ("how long do I have?", "how long until it shows up?",
+"how much then?") names no topic: it is about the one in focus."""
+
+
 def follow_up_cue(text: str, has_request_words: bool = True) -> str | None:
     """Why ``text`` leans on the turn before, or None: ``"opener"`` ("and ...", "what about ..."),
     ``"anaphora"`` (a short message with "it", "that", "them", ...), ``"fragment"`` (a short message
-    that names a slot value and nothing the bot could act on alone, ``has_request_words`` False)."""
+    that names a slot value and nothing the bot could act on alone, ``has_request_words`` False),
+    ``"elliptical"`` (a short question that names no topic, :data:`ELLIPTICAL_WORDS`)."""
     if _OPENERS.match(text):
         return "opener"
     words = [w.strip("'.").casefold() for w in _WORD.findall(text)]
@@ -207,6 +217,8 @@ def follow_up_cue(text: str, has_request_words: bool = True) -> str | None:
         return "anaphora"
     if len(words) <= 3 and not has_request_words:
         return "fragment"
+    if len(words) <= SHORT_WORDS and all(w in ELLIPTICAL_WORDS or w in _FILLERS for w in words):
+        return "elliptical"
     return None
 
 

