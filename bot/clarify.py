@@ -104,15 +104,26 @@ def suggestions(
     return chosen
 
 
-_NUMBER = re.compile(r"^\s*(?:#|no\.?\s*|number\s*|option\s*)?(\d{1,2})\s*[.)!]?\s*$", re.IGNORECASE)
+_NUMBER = re.compile(r"(?:#|no\.?\s?|number\s?|option\s?)?(\d{1,2})[.)!]?", re.IGNORECASE)
+MAX_OPTION_CHARS = 16
+"""Longer answers are never read as an option number (and the pattern only runs on short text)."""
+
+
+def option_number(text: str) -> int | None:
+    """The number ``text`` is ("2", "2.", "option 2", "#2"), or None. Bounded work: the text is
+    stripped and only read when at most :data:`MAX_OPTION_CHARS` long."""
+    text = text.strip()
+    if len(text) > MAX_OPTION_CHARS:
+        return None
+    match = _NUMBER.fullmatch(text)
+    return int(match.group(1)) if match else None
 
 
 def chosen_option(text: str, options: Sequence[str]) -> int | None:
     """The index of the option ``text`` picks: its number ("2", "2.", "option 2") or its label
     (case and surrounding punctuation ignored); None when it picks none."""
-    match = _NUMBER.match(text)
-    if match:
-        number = int(match.group(1))
+    number = option_number(text)
+    if number is not None:
         return number - 1 if 1 <= number <= len(options) else None
     wanted = " ".join(_TOKEN.findall(text.casefold()))
     for index, option in enumerate(options):

@@ -174,7 +174,7 @@ def find_slots(text: str) -> Slots:
     wins where phrases overlap, the last named where several are). Linear in ``len(text)``."""
     low = text.casefold()
     found: dict[str, tuple[int, int, str, str]] = {}  # kind -> (start, length, name, phrase)
-    taken: list[tuple[int, int]] = []
+    taken = bytearray(len(low))  # characters already part of a longer match
     matches = []
     for end_index, (kind, name, phrase) in _automaton().iter(low):
         start = end_index - len(phrase) + 1
@@ -183,9 +183,9 @@ def find_slots(text: str) -> Slots:
             matches.append((start, end_index + 1, kind, name))
     # Longest first, so "american express" beats "america" and "gift card" beats nothing shorter.
     for start, end, kind, name in sorted(matches, key=lambda m: (-(m[1] - m[0]), m[0])):
-        if any(start < e and s < end for s, e in taken):
+        if any(taken[start:end]):  # phrases are short: linear in the text overall
             continue
-        taken.append((start, end))
+        taken[start:end] = b"\x01" * (end - start)
         if kind not in found or start > found[kind][0]:
             found[kind] = (start, end - start, name, text[start:end])
     country, payment = found.get("country"), found.get("payment")

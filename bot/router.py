@@ -33,7 +33,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bot.actions import ActionContext, run_handler
-from bot.clarify import chosen_option, says_small_talk, suggestions, vagueness
+from bot.clarify import chosen_option, option_number, says_small_talk, suggestions, vagueness
 from bot.context import Focus, InContext, follow_up_cue, in_context, next_focus, resolve_pronoun
 from bot.entities import bare_postcode
 from bot.ownership import AttemptLimits, Proof
@@ -356,6 +356,10 @@ class Router:
             if spec is not None and spec.handler:
                 base["intent"] = spec.name
                 return await self._deterministic(spec, u, ctx, base, reason="slot_filled", text=text)
+        if reading.choice is None and ctx.pending and ctx.pending.get("slot") == "choice" and option_number(text) is not None:
+            # A number that is none of the options ("99" to a question with three): the same
+            # options again, not an off-topic reply that throws them away.
+            return self._clarify(u, ctx, base, why="no_such_option", again=ctx.pending)
         if reading.choice is not None:
             # The customer picked a topic the bot offered: act on it as if they had asked for it.
             spec = self.intents[reading.choice]
@@ -425,12 +429,19 @@ class Router:
             escalate=True, resolve=False, pending=None, quick_replies=(), data={**decision.data, **trigger.data},
         )
 
-    def _clarify(self, u: Understanding, ctx: TurnContext, base: dict[str, Any], *, why: str) -> Decision:
-        """A clarifying question with the likeliest topics as quick replies; after
-        ``clarify_limit`` clarifications (or off-topic replies) in a row, a person instead."""
+    def _clarify(
+        self, u: Understanding, ctx: TurnContext, base: dict[str, Any], *, why: str,
+        again: Mapping[str, Any] | None = None,
+    ) -> Decision:
+        """A clarifying question with the likeliest topics as quick replies (``again``: the
+        pending choice to offer again instead); after ``clarify_limit`` clarifications (or
+        off-topic replies) in a row, a person instead."""
         if self._unhelped_in_a_row(ctx) >= self.settings.clarify_limit:
             return self._beyond_local(base, ctx, reason=f"not_understood_{why}")
-        offered = suggestions(u.alternatives, self.replies.topic_label, self.intents)
+        offered = (
+            list(zip([str(i) for i in again["intents"]], [str(o) for o in again["options"]]))
+            if again is not None else suggestions(u.alternatives, self.replies.topic_label, self.intents)
+        )
         labels = [label for _, label in offered]
         data = {**base.pop("data", {}), "clarify": why}
         return Decision(

@@ -43,3 +43,12 @@ def test_suggestions_only_offer_configured_intents() -> None:
 )
 def test_chosen_option(text: str, index: int | None) -> None:
     assert chosen_option(text, ["Track my order", "Get a refund", "Talk to a person"]) == index
+
+
+def test_only_short_answers_are_read_as_option_numbers() -> None:
+    """Break-test finding: "1" + spaces + "x" made the option pattern backtrack (quadratic)."""
+    from bot.clarify import option_number
+
+    assert option_number("1" + " " * 4000 + "x") is None
+    assert option_number("  option 2  ") == 2 and option_number("#3") == 3 and option_number("2!") == 2
+    assert option_number("twelve") is None and option_number("123") is None

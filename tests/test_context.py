@@ -119,3 +119,11 @@ def test_a_short_question_that_names_no_topic_is_about_the_one_in_focus(text: st
 @pytest.mark.parametrize("text", ["how long does delivery take", "how do I reset my password"])
 def test_a_question_that_names_its_topic_is_not_elliptical(text: str) -> None:
     assert follow_up_cue(text) is None
+
+
+def test_many_slot_mentions_are_found_in_one_pass() -> None:
+    """Break-test finding: overlapping matches were compared with every earlier one (quadratic on
+    "eu eu eu ...")."""
+    text = "eu " * 3000 + "and Canada"
+    assert find_slots(text).country == "Canada"
+    assert find_slots("UK " * 3000).country == "United Kingdom"

@@ -321,3 +321,12 @@ async def test_a_shipped_order_gets_no_cancelling_steps(router, demo_order) -> N
     decision = await router.route("can I cancel it?", ctx)
     assert decision.reply.startswith(f"Order {shipped.order_id} has already shipped")
     assert "You can cancel" not in decision.reply and "choose Cancel order" not in decision.reply
+
+
+async def test_a_number_that_is_no_option_gets_the_options_again(router) -> None:
+    """Break-test finding: "99" to a three-option question got the off-topic reply and lost the
+    options, so the next pick counted as a third unhelped turn and went to a person."""
+    vague = await router.route("?", CTX)
+    again = await router.route("99", _after(vague))
+    assert (again.reason, again.data["clarify"]) == ("clarify", "no_such_option")
+    assert again.quick_replies == vague.quick_replies and again.pending == vague.pending
