@@ -399,7 +399,7 @@ class Router:
         if spec.tier == "retrieval":
             return await self._retrieval(reading, ctx, base, spec)
         if spec.tier == "reasoning":
-            return self._beyond_local(base, ctx, reason="needs_reasoning")
+            return self._beyond_local(base, reason="needs_reasoning")
         return Decision(
             tier="human", reason=f"intent_{spec.name}", reply=self.handoff_reply(), escalate=True, **base
         )
@@ -437,7 +437,7 @@ class Router:
         pending choice to offer again instead); after ``clarify_limit`` clarifications (or
         off-topic replies) in a row, a person instead."""
         if self._unhelped_in_a_row(ctx) >= self.settings.clarify_limit:
-            return self._beyond_local(base, ctx, reason=f"not_understood_{why}")
+            return self._beyond_local(base, reason=f"not_understood_{why}")
         offered = (
             list(zip([str(i) for i in again["intents"]], [str(o) for o in again["options"]]))
             if again is not None else suggestions(u.alternatives, self.replies.topic_label, self.intents)
@@ -453,7 +453,7 @@ class Router:
 
     def _off_topic(self, u: Understanding, ctx: TurnContext, base: dict[str, Any]) -> Decision:
         if self._unhelped_in_a_row(ctx) >= self.settings.clarify_limit:
-            return self._beyond_local(base, ctx, reason="out_of_scope")
+            return self._beyond_local(base, reason="out_of_scope")
         return Decision(
             tier="deterministic", reason="off_topic", reply=self.replies.off_topic_text(), **base,
         )
@@ -496,7 +496,7 @@ class Router:
             postcodes = (bare,) if bare else ()
         return Proof(emails=u.entities.emails, postcodes=postcodes)
 
-    def _beyond_local(self, base: dict[str, Any], ctx: TurnContext | None = None, *, reason: str) -> Decision:
+    def _beyond_local(self, base: dict[str, Any], *, reason: str) -> Decision:
         # The reasoning tier arrives with LLM providers; until one is configured a person takes over.
         return Decision(
             tier="human",
@@ -604,7 +604,7 @@ class Router:
         if answer is None:
             base["data"] = data
             if spec is not None:  # the intent is clear but no article answers it
-                decision = self._beyond_local(base, ctx, reason="no_kb_match")
+                decision = self._beyond_local(base, reason="no_kb_match")
             elif u.out_of_scope and vagueness(reading.text) is None:
                 decision = self._off_topic(u, ctx, base)
             else:
